@@ -1,0 +1,12 @@
+"""gpupack's scheduler extender: kube-scheduler calls it over HTTP to filter, score and bind GPU pods.
+
+Layers, each importing only the ones below it:
+
+- protocol edges: :mod:`scheduler_ext.server` (extender HTTP + JSON), :mod:`scheduler_ext.watch`
+  and :mod:`scheduler_ext.binder` (Kubernetes API), :mod:`scheduler_ext.main` (flags);
+- core: :mod:`scheduler_ext.cache` (cluster state as arrays, fed by events),
+  :mod:`scheduler_ext.requests` (what a pod asks for), :mod:`scheduler_ext.decide`
+  (filter / prioritize / preempt answers from the cache and the kernel);
+- kernel: :mod:`scheduler_ext.kernel`, pure array functions over NumPy or CuPy;
+- the contract: :mod:`gpupack.contract`.
+"""

@@ -1,0 +1,557 @@
+"""The cluster cache: every node's GPU slots and what pods hold, kept as kernel arrays.
+
+Fed by events (:meth:`ClusterCache.apply_event` takes the watch's ``{"type", "object"}``
+dicts), updated per event for the one node it touches, never rebuilt per request. The
+watch I/O lives in :mod:`scheduler_ext.watch`; :func:`from_snapshot` builds the same state
+from ``kubectl get nodes,pods -o json``.
+
+What a pod holds: the devices named in its ``gpupack.io/devices`` annotation; without one
+(the extender was down, or another scheduler bound it), its count of each resource taken
+conservatively from the slots the packing rule would have used (``phantom`` units, whose
+replica ids are unknown). Pods bound but not yet running count; finished pods do not.
+A bind in flight holds a *reservation* under the pod's uid, so two binds cannot take the
+same device.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy
+
+from gpupack import contract
+from scheduler_ext import kernel
+from scheduler_ext.kernel import slots as kslots
+from scheduler_ext.requests import PodDemand, pod_demand
+from scheduler_ext.wire import KubeObject
+
+#: Shapes of recent GPU requests remembered for the fragmentation policy's mix.
+MIX_MEMORY = 1000
+#: The mix keeps the most frequent shapes that together cover this fraction (FGD: 95 %).
+MIX_COVERAGE = 0.95
+
+
+class Interner:
+    """Names to small ints, stable for the process's life (resource names, GPU models)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def id(self, name: str) -> int:
+        found = self._ids.get(name)
+        if found is None:
+            found = self._ids[name] = len(self.names)
+            self.names.append(name)
+        return found
+
+    def find(self, name: str) -> int | None:
+        return self._ids.get(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotInfo:
+    """One column of a node's row: the device behind it."""
+
+    device_id: str  # GPU or MIG UUID (no replica suffix)
+    resource: str
+    replicas: int
+    memory_mib: int
+    healthy: bool
+    weight: float
+    model: str
+    gpu: int
+    numa: int
+    nvgroup: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Use:
+    """One unit a pod holds: a column and a replica (-1: a phantom unit of unknown replica)."""
+
+    col: int
+    replica: int
+    memory_mib: int
+
+
+@dataclasses.dataclass
+class NodeState:
+    """Host-side truth for one node row; the arrays are written from it."""
+
+    name: str
+    row: int
+    slots: tuple[SlotInfo, ...] = ()
+    col_of: dict[str, int] = dataclasses.field(default_factory=dict)
+    error: str = ""  # why its inventory could not be read
+    used: list[set[int]] = dataclasses.field(default_factory=list)
+    phantom: list[int] = dataclasses.field(default_factory=list)
+    memory_used: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class PodRecord:
+    demand: PodDemand
+    uses: tuple[Use, ...] = ()
+    applied_to: str = ""  # node whose counters include ``uses``
+    reserved: bool = False
+
+
+def _nvgroups(gpus: tuple[contract.Gpu, ...]) -> dict[int, int]:
+    """GPU index -> NVLink-connected group (the smallest index in it); -1 without links."""
+    parent = {g.index: g.index for g in gpus}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    linked: set[int] = set()
+    for g in gpus:
+        for link in g.links:
+            if link.nvlinks > 0 and link.peer in parent:
+                linked.update((g.index, link.peer))
+                a, b = root(g.index), root(link.peer)
+                parent[max(a, b)] = min(a, b)
+    return {i: (root(i) if i in linked else -1) for i in parent}
+
+
+def inventory_slots(inv: contract.Inventory) -> tuple[SlotInfo, ...]:
+    """The advertised devices of an inventory as slots: whole GPUs, then MIG instances."""
+    groups = _nvgroups(inv.gpus)
+    out: list[SlotInfo] = []
+    for g in sorted(inv.gpus, key=lambda g: g.index):
+        if g.resource:
+            out.append(SlotInfo(g.id, g.resource, g.replicas, g.memory_mib, g.healthy, 1.0,
+                                g.model, g.index, g.numa_node, groups[g.index]))
+        for m in g.mig:
+            if m.resource:
+                weight = m.memory_mib / g.memory_mib if g.memory_mib > 0 else 0.0
+                out.append(SlotInfo(m.id, m.resource, m.replicas, m.memory_mib,
+                                    g.healthy and m.healthy, min(weight, 1.0), g.model,
+                                    g.index, g.numa_node, -1))
+    return tuple(out)
+
+
+class ClusterCache:
+    """Nodes x slots arrays plus the pod records behind them. Thread-safe: every public method
+    takes the lock; evaluation works on copies (:meth:`select`)."""
+
+    def __init__(self, width: int = 8, rows: int = 64) -> None:
+        self._lock = threading.RLock()
+        self.resources = Interner()
+        self.models = Interner()
+        self._width = max(width, 1)
+        self._arrays = kslots.empty_slots(numpy, max(rows, 1), self._width)
+        self._nodes: dict[str, NodeState] = {}
+        self._free_rows: list[int] = []
+        self._rows_used = 0
+        self._pods: dict[str, PodRecord] = {}
+        self._node_pods: dict[str, set[str]] = collections.defaultdict(set)
+        self._recent: collections.deque[kernel.Request] = collections.deque(maxlen=MIX_MEMORY)
+        self._seen_shapes: set[str] = set()
+        self._mix: kernel.Mix | None = None
+        self.synced = False
+        self.generation = 0  # bumped on every change, for callers that memoise
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def select(self, names: Iterable[str]) -> tuple[kslots.Slots, list[str], list[str]]:
+        """A copy of the rows of ``names`` that are known, those names, and the unknown ones."""
+        with self._lock:
+            rows: list[int] = []
+            known: list[str] = []
+            unknown: list[str] = []
+            nodes = self._nodes
+            for name in names:
+                st = nodes.get(name)
+                if st is None:
+                    unknown.append(name)
+                else:
+                    rows.append(st.row)
+                    known.append(name)
+            return self._arrays.rows(numpy.asarray(rows, dtype=numpy.int64)), known, unknown
+
+    def all_rows(self) -> tuple[kslots.Slots, list[str]]:
+        with self._lock:
+            names = sorted(self._nodes)
+            idx = numpy.asarray([self._nodes[n].row for n in names], dtype=numpy.int64)
+            return self._arrays.rows(idx), names
+
+    def node(self, name: str) -> NodeState | None:
+        with self._lock:
+            return self._nodes.get(name)
+
+    def node_error(self, name: str) -> str:
+        with self._lock:
+            st = self._nodes.get(name)
+            return st.error if st else ""
+
+    def pod(self, uid: str) -> PodRecord | None:
+        with self._lock:
+            return self._pods.get(uid)
+
+    def pods_on(self, node: str) -> list[PodRecord]:
+        with self._lock:
+            return [self._pods[u] for u in sorted(self._node_pods.get(node, ())) if u in self._pods]
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self._nodes), len(self._pods)
+
+    def request(self, resource: str, count: int, memory_mib: int) -> kernel.Request:
+        """The kernel's request for a resource name (interning it)."""
+        with self._lock:
+            return kernel.Request(self.resources.id(resource), count, memory_mib)
+
+    def note_shape(self, uid: str, req: kernel.Request) -> None:
+        """Remember a request shape for the mix, once per pod."""
+        with self._lock:
+            if uid in self._seen_shapes:
+                return
+            if len(self._seen_shapes) > 4 * MIX_MEMORY:
+                self._seen_shapes.clear()
+            self._seen_shapes.add(uid)
+            self._recent.append(req)
+            self._mix = None
+
+    def mix(self) -> kernel.Mix:
+        """The most frequent recent shapes covering :data:`MIX_COVERAGE`, with frequencies."""
+        with self._lock:
+            if self._mix is None:
+                counts = collections.Counter(self._recent)
+                total = sum(counts.values())
+                chosen: list[tuple[kernel.Request, int]] = []
+                covered = 0
+                for shape, n in counts.most_common():
+                    if total and covered >= MIX_COVERAGE * total:
+                        break
+                    chosen.append((shape, n))
+                    covered += n
+                self._mix = tuple((s, n / covered) for s, n in chosen) if covered else ()
+            return self._mix
+
+    # --- events ----------------------------------------------------------------------------
+
+    def apply_event(self, event: Mapping[str, Any]) -> None:
+        """One watch event: ``{"type": ADDED|MODIFIED|DELETED, "object": Node or Pod}``."""
+        obj = event.get("object")
+        if not isinstance(obj, dict):
+            return
+        kind = obj.get("kind") or ("Node" if "nodeInfo" in (obj.get("status") or {}) else "Pod")
+        deleted = event.get("type") == "DELETED"
+        if kind == "Node":
+            name = str((obj.get("metadata") or {}).get("name", ""))
+            self.delete_node(name) if deleted else self.upsert_node(obj)
+        elif kind == "Pod":
+            uid = str((obj.get("metadata") or {}).get("uid", ""))
+            self.delete_pod(uid) if deleted else self.upsert_pod(obj)
+
+    def replace_all(self, nodes: Iterable[KubeObject], pods: Iterable[KubeObject]) -> None:
+        """A full list (start, or resync after 410 Gone): the state becomes exactly this, keeping
+        reservations of binds in flight."""
+        with self._lock:
+            nodes = list(nodes)
+            pods = list(pods)
+            keep = {n["metadata"]["name"] for n in nodes if n.get("metadata")}
+            for name in list(self._nodes):
+                if name not in keep:
+                    self.delete_node(name)
+            uids = {str((p.get("metadata") or {}).get("uid", "")) for p in pods}
+            for uid, rec in list(self._pods.items()):
+                if uid not in uids and not rec.reserved:
+                    self.delete_pod(uid)
+            for n in nodes:
+                self.upsert_node(n)
+            for p in pods:
+                self.upsert_pod(p)
+            self.synced = True
+
+    def upsert_node(self, obj: KubeObject) -> None:
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        raw = (meta.get("annotations") or {}).get(contract.INVENTORY_ANNOTATION)
+        slots: tuple[SlotInfo, ...] = ()
+        error = ""
+        if raw is None:
+            error = f"no {contract.INVENTORY_ANNOTATION} annotation (is the gpupack device plugin running there?)"
+        else:
+            try:
+                slots = inventory_slots(contract.decode_inventory(str(raw)))
+            except contract.ContractError as err:
+                error = f"unreadable {contract.INVENTORY_ANNOTATION} annotation: {err}"
+        with self._lock:
+            st = self._nodes.get(name)
+            if st is not None and st.slots == slots and st.error == error:
+                return  # status-only update: nothing the kernel sees changed
+            if st is None:
+                st = NodeState(name, self._new_row())
+                self._nodes[name] = st
+            st.slots, st.error = slots, error
+            st.col_of = {s.device_id: i for i, s in enumerate(slots)}
+            self._ensure_width(len(slots))
+            self._reapply(st)
+
+    def delete_node(self, name: str) -> None:
+        with self._lock:
+            st = self._nodes.pop(name, None)
+            if st is None:
+                return
+            for rec in self.pods_on(name):
+                rec.uses, rec.applied_to = (), ""
+            self._clear_row(st.row)
+            self._free_rows.append(st.row)
+            self.generation += 1
+
+    def upsert_pod(self, obj: KubeObject) -> None:
+        self.put_pod(pod_demand(obj))
+
+    def put_pod(self, demand: PodDemand) -> None:
+        with self._lock:
+            old = self._pods.get(demand.uid)
+            if old is not None and old.reserved and not demand.node:
+                return  # our own annotation patch, before the Binding: keep the reservation
+            if not demand.wants_gpu or demand.finished or not demand.node:
+                if old is not None:
+                    self.delete_pod(demand.uid)
+                return
+            if old is not None and not old.reserved and old.demand == demand:
+                return
+            self._release(demand.uid)
+            rec = PodRecord(demand)
+            self._pods[demand.uid] = rec
+            self._node_pods[demand.node].add(demand.uid)
+            st = self._nodes.get(demand.node)
+            if st is not None:
+                self._hold(st, rec)
+                self._write_row(st)
+
+    def delete_pod(self, uid: str) -> None:
+        with self._lock:
+            self._release(uid)
+
+    # --- reservations (bind) ---------------------------------------------------------------
+
+    def reserve(self, demand: PodDemand, node: str, assignment: contract.Assignment) -> None:
+        """Holds ``assignment`` for ``demand`` on ``node`` until the pod's event or :meth:`release`."""
+        with self._lock:
+            self._release(demand.uid)
+            held = dataclasses.replace(demand, node=node, assignment=assignment)
+            rec = PodRecord(held, reserved=True)
+            self._pods[demand.uid] = rec
+            self._node_pods[node].add(demand.uid)
+            st = self._nodes.get(node)
+            if st is not None:
+                self._hold(st, rec)
+                self._write_row(st)
+
+    def release(self, uid: str) -> None:
+        """Drops a reservation (a bind that failed); a pod the watch confirmed is kept."""
+        with self._lock:
+            rec = self._pods.get(uid)
+            if rec is not None and rec.reserved:
+                self._release(uid)
+
+    def assign(self, demand: PodDemand, node: str, policy: kernel.Policy) -> contract.Assignment | None:
+        """Chooses devices for ``demand`` on ``node`` with the kernel and reserves them, in one
+        step under the lock; None when they do not fit (any more)."""
+        with self._lock:
+            st = self._nodes.get(node)
+            if st is None:
+                return None
+            rows = self._arrays.rows(numpy.asarray([st.row]))
+            chosen: dict[str, list[str]] = {}
+            taken: dict[int, set[int]] = collections.defaultdict(set)
+            for resource, count in demand.totals().items():
+                req = self.request(resource, count, demand.memory_mib)
+                picks = kernel.choose_devices(rows, 0, req, numpy)
+                if not picks:
+                    return None
+                ids: list[str] = []
+                for col, n in picks:
+                    info = st.slots[col]
+                    for _ in range(n):
+                        if info.replicas <= 1:
+                            ids.append(info.device_id)
+                        else:
+                            busy = st.used[col] | taken[col]
+                            r = next(i for i in range(info.replicas) if i not in busy)
+                            taken[col].add(r)
+                            ids.append(contract.share_id(info.device_id, r))
+                chosen[resource] = ids
+            assignment: contract.Assignment = {}
+            for ask in demand.asks:
+                ids = chosen[ask.resource]
+                assignment.setdefault(ask.container, {})[ask.resource] = ids[: ask.count]
+                chosen[ask.resource] = ids[ask.count :]
+            self.reserve(demand, node, assignment)
+            return assignment
+
+    # --- what a node would have without some pods (preemption) -----------------------------
+
+    def without(self, node: str, uids: Iterable[str]) -> kslots.Slots | None:
+        """The node's row as it would be once the pods ``uids`` are gone."""
+        with self._lock:
+            st = self._nodes.get(node)
+            if st is None:
+                return None
+            row = self._arrays.rows(numpy.asarray([st.row]))
+            for uid in uids:
+                rec = self._pods.get(uid)
+                if rec is None or rec.applied_to != node:
+                    continue
+                for use in rec.uses:
+                    row.free[0, use.col] += 1
+                    row.free_memory_mib[0, use.col] += use.memory_mib
+            return row
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _new_row(self) -> int:
+        if self._free_rows:
+            return self._free_rows.pop()
+        if self._rows_used == self._arrays.shape[0]:
+            self._arrays = self._resized(self._rows_used * 2, self._width)
+        self._rows_used += 1
+        return self._rows_used - 1
+
+    def _ensure_width(self, n: int) -> None:
+        if n > self._width:
+            self._width = max(n, self._width * 2)
+            self._arrays = self._resized(self._arrays.shape[0], self._width)
+
+    def _resized(self, rows: int, width: int) -> kslots.Slots:
+        new = kslots.empty_slots(numpy, rows, width)
+        old = self._arrays
+        r, w = old.shape
+        for f in dataclasses.fields(new):
+            getattr(new, f.name)[:r, :w] = getattr(old, f.name)
+        return new
+
+    def _clear_row(self, row: int) -> None:
+        blank = kslots.empty_slots(numpy, 1, self._width)
+        for f in dataclasses.fields(blank):
+            getattr(self._arrays, f.name)[row] = getattr(blank, f.name)[0]
+
+    def _reapply(self, st: NodeState) -> None:
+        """Rewrites a node's row from its slots and re-holds every pod on it: annotated pods
+        (known devices) first, then phantom ones."""
+        n = len(st.slots)
+        st.used = [set() for _ in range(n)]
+        st.phantom = [0] * n
+        st.memory_used = [0] * n
+        self._clear_row(st.row)
+        a, row = self._arrays, st.row
+        for i, s in enumerate(st.slots):
+            a.resource[row, i] = self.resources.id(s.resource)
+            a.capacity[row, i] = s.replicas
+            a.memory_mib[row, i] = s.memory_mib
+            a.healthy[row, i] = s.healthy
+            a.weight[row, i] = s.weight
+            a.model[row, i] = self.models.id(s.model)
+            a.gpu[row, i] = s.gpu
+            a.numa[row, i] = s.numa
+            a.nvgroup[row, i] = s.nvgroup
+        self._write_row(st)
+        recs = [self._pods[u] for u in self._node_pods.get(st.name, ()) if u in self._pods]
+        for rec in recs:
+            rec.uses, rec.applied_to = (), ""
+        recs.sort(key=lambda r: (r.demand.assignment is None, r.demand.uid))
+        for rec in recs:
+            self._hold(st, rec)
+            self._write_row(st)
+
+    def _write_row(self, st: NodeState) -> None:
+        a, row = self._arrays, st.row
+        for i, s in enumerate(st.slots):
+            a.free[row, i] = max(s.replicas - len(st.used[i]) - st.phantom[i], 0)
+            a.free_memory_mib[row, i] = max(s.memory_mib - st.memory_used[i], 0)
+        self.generation += 1
+
+    def _unit_memory(self, s: SlotInfo, hint: int) -> int:
+        if s.replicas <= 1:
+            return s.memory_mib
+        return hint if hint > 0 else s.memory_mib // s.replicas
+
+    def _hold(self, st: NodeState, rec: PodRecord) -> None:
+        """Adds the pod's units to the node's counters (the row is written by the caller)."""
+        uses: list[Use] = []
+        d = rec.demand
+        missing: dict[str, int] = dict(d.totals())
+        if d.assignment is not None:
+            for resources in d.assignment.values():
+                for resource, ids in resources.items():
+                    for device in ids:
+                        col = st.col_of.get(contract.physical_id(device))
+                        if col is None:
+                            continue  # unknown device: counted below by resource
+                        try:
+                            replica = contract.replica_of(device) or 0
+                        except contract.ContractError:
+                            continue
+                        info = st.slots[col]
+                        st.used[col].add(replica)
+                        mem = self._unit_memory(info, d.memory_mib)
+                        st.memory_used[col] += mem
+                        uses.append(Use(col, replica, mem))
+                        if missing.get(resource, 0) > 0:
+                            missing[resource] -= 1
+        for resource, count in sorted(missing.items()):
+            if count <= 0:
+                continue
+            self._write_row(st)
+            rows = self._arrays.rows(numpy.asarray([st.row]))
+            req = kernel.Request(self.resources.id(resource), count, d.memory_mib)
+            picks = kernel.choose_devices(rows, 0, req, numpy)
+            if not picks:
+                # it is there even though we see no room: take what is left of the resource
+                avail = kslots.units(rows, dataclasses.replace(req, memory_mib=0), numpy, healthy_only=False)
+                picks = tuple((int(c), int(avail[0, c])) for c in numpy.nonzero(avail[0])[0])
+            for col, n in picks:
+                info = st.slots[col]
+                mem = self._unit_memory(info, d.memory_mib)
+                for _ in range(n):
+                    st.phantom[col] += 1
+                    st.memory_used[col] += mem
+                    uses.append(Use(col, -1, mem))
+        rec.uses, rec.applied_to = tuple(uses), st.name
+
+    def _release(self, uid: str) -> None:
+        rec = self._pods.pop(uid, None)
+        if rec is None:
+            return
+        self._node_pods.get(rec.demand.node, set()).discard(uid)
+        st = self._nodes.get(rec.applied_to) if rec.applied_to else None
+        if st is None:
+            return
+        for use in rec.uses:
+            if use.replica >= 0:
+                st.used[use.col].discard(use.replica)
+            else:
+                st.phantom[use.col] = max(st.phantom[use.col] - 1, 0)
+            st.memory_used[use.col] = max(st.memory_used[use.col] - use.memory_mib, 0)
+        self._write_row(st)
+
+
+def from_snapshot(path: str) -> ClusterCache:
+    """The cache for a ``kubectl get nodes,pods -o json`` file (a List of Nodes and Pods)."""
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    return from_objects(doc.get("items", []) if isinstance(doc, dict) else [])
+
+
+def from_objects(items: Iterable[KubeObject]) -> ClusterCache:
+    nodes: list[KubeObject] = []
+    pods: list[KubeObject] = []
+    for obj in items:
+        if not isinstance(obj, dict):
+            continue
+        (nodes if obj.get("kind") == "Node" else pods if obj.get("kind") == "Pod" else []).append(obj)
+    cache = ClusterCache(rows=max(len(nodes), 1))
+    cache.replace_all(nodes, pods)
+    return cache

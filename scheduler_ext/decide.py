@@ -1,0 +1,153 @@
+"""The extender's answers, from the cache and the kernel: filter, prioritize, preempt, explain.
+
+No HTTP here and no Kubernetes API calls: :mod:`scheduler_ext.server` converts JSON to and
+from these functions, and :mod:`scheduler_ext.explain` prints them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy
+
+from scheduler_ext import kernel
+from scheduler_ext.cache import ClusterCache
+from scheduler_ext.requests import PodDemand
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeVerdict:
+    """One node's answer for one pod."""
+
+    node: str
+    fits: bool
+    unresolvable: bool
+    level: int  # 0..10
+    raw: float  # the policy's raw score (-inf when it does not fit)
+    reason: str  # why not, or how it fits
+    code: str  # short failure reason for metrics: fits, unknown-node, no-resource, ...
+
+
+UNKNOWN_NODE = "node is not in the extender's cache yet"
+
+
+def _units_text(count: int, resource: str, memory_mib: int) -> str:
+    mem = f" with {memory_mib} MiB each" if memory_mib else ""
+    return f"{count} {resource}{mem}"
+
+
+def _reason_text(reason: kernel.Reason, ask: str, free: int, total: int, node_error: str) -> str:
+    if reason == kernel.Reason.NO_RESOURCE:
+        return f"needs {ask}; node has no such device" + (f" ({node_error})" if node_error else "")
+    if reason == kernel.Reason.TOO_SMALL:
+        return f"needs {ask}; node can hold at most {total} even when empty"
+    if reason == kernel.Reason.UNHEALTHY:
+        return f"needs {ask}; only {total} healthy on this node"
+    if reason == kernel.Reason.BUSY:
+        return f"needs {ask}; {free} free now of {total}"
+    return f"fits: {free} of {total} free for {ask}"
+
+
+class Decider:
+    """Filter, prioritize and preempt for one policy over one cache."""
+
+    def __init__(self, cache: ClusterCache, policy: str = kernel.DEFAULT_POLICY, xp_name: str = "numpy") -> None:
+        self.cache = cache
+        self.policy = kernel.get_policy(policy)  # unknown names refused here, at start-up
+        self.xp = kernel.namespace(xp_name)
+
+    def _to_xp(self, s: kernel.Slots) -> kernel.Slots:
+        if self.xp is numpy:
+            return s
+        return kernel.Slots(**{f.name: self.xp.asarray(getattr(s, f.name)) for f in dataclasses.fields(s)})
+
+    def verdicts(self, demand: PodDemand, names: Sequence[str], score: bool = True) -> list[NodeVerdict]:
+        """Every named node's verdict for the pod, in the order of ``names``."""
+        if demand.error:
+            msg = f"pod's GPU request cannot be read: {demand.error}"
+            return [NodeVerdict(n, False, True, 0, float("-inf"), msg, "bad-request") for n in names]
+        if not demand.wants_gpu:
+            return [NodeVerdict(n, True, False, 0, 0.0, "no GPU requested", "fits") for n in names]
+        rows, known, unknown = self.cache.select(names)
+        rows = self._to_xp(rows)
+        totals = demand.totals()
+        # the resource with the most units leads the score; every resource must fit
+        lead = max(totals, key=lambda r: (totals[r], r))
+        fits = numpy.ones(len(known), dtype=bool)
+        texts: list[str | None] = [None] * len(known)
+        codes: list[str] = ["fits"] * len(known)
+        unres = numpy.zeros(len(known), dtype=bool)
+        lead_v: kernel.Verdicts | None = None
+        for resource in sorted(totals, key=lambda r: r != lead):
+            req = self.cache.request(resource, totals[resource], demand.memory_mib)
+            if resource == lead:
+                self.cache.note_shape(demand.uid, req)
+            mix = self.cache.mix() if self.policy.uses_mix else ()
+            v = kernel.evaluate(rows, req, self.policy, self.xp, mix=mix, score=score and resource == lead)
+            if resource == lead:
+                lead_v = v
+            ok = kernel.xp.to_host(v.feasible)
+            reason = kernel.xp.to_host(v.reason)
+            free = kernel.xp.to_host(v.free_units)
+            total = kernel.xp.to_host(v.total_units)
+            ask = _units_text(totals[resource], resource, demand.memory_mib)
+            for i in numpy.nonzero(~ok & fits)[0].tolist():
+                r = kernel.Reason(int(reason[i]))
+                texts[i] = _reason_text(r, ask, int(free[i]), int(total[i]), self.cache.node_error(known[i]))
+                codes[i] = r.name.lower().replace("_", "-")
+                unres[i] = r.unresolvable
+            if resource == lead:
+                for i in numpy.nonzero(ok)[0].tolist():
+                    texts[i] = texts[i] or _reason_text(kernel.Reason.FITS, ask, int(free[i]), int(total[i]), "")
+            fits &= ok
+        assert lead_v is not None
+        levels = kernel.xp.to_host(lead_v.level)
+        raws = kernel.xp.to_host(lead_v.raw)
+        by_name: dict[str, NodeVerdict] = {}
+        for i, name in enumerate(known):
+            f = bool(fits[i])
+            by_name[name] = NodeVerdict(
+                name, f, bool(unres[i]), int(levels[i]) if f else 0,
+                float(raws[i]) if f else float("-inf"), texts[i] or "", codes[i],
+            )
+        for name in unknown:
+            by_name[name] = NodeVerdict(name, False, False, 0, float("-inf"), UNKNOWN_NODE, "unknown-node")
+        return [by_name[n] for n in names]
+
+    def preempt(
+        self, demand: PodDemand, proposed: Mapping[str, tuple[Sequence[str], int]]
+    ) -> dict[str, tuple[list[str], int]]:
+        """Per node, the victims (pod uids) whose removal really frees the pod's GPU request:
+        the proposed ones when they suffice, else those plus lower-priority GPU pods on the
+        node, fewest first by priority; nodes where nothing suffices are left out."""
+        if not demand.wants_gpu or demand.error:
+            return {n: (list(v), pdb) for n, (v, pdb) in proposed.items()}
+        out: dict[str, tuple[list[str], int]] = {}
+        for node, (victims, pdb) in proposed.items():
+            chosen = list(victims)
+            if self._fits_without(demand, node, chosen):
+                out[node] = (chosen, pdb)
+                continue
+            extra = [
+                r for r in self.cache.pods_on(node)
+                if r.demand.uid not in chosen and not r.reserved and r.demand.priority < demand.priority
+            ]
+            extra.sort(key=lambda r: (r.demand.priority, -len(r.uses), r.demand.uid))
+            for rec in extra:
+                chosen.append(rec.demand.uid)
+                if self._fits_without(demand, node, chosen):
+                    out[node] = (chosen, pdb)
+                    break
+        return out
+
+    def _fits_without(self, demand: PodDemand, node: str, uids: Iterable[str]) -> bool:
+        row = self.cache.without(node, uids)
+        if row is None:
+            return False
+        row = self._to_xp(row)
+        for resource, count in demand.totals().items():
+            req = self.cache.request(resource, count, demand.memory_mib)
+            if not bool(kernel.evaluate(row, req, self.policy, self.xp, score=False).feasible[0]):
+                return False
+        return True

@@ -1,0 +1,75 @@
+"""Feasibility, reason and score of one request on many nodes at once."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from scheduler_ext.kernel.levels import to_levels
+from scheduler_ext.kernel.policies import Policy
+from scheduler_ext.kernel.slots import Mix, Reason, Request, Slots, take_plan, units
+from scheduler_ext.kernel.usage import ScoreInput, idle_capacity
+from scheduler_ext.kernel.policies.fragmentation import expected_fragmentation
+from scheduler_ext.kernel.xp import Array, Namespace
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdicts:
+    """Per node, in the order of the evaluated rows."""
+
+    feasible: Array  # bool
+    reason: Array  # int8 Reason codes
+    free_units: Array  # int32 units of the request the node can host now
+    total_units: Array  # int32 units its healthy devices could host when empty
+    raw: Array  # float64 policy score, -inf where infeasible
+    level: Array  # int64 0..10
+
+
+def _empty_units(s: Slots, req: Request, xp: Namespace, healthy_only: bool) -> Array:
+    return units(s, req, xp, free=s.capacity, free_memory_mib=s.memory_mib, healthy_only=healthy_only)
+
+
+def feasibility(s: Slots, req: Request, xp: Namespace) -> tuple[Array, Array, Array, Array, Array]:
+    """``(feasible, reason, free_units, total_units)`` per node, and the units per slot now."""
+    u = units(s, req, xp)
+    free_units = u.sum(axis=1).astype(xp.int32)
+    feasible = free_units >= max(req.count, 1)
+    total_healthy = _empty_units(s, req, xp, healthy_only=True).sum(axis=1).astype(xp.int32)
+    total_all = _empty_units(s, req, xp, healthy_only=False).sum(axis=1)
+    has_resource = (s.resource == req.resource).any(axis=1)
+    reason = xp.full(free_units.shape, int(Reason.BUSY), dtype=xp.int8)
+    reason = xp.where(total_healthy < req.count, int(Reason.UNHEALTHY), reason)
+    reason = xp.where(total_all < req.count, int(Reason.TOO_SMALL), reason)
+    reason = xp.where(~has_resource, int(Reason.NO_RESOURCE), reason)
+    reason = xp.where(feasible, int(Reason.FITS), reason).astype(xp.int8)
+    return feasible, reason, free_units, total_healthy, u
+
+
+def evaluate(
+    s: Slots,
+    req: Request,
+    policy: Policy,
+    xp: Namespace,
+    mix: Mix = (),
+    score: bool = True,
+) -> Verdicts:
+    """Feasibility and, when ``score``, the policy's raw score and 0..10 level of ``req`` on
+    every row of ``s``. The hypothetical placement behind the score is the packed
+    :func:`~scheduler_ext.kernel.slots.take_plan`, the same rule device choice uses."""
+    feasible, reason, free_units, total_units, u = feasibility(s, req, xp)
+    n = s.shape[0]
+    if not score or n == 0:
+        zeros = xp.zeros(n, dtype=xp.float64)
+        return Verdicts(feasible, reason, free_units, total_units, zeros, xp.zeros(n, dtype=xp.int64))
+    take = take_plan(s, req, xp, avail=u)
+    raw = policy.score(ScoreInput(s, take, req, mix if policy.uses_mix else (), xp))
+    raw = xp.where(feasible, raw, -xp.inf)
+    return Verdicts(feasible, reason, free_units, total_units, raw, to_levels(raw, feasible, xp))
+
+
+def idle_and_fragmented(s: Slots, mix: Mix, xp: Namespace) -> tuple[float, float]:
+    """Cluster-wide idle GPU capacity and the part of it fragmented under ``mix``, in GPUs."""
+    idle = float(idle_capacity(s, s.free, s.free_memory_mib, xp).sum())
+    if not mix:
+        return idle, 0.0
+    frag = float(expected_fragmentation(s, s.free, s.free_memory_mib, mix, xp).sum())
+    return idle, frag

@@ -1,0 +1,24 @@
+"""``binpack``: fill partly used GPUs first, then partly used nodes; keep empty nodes empty.
+
+    raw = 2 * g + u_after
+
+``g`` is the fraction of the request's units placed on slots already partly in use
+(0..1), ``u_after`` the node's GPU-weighted utilisation once the pod is placed
+(:func:`~scheduler_ext.kernel.usage.node_utilisation`, 0..1). The factor 2 makes ``g``
+dominate: a share that fits beside others on a used GPU beats opening a fresh GPU on a
+fuller node. An empty node has ``g = 0`` and the lowest ``u_after``, so it comes last.
+"""
+
+from __future__ import annotations
+
+from scheduler_ext.kernel.usage import ScoreInput, node_utilisation, slot_used
+from scheduler_ext.kernel.xp import Array
+
+
+def score(inp: ScoreInput) -> Array:
+    xp, s = inp.xp, inp.before
+    partly = slot_used(s, s.free, s.free_memory_mib, xp) > 0
+    taken = inp.take.sum(axis=1)
+    g = (inp.take * partly).sum(axis=1) / xp.maximum(taken, 1)
+    free, free_mem = inp.after()
+    return 2.0 * g + node_utilisation(s, free, free_mem, xp)

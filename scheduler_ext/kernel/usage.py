@@ -1,0 +1,53 @@
+"""Shared measures of how used slots and nodes are, for the policies and the metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from scheduler_ext.kernel.slots import Mix, Request, Slots, unit_memory
+from scheduler_ext.kernel.xp import Array, Namespace
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreInput:
+    """Everything a policy may look at: the state before, the units the placement would take
+    from each slot (``take``, from :func:`~scheduler_ext.kernel.slots.take_plan`), the
+    request, the recent mix of shapes, and the namespace."""
+
+    before: Slots
+    take: Array
+    request: Request
+    mix: Mix
+    xp: Namespace
+
+    def after(self) -> tuple[Array, Array]:
+        """``(free, free_memory_mib)`` once the placement is made."""
+        per_unit = unit_memory(self.before, self.request, self.xp)
+        return (
+            self.before.free - self.take,
+            self.before.free_memory_mib - self.take * per_unit,
+        )
+
+
+def slot_used(s: Slots, free: Array, free_memory_mib: Array, xp: Namespace) -> Array:
+    """Fraction of each slot in use: ``max(shares used / capacity, memory used / memory)``;
+    0 for unused columns."""
+    cap = xp.maximum(s.capacity, 1)
+    share_used = (s.capacity - free) / cap
+    mem_used = (s.memory_mib - free_memory_mib) / xp.maximum(s.memory_mib, 1)
+    used = xp.maximum(share_used, mem_used)
+    return xp.where(s.capacity > 0, xp.clip(used, 0.0, 1.0), 0.0)
+
+
+def node_utilisation(s: Slots, free: Array, free_memory_mib: Array, xp: Namespace) -> Array:
+    """GPU-weighted used fraction of each node: ``sum(weight * used) / sum(weight)``, 0 for a
+    node without slots."""
+    used = slot_used(s, free, free_memory_mib, xp)
+    total = (s.weight * (s.capacity > 0)).sum(axis=1)
+    return (s.weight * used).sum(axis=1) / xp.maximum(total, 1e-12)
+
+
+def idle_capacity(s: Slots, free: Array, free_memory_mib: Array, xp: Namespace) -> Array:
+    """Idle GPU capacity of each healthy slot, in GPUs: ``weight * (1 - used)``."""
+    used = slot_used(s, free, free_memory_mib, xp)
+    return xp.where(s.healthy & (s.capacity > 0), s.weight * (1.0 - used), 0.0)
