@@ -1,0 +1,311 @@
+"""The hardware seam: what GPUs this node has, how they are reached, and what goes wrong.
+
+A :class:`Backend` answers four questions for the rest of the plugin, which never touches a
+hardware library itself: which GPUs exist (:meth:`Backend.discover`), which device nodes and
+environment a container needs for some of them, what health events happen
+(:meth:`Backend.wait_event`), and whether a GPU answers again (:meth:`Backend.probe`).
+
+- :class:`NvmlBackend` speaks NVML through the module it is given (``pynvml`` on a real node,
+  :class:`~device_plugin.fake_nvml.FakeNvml` in tests).
+- :class:`FakeFileBackend` is the NVML backend over a fake machine read from an inventory file;
+  rewriting the file (``healthy: false``) injects a fault into the running plugin.
+- :func:`open_backend` chooses: ``nvml``, ``fake``, or ``auto`` (NVML where libnvidia-ml loads).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import os
+import pathlib
+from typing import Any, Protocol
+
+from gpupack import contract
+
+from device_plugin import fake_nvml
+
+log = logging.getLogger("gpupack.discovery")
+
+#: Device nodes every NVIDIA container needs besides its GPUs' own /dev/nvidiaN.
+NVIDIA_CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+
+
+class DiscoveryError(RuntimeError):
+    """The backend cannot start; the message says why in an operator's words."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthEvent:
+    """Something happened to a GPU (or, with ``gpu_id`` None, to every GPU)."""
+
+    gpu_id: str | None
+    reason: str
+    xid: int | None = None
+
+
+class Backend(Protocol):
+    name: str
+
+    def discover(self) -> tuple[contract.Gpu, ...]:
+        """Every GPU of the node, with its health as of now; resource and replicas unset."""
+        ...
+
+    def device_nodes(self, gpu_ids: list[str]) -> list[str]:
+        """Host device paths a container needs for these GPUs (control nodes included)."""
+        ...
+
+    def wait_event(self, timeout_s: float) -> HealthEvent | None:
+        """Blocks up to ``timeout_s`` for the next health event; None when there was none."""
+        ...
+
+    def probe(self, gpu_id: str) -> str | None:
+        """None when the GPU answers normally, else why not."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _bus_key(bus_id: str) -> str:
+    """NVML writes bus ids with an 8-digit domain, sysfs with 4: compare on the last 12 chars."""
+    return bus_id.lower()[-12:]
+
+
+def _handle_key(handle: Any) -> Any:
+    if isinstance(handle, ctypes._Pointer):
+        return ctypes.cast(handle, ctypes.c_void_p).value
+    return handle
+
+
+class NvmlBackend:
+    """NVIDIA GPUs through NVML. ``nvml`` is the ``pynvml`` module or a fake of it."""
+
+    name = "nvml"
+
+    def __init__(self, nvml: Any, sysfs_root: pathlib.Path = pathlib.Path("/sys")) -> None:
+        self.nvml = nvml
+        self.sysfs_root = sysfs_root
+        try:
+            nvml.nvmlInit()
+        except nvml.NVMLError as err:
+            raise DiscoveryError(f"NVML did not initialise: {err}") from err
+        self._uuid_by_handle: dict[Any, str] = {}
+        self._minor: dict[str, int] = {}
+        self._events: Any = None
+
+    # --- discovery ----------------------------------------------------------------------
+
+    def discover(self) -> tuple[contract.Gpu, ...]:
+        nvml = self.nvml
+        try:
+            count = nvml.nvmlDeviceGetCount()
+            handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        except nvml.NVMLError as err:
+            raise DiscoveryError(f"NVML could not list GPUs: {err}") from err
+        gpus = []
+        buses: list[str] = []
+        for i, h in enumerate(handles):
+            try:
+                uuid = nvml.nvmlDeviceGetUUID(h)
+                buses.append(nvml.nvmlDeviceGetPciInfo(h).busId)
+            except nvml.NVMLError as err:
+                raise DiscoveryError(f"NVML could not read GPU {i}: {err}") from err
+            self._uuid_by_handle[_handle_key(h)] = uuid
+        for i, h in enumerate(handles):
+            uuid = self._uuid_by_handle[_handle_key(h)]
+            healthy = True
+            try:
+                name = nvml.nvmlDeviceGetName(h)
+                memory = nvml.nvmlDeviceGetMemoryInfo(h).total // 2**20
+                self._minor[uuid] = nvml.nvmlDeviceGetMinorNumber(h)
+                mig = self._mig_enabled(h)
+            except nvml.NVMLError as err:
+                log.warning("GPU %d (%s) does not answer NVML (%s); advertising it as Unhealthy", i, uuid, err)
+                name, memory, mig, healthy = "unknown", 0, False, False
+                self._minor.setdefault(uuid, i)
+            gpus.append(
+                contract.Gpu(
+                    id=uuid,
+                    index=i,
+                    vendor="nvidia",
+                    model=name,
+                    memory_mib=int(memory),
+                    numa_node=self._numa_node(h, buses[i]),
+                    pci_bus_id=buses[i],
+                    healthy=healthy,
+                    mig_enabled=mig,
+                    links=self._links(handles, buses, i) if healthy else (),
+                )
+            )
+        self._register_events(handles)
+        return tuple(gpus)
+
+    def _mig_enabled(self, handle: Any) -> bool:
+        try:
+            current, _pending = self.nvml.nvmlDeviceGetMigMode(handle)
+        except self.nvml.NVMLError:
+            return False  # GPUs without MIG answer NOT_SUPPORTED
+        return bool(current == self.nvml.NVML_FEATURE_ENABLED)
+
+    def _numa_node(self, handle: Any, bus_id: str) -> int:
+        try:
+            return int(self.nvml.nvmlDeviceGetNumaNodeId(handle))
+        except (self.nvml.NVMLError, AttributeError):
+            pass
+        path = self.sysfs_root / "bus/pci/devices" / bus_id.lower()[-12:] / "numa_node"
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            return -1
+
+    def _active_link_remotes(self, handle: Any) -> list[str]:
+        nvml = self.nvml
+        remotes = []
+        for link in range(nvml.NVML_NVLINK_MAX_LINKS):
+            try:
+                if nvml.nvmlDeviceGetNvLinkState(handle, link) != nvml.NVML_FEATURE_ENABLED:
+                    continue
+                remotes.append(_bus_key(nvml.nvmlDeviceGetNvLinkRemotePciInfo(handle, link).busId))
+            except nvml.NVMLError:
+                continue
+        return remotes
+
+    def _links(self, handles: list[Any], buses: list[str], i: int) -> tuple[contract.Link, ...]:
+        """NVLink peers of GPU i: direct bridges count their links; through NVSwitch, all links."""
+        nvml = self.nvml
+        gpu_buses = {_bus_key(b) for b in buses}
+        remotes = self._active_link_remotes(handles[i])
+        to_switch = sum(1 for r in remotes if r not in gpu_buses)
+        links = []
+        for j, other in enumerate(handles):
+            if j == i:
+                continue
+            try:
+                status = nvml.nvmlDeviceGetP2PStatus(handles[i], other, nvml.NVML_P2P_CAPS_INDEX_NVLINK)
+            except nvml.NVMLError:
+                continue
+            if status != nvml.NVML_P2P_STATUS_OK:
+                continue
+            direct = sum(1 for r in remotes if r == _bus_key(buses[j]))
+            count = direct or to_switch
+            if count:
+                links.append(contract.Link(peer=j, nvlinks=count))
+        return tuple(links)
+
+    # --- allocation ---------------------------------------------------------------------
+
+    def device_nodes(self, gpu_ids: list[str]) -> list[str]:
+        own = [f"/dev/nvidia{self._minor[g]}" for g in gpu_ids if g in self._minor]
+        return own + list(NVIDIA_CONTROL_NODES)
+
+    # --- health -------------------------------------------------------------------------
+
+    def _register_events(self, handles: list[Any]) -> None:
+        nvml = self.nvml
+        if self._events is not None:
+            return
+        try:
+            self._events = nvml.nvmlEventSetCreate()
+        except nvml.NVMLError as err:
+            log.warning("NVML event set not available (%s): XID health checks are off", err)
+            return
+        for h in handles:
+            uuid = self._uuid_by_handle[_handle_key(h)]
+            try:
+                nvml.nvmlDeviceRegisterEvents(h, nvml.nvmlEventTypeXidCriticalError, self._events)
+            except nvml.NVMLError as err:
+                log.warning("GPU %s cannot report XID events (%s): its health is probed only", uuid, err)
+
+    def wait_event(self, timeout_s: float) -> HealthEvent | None:
+        nvml = self.nvml
+        if self._events is None:
+            return None
+        try:
+            data = nvml.nvmlEventSetWait_v2(self._events, int(timeout_s * 1000))
+        except nvml.NVMLError as err:
+            if getattr(err, "value", None) == nvml.NVML_ERROR_TIMEOUT:
+                return None
+            return HealthEvent(None, f"NVML event wait failed: {err}")
+        if data.eventType != nvml.nvmlEventTypeXidCriticalError:
+            return None
+        uuid = self._uuid_by_handle.get(_handle_key(data.device))
+        return HealthEvent(uuid, f"XID {data.eventData}", xid=int(data.eventData))
+
+    def probe(self, gpu_id: str) -> str | None:
+        nvml = self.nvml
+        try:
+            handle = nvml.nvmlDeviceGetHandleByUUID(gpu_id)
+            nvml.nvmlDeviceGetMemoryInfo(handle)
+        except nvml.NVMLError as err:
+            return f"NVML: {err}"
+        return None
+
+    def close(self) -> None:
+        try:
+            if self._events is not None:
+                self.nvml.nvmlEventSetFree(self._events)
+            self.nvml.nvmlShutdown()
+        except self.nvml.NVMLError:
+            pass
+
+
+class FakeFileBackend(NvmlBackend):
+    """The NVML backend over a fake machine described by an inventory file (demos, e2e tests).
+
+    The file is re-read when its modification time changes, checked on each event wait: a GPU
+    marked ``healthy: false`` falls off the bus (XID 79), and ``healthy: true`` brings it back.
+    """
+
+    name = "fake"
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        try:
+            raw = fake_nvml.load_inventory_file(path)
+            fake = fake_nvml.from_inventory(raw, seed=str(path))
+        except (ValueError, KeyError, TypeError) as err:
+            raise DiscoveryError(str(err)) from err
+        self.fake = fake
+        self._mtime = self._stat()
+        super().__init__(fake)
+
+    def _stat(self) -> float:
+        try:
+            return os.stat(self.path).st_mtime_ns
+        except OSError:
+            return 0
+
+    def wait_event(self, timeout_s: float) -> HealthEvent | None:
+        mtime = self._stat()
+        if mtime != self._mtime:
+            self._mtime = mtime
+            try:
+                fake_nvml.update_from_inventory(self.fake, fake_nvml.load_inventory_file(self.path))
+            except ValueError as err:
+                log.warning("ignoring unreadable fake inventory change: %s", err)
+        # Wake at least every 0.2 s to notice file changes.
+        return super().wait_event(min(timeout_s, 0.2))
+
+
+def open_backend(kind: str, fake_inventory: pathlib.Path | None = None, sysfs_root: pathlib.Path = pathlib.Path("/sys")) -> Backend:
+    """The backend named by ``--backend``; a DiscoveryError says what to do when it cannot start."""
+    if kind == "fake":
+        if fake_inventory is None:
+            raise DiscoveryError("--backend fake needs --fake-inventory FILE (a YAML or JSON GPU list)")
+        return FakeFileBackend(fake_inventory)
+    if kind in ("nvml", "auto"):
+        try:
+            import pynvml
+        except ImportError as err:  # pragma: no cover - a dependency of the package
+            raise DiscoveryError(f"the nvidia-ml-py package is missing: {err}") from err
+        try:
+            return NvmlBackend(pynvml, sysfs_root)
+        except DiscoveryError as err:
+            if kind == "auto":
+                raise DiscoveryError(
+                    "no GPU backend found: libnvidia-ml.so.1 did not load "
+                    f"({err}). On an NVIDIA node, run with the NVIDIA container runtime or mount the "
+                    "driver libraries; elsewhere use --backend fake --fake-inventory FILE."
+                ) from err
+            raise
+    raise DiscoveryError(f"unknown backend {kind!r}: choose auto, nvml or fake")

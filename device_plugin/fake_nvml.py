@@ -1,0 +1,377 @@
+"""A fake of the ``pynvml`` module that models real NVIDIA machines, for tests, demos and e2e.
+
+The NVML discovery backend receives the NVML module as a constructor argument; handing it a
+:class:`FakeNvml` instead of ``pynvml`` lets the backend run unchanged without a GPU. The fake
+answers the calls the backend makes with the same shapes as the real library (handles,
+``memory.total`` in bytes, ``busId`` strings, NVLink remote PCI info, P2P status, XID events
+from ``nvmlEventSetWait_v2``) and raises the real ``pynvml.NVMLError`` subclasses, so error
+paths are exercised too. Tests can inject XIDs, make a GPU fall off the bus and come back, and
+make every NVML call fail.
+
+Two machines are modelled after real ones: :func:`a100_sxm4_8x` (DGX A100 40GB: 8 GPUs, each
+with 12 NVLinks into six NVSwitches, GPUs 0-3 on NUMA node 0 and 4-7 on node 1) and
+:func:`h100_pcie_pairs` (8 H100 PCIe 80GB joined in pairs by NVLink bridges of 4 links).
+:func:`from_inventory_file` builds one from the fake inventory file of the ``fake`` backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import queue
+import threading
+from typing import Any
+
+import pynvml
+import yaml
+
+# Re-exported so the fake can stand in for the module: the backend reads these off `nvml`.
+NVMLError = pynvml.NVMLError
+NVML_ERROR_TIMEOUT = pynvml.NVML_ERROR_TIMEOUT
+NVML_ERROR_GPU_IS_LOST = pynvml.NVML_ERROR_GPU_IS_LOST
+NVML_ERROR_NOT_SUPPORTED = pynvml.NVML_ERROR_NOT_SUPPORTED
+NVML_ERROR_UNKNOWN = pynvml.NVML_ERROR_UNKNOWN
+NVML_ERROR_UNINITIALIZED = pynvml.NVML_ERROR_UNINITIALIZED
+NVML_ERROR_INVALID_ARGUMENT = pynvml.NVML_ERROR_INVALID_ARGUMENT
+NVML_ERROR_NOT_FOUND = pynvml.NVML_ERROR_NOT_FOUND
+NVML_P2P_CAPS_INDEX_NVLINK = pynvml.NVML_P2P_CAPS_INDEX_NVLINK
+NVML_P2P_STATUS_OK = pynvml.NVML_P2P_STATUS_OK
+NVML_P2P_STATUS_NOT_SUPPORTED = pynvml.NVML_P2P_STATUS_NOT_SUPPORTED
+NVML_NVLINK_MAX_LINKS = pynvml.NVML_NVLINK_MAX_LINKS
+NVML_FEATURE_ENABLED = pynvml.NVML_FEATURE_ENABLED
+NVML_FEATURE_DISABLED = pynvml.NVML_FEATURE_DISABLED
+nvmlEventTypeXidCriticalError = pynvml.nvmlEventTypeXidCriticalError
+nvmlEventTypeNone = pynvml.nvmlEventTypeNone
+
+_NVSWITCH_BUS = "00000000:{:02X}:00.0"
+
+
+@dataclasses.dataclass
+class FakeGpu:
+    """One modelled GPU; mutable so tests can change it while the backend runs."""
+
+    index: int
+    name: str
+    memory_mib: int
+    numa_node: int
+    bus_id: str
+    uuid: str
+    minor: int
+    nvlink_remotes: list[str]  # remote PCI bus id of each active NVLink (a GPU or an NVSwitch)
+    mig_enabled: bool = False
+    lost: bool = False  # fell off the bus: every query raises GpuIsLost
+
+
+@dataclasses.dataclass(frozen=True)
+class _Handle:
+    index: int
+
+
+@dataclasses.dataclass
+class _EventData:
+    device: _Handle
+    eventType: int
+    eventData: int
+    gpuInstanceId: int = 0xFFFFFFFF
+    computeInstanceId: int = 0xFFFFFFFF
+
+
+@dataclasses.dataclass(eq=False)
+class _EventSet:
+    events: queue.Queue[_EventData]
+    registered: set[int]
+
+
+@dataclasses.dataclass
+class _Memory:
+    total: int
+    free: int
+    used: int
+
+
+@dataclasses.dataclass
+class _Pci:
+    busId: str
+    busIdLegacy: str
+
+
+def fake_uuid(seed: str) -> str:
+    """A stable, well-formed GPU UUID derived from a seed string."""
+    h = hashlib.sha256(seed.encode()).hexdigest()
+    return f"GPU-{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+class FakeNvml:
+    """Module-like object with the pynvml functions the NVML backend uses."""
+
+    NVMLError = pynvml.NVMLError
+
+    def __init__(self, gpus: list[FakeGpu], driver: str = "570.124.06") -> None:
+        self.gpus = gpus
+        self.driver = driver
+        self.broken = False  # every call raises NVML_ERROR_UNKNOWN
+        self.initialised = 0
+        self._sets: list[_EventSet] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        # Constants the backend reads off the module (NVML_*, nvmlEventType*).
+        if name.startswith(("NVML_", "nvmlEventType")):
+            return getattr(pynvml, name)
+        raise AttributeError(name)
+
+    # --- fault injection ----------------------------------------------------------------
+
+    def inject_xid(self, index: int, xid: int) -> None:
+        """Delivers an XID critical error event for GPU ``index`` to every registered set."""
+        with self._lock:
+            for s in self._sets:
+                if index in s.registered:
+                    s.events.put(_EventData(_Handle(index), nvmlEventTypeXidCriticalError, xid))
+
+    def lose(self, index: int) -> None:
+        """GPU ``index`` falls off the bus (XID 79): queries on it fail until :meth:`recover`."""
+        self.gpus[index].lost = True
+        self.inject_xid(index, 79)
+
+    def recover(self, index: int) -> None:
+        self.gpus[index].lost = False
+
+    # --- the pynvml surface -------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.broken:
+            raise pynvml.NVMLError(NVML_ERROR_UNKNOWN)
+        if self.initialised <= 0:
+            raise pynvml.NVMLError(NVML_ERROR_UNINITIALIZED)
+
+    def _gpu(self, handle: _Handle) -> FakeGpu:
+        self._check()
+        if not isinstance(handle, _Handle) or not 0 <= handle.index < len(self.gpus):
+            raise pynvml.NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        gpu = self.gpus[handle.index]
+        if gpu.lost:
+            raise pynvml.NVMLError(NVML_ERROR_GPU_IS_LOST)
+        return gpu
+
+    def nvmlInit(self) -> None:
+        if self.broken:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+        self.initialised += 1
+
+    def nvmlShutdown(self) -> None:
+        self.initialised = max(0, self.initialised - 1)
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._check()
+        return self.driver
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._check()
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
+        self._check()
+        if not 0 <= index < len(self.gpus):
+            raise pynvml.NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return _Handle(index)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> _Handle:
+        self._check()
+        for gpu in self.gpus:
+            if gpu.uuid == uuid:
+                if gpu.lost:
+                    raise pynvml.NVMLError(NVML_ERROR_GPU_IS_LOST)
+                return _Handle(gpu.index)
+        raise pynvml.NVMLError(NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
+        return self._gpu(handle).uuid
+
+    def nvmlDeviceGetName(self, handle: _Handle) -> str:
+        return self._gpu(handle).name
+
+    def nvmlDeviceGetIndex(self, handle: _Handle) -> int:
+        return self._gpu(handle).index
+
+    def nvmlDeviceGetMinorNumber(self, handle: _Handle) -> int:
+        return self._gpu(handle).minor
+
+    def nvmlDeviceGetMemoryInfo(self, handle: _Handle) -> _Memory:
+        total = self._gpu(handle).memory_mib * 2**20
+        return _Memory(total=total, free=total, used=0)
+
+    def nvmlDeviceGetPciInfo(self, handle: _Handle) -> _Pci:
+        bus = self._gpu(handle).bus_id
+        return _Pci(busId=bus, busIdLegacy=bus[4:])
+
+    def nvmlDeviceGetNumaNodeId(self, handle: _Handle) -> int:
+        return self._gpu(handle).numa_node
+
+    def nvmlDeviceGetMigMode(self, handle: _Handle) -> list[int]:
+        mode = NVML_FEATURE_ENABLED if self._gpu(handle).mig_enabled else NVML_FEATURE_DISABLED
+        return [mode, mode]
+
+    def nvmlDeviceGetNvLinkState(self, handle: _Handle, link: int) -> int:
+        gpu = self._gpu(handle)
+        if not 0 <= link < NVML_NVLINK_MAX_LINKS:
+            raise pynvml.NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        if link >= len(gpu.nvlink_remotes):
+            raise pynvml.NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return NVML_FEATURE_ENABLED
+
+    def nvmlDeviceGetNvLinkRemotePciInfo(self, handle: _Handle, link: int) -> _Pci:
+        gpu = self._gpu(handle)
+        if not 0 <= link < len(gpu.nvlink_remotes):
+            raise pynvml.NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        bus = gpu.nvlink_remotes[link]
+        return _Pci(busId=bus, busIdLegacy=bus[4:])
+
+    def nvmlDeviceGetP2PStatus(self, a: _Handle, b: _Handle, caps: int) -> int:
+        ga, gb = self._gpu(a), self._gpu(b)
+        if caps != NVML_P2P_CAPS_INDEX_NVLINK:
+            return NVML_P2P_STATUS_OK
+        direct = gb.bus_id in ga.nvlink_remotes
+        gpu_buses = {g.bus_id for g in self.gpus}
+        via_switch = any(r not in gpu_buses for r in ga.nvlink_remotes) and any(
+            r not in gpu_buses for r in gb.nvlink_remotes
+        )
+        return NVML_P2P_STATUS_OK if direct or via_switch else NVML_P2P_STATUS_NOT_SUPPORTED
+
+    def nvmlEventSetCreate(self) -> _EventSet:
+        self._check()
+        s = _EventSet(queue.Queue(), set())
+        with self._lock:
+            self._sets.append(s)
+        return s
+
+    def nvmlEventSetFree(self, event_set: _EventSet) -> None:
+        with self._lock:
+            if event_set in self._sets:
+                self._sets.remove(event_set)
+
+    def nvmlDeviceGetSupportedEventTypes(self, handle: _Handle) -> int:
+        self._gpu(handle)
+        return int(nvmlEventTypeXidCriticalError)
+
+    def nvmlDeviceRegisterEvents(self, handle: _Handle, types: int, event_set: _EventSet) -> None:
+        self._gpu(handle)
+        event_set.registered.add(handle.index)
+
+    def nvmlEventSetWait_v2(self, event_set: _EventSet, timeout_ms: int) -> _EventData:
+        self._check()
+        try:
+            return event_set.events.get(timeout=timeout_ms / 1000)
+        except queue.Empty:
+            raise pynvml.NVMLError(NVML_ERROR_TIMEOUT) from None
+
+    nvmlEventSetWait = nvmlEventSetWait_v2
+
+
+# --- modelled machines ----------------------------------------------------------------------
+
+
+def a100_sxm4_8x(seed: str = "a100-node") -> FakeNvml:
+    """DGX A100 40GB: 8 GPUs behind six NVSwitches (12 links each), NUMA 0 for 0-3, 1 for 4-7."""
+    bus = [0x07, 0x0F, 0x47, 0x4E, 0x87, 0x90, 0xB7, 0xBD]
+    switches = [_NVSWITCH_BUS.format(0xC4 + s) for s in range(6)]
+    gpus = [
+        FakeGpu(
+            index=i,
+            name="NVIDIA A100-SXM4-40GB",
+            memory_mib=40960,
+            numa_node=0 if i < 4 else 1,
+            bus_id=f"00000000:{bus[i]:02X}:00.0",
+            uuid=fake_uuid(f"{seed}/{i}"),
+            minor=i,
+            nvlink_remotes=[switches[link % 6] for link in range(12)],
+        )
+        for i in range(8)
+    ]
+    return FakeNvml(gpus)
+
+
+def h100_pcie_pairs(seed: str = "h100-node") -> FakeNvml:
+    """8x H100 PCIe 80GB; NVLink bridges join (0,1), (2,3), (4,5), (6,7) with 4 links; NUMA 0/1."""
+    buses = [f"00000000:{b:02X}:00.0" for b in (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)]
+    gpus = [
+        FakeGpu(
+            index=i,
+            name="NVIDIA H100 PCIe",
+            memory_mib=81559,
+            numa_node=0 if i < 4 else 1,
+            bus_id=buses[i],
+            uuid=fake_uuid(f"{seed}/{i}"),
+            minor=i,
+            nvlink_remotes=[buses[i ^ 1]] * 4,
+        )
+        for i in range(8)
+    ]
+    return FakeNvml(gpus)
+
+
+def load_inventory_file(path: pathlib.Path) -> dict[str, Any]:
+    """Reads a fake inventory file (YAML or JSON) into a dict; raises ValueError with the path."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ValueError(f"fake inventory {path}: cannot read ({err.strerror})") from err
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"fake inventory {path}: not valid YAML/JSON ({err})") from err
+    if not isinstance(raw, dict) or not isinstance(raw.get("gpus"), list):
+        raise ValueError(f"fake inventory {path}: expected an object with a 'gpus' list")
+    return raw
+
+
+def from_inventory(raw: dict[str, Any], seed: str = "fake") -> FakeNvml:
+    """Builds a machine from the fake inventory format (the contract's inventory keys).
+
+    Each GPU takes ``id`` (UUID), ``index``, ``model``, ``memoryMiB``, ``numaNode``, ``pciBusId``,
+    ``links`` (``[{peer, nvlinks}]``, direct bridges) and ``migEnabled``; all but ``model`` and
+    ``memoryMiB`` have defaults. A top-level ``nvswitch: <links per GPU>`` puts every GPU behind
+    NVSwitches instead. ``healthy: false`` makes a GPU answer like one that fell off the bus.
+    """
+    entries = raw["gpus"]
+    buses = [str(g.get("pciBusId") or f"00000000:{0x10 + 8 * i:02X}:00.0") for i, g in enumerate(entries)]
+    switch_links = int(raw.get("nvswitch", 0))
+    gpus = []
+    for i, g in enumerate(entries):
+        remotes: list[str] = []
+        if switch_links:
+            remotes = [_NVSWITCH_BUS.format(0xC4 + link % 6) for link in range(switch_links)]
+        for link in g.get("links", []):
+            remotes += [buses[int(link["peer"])]] * int(link["nvlinks"])
+        gpus.append(
+            FakeGpu(
+                index=int(g.get("index", i)),
+                name=str(g["model"]),
+                memory_mib=int(g["memoryMiB"]),
+                numa_node=int(g.get("numaNode", 0)),
+                bus_id=buses[i],
+                uuid=str(g.get("id") or fake_uuid(f"{seed}/{i}")),
+                minor=int(g.get("index", i)),
+                nvlink_remotes=remotes,
+                mig_enabled=bool(g.get("migEnabled", False)),
+                lost=not bool(g.get("healthy", True)),
+            )
+        )
+    return FakeNvml(gpus)
+
+
+def update_from_inventory(fake: FakeNvml, raw: dict[str, Any]) -> list[int]:
+    """Applies a re-read inventory file's health to a running fake; returns GPUs newly lost."""
+    newly_lost = []
+    for i, g in enumerate(raw.get("gpus", [])):
+        if i >= len(fake.gpus):
+            break
+        lost = not bool(g.get("healthy", True))
+        if lost and not fake.gpus[i].lost:
+            newly_lost.append(i)
+            fake.lose(i)
+        elif not lost:
+            fake.recover(i)
+    return newly_lost

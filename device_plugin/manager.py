@@ -1,0 +1,232 @@
+"""The device plugin's lifecycle: serve, register, follow health, come back after restarts.
+
+One :class:`Manager` per process. It discovers the GPUs once, keeps their health in a
+:class:`~device_plugin.health.HealthTracker`, derives the advertised devices per resource,
+runs one :class:`~device_plugin.server.PluginServer` per resource, and has three threads:
+
+- health: waits on the backend's events (NVML XIDs) and applies them;
+- probe: every ``probe_interval_s`` probes Unhealthy GPUs so they can recover;
+- watch: watches the plugin folder; a new ``kubelet.sock`` (kubelet restart) or our socket
+  vanishing makes the affected servers serve and register again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+import grpc
+
+from gpupack import contract
+
+from device_plugin import allocate as allocate_mod
+from device_plugin import preferred as preferred_mod
+from device_plugin import resources
+from device_plugin.discovery import Backend, HealthEvent
+from device_plugin.health import HealthSettings, HealthTracker
+from device_plugin.metrics import PluginMetrics
+from device_plugin.server import KUBELET_SOCKET, PluginServer
+
+log = logging.getLogger("gpupack.manager")
+
+
+class Publisher(Protocol):
+    """Publishes the node's inventory (a null object when publishing is off)."""
+
+    def publish(self, inventory: contract.Inventory) -> None: ...
+
+
+class NoPublisher:
+    def publish(self, inventory: contract.Inventory) -> None:
+        return None
+
+
+class Manager:
+    def __init__(
+        self,
+        backend: Backend,
+        plugin_dir: pathlib.Path,
+        health: HealthSettings = HealthSettings(),
+        pass_device_specs: bool = False,
+        metrics: PluginMetrics | None = None,
+        publisher: Publisher | None = None,
+        node_name: str = "",
+    ) -> None:
+        self.backend = backend
+        self.plugin_dir = plugin_dir
+        self.pass_device_specs = pass_device_specs
+        self.metrics = metrics or PluginMetrics()
+        self.publisher = publisher or NoPublisher()
+        self.node_name = node_name
+        self._cond = threading.Condition()
+        self._version = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._servers: dict[str, PluginServer] = {}
+        self._gpus = backend.discover()
+        self.tracker = HealthTracker([g.id for g in self._gpus], health)
+        for g in self._gpus:
+            if not g.healthy:
+                self.tracker.mark_unhealthy(g.id, "did not answer at discovery")
+        self._devices: dict[str, tuple[resources.Device, ...]] = {}
+        self._index: dict[str, resources.Device] = {}
+        self._topology = self._build_topology()
+        self._refresh()
+
+    # --- state --------------------------------------------------------------------------
+
+    def _build_topology(self) -> preferred_mod.Topology:
+        return preferred_mod.Topology.build(
+            [g.numa_node for g in self._gpus],
+            [(g.index, link.peer, link.nvlinks) for g in self._gpus for link in g.links],
+            {g.id: g.index for g in self._gpus},
+        )
+
+    def _refresh(self) -> None:
+        """Re-derives advertised devices from GPUs and health; wakes ListAndWatch streams."""
+        with self._cond:
+            self._gpus = tuple(dataclasses.replace(g, healthy=self.tracker.healthy(g.id)) for g in self._gpus)
+            self._devices = resources.advertise(self._gpus)
+            self._index = resources.index(self._devices)
+            self._version += 1
+            self._cond.notify_all()
+        self.metrics.set_devices(self._devices)
+        self.publisher.publish(self.inventory())
+
+    def inventory(self) -> contract.Inventory:
+        return contract.Inventory(node=self.node_name, gpus=resources.with_resources(self._gpus))
+
+    def resources(self) -> list[str]:
+        return sorted(self._devices)
+
+    # --- Source for the servers -----------------------------------------------------------
+
+    def devices(self, resource: str) -> tuple[int, tuple[resources.Device, ...]]:
+        with self._cond:
+            return self._version, self._devices.get(resource, ())
+
+    def wait_change(self, version: int, timeout_s: float) -> int:
+        with self._cond:
+            self._cond.wait_for(lambda: self._version != version or self._stop.is_set(), timeout_s)
+            return self._version
+
+    def preferred(self, resource: str, available: Sequence[str], must_include: Sequence[str], size: int) -> list[str]:
+        with self._cond:
+            own = {d.id for d in self._devices.get(resource, ())}
+            index = self._index
+        foreign = [d for d in available if d not in own]
+        if foreign:
+            raise preferred_mod.PreferenceError(f"unknown device ids: {', '.join(foreign)}")
+        gpu_of = {i: self._topology.gpu_of[index[i].gpu_id] for i in available}
+        topo = dataclasses.replace(self._topology, gpu_of=gpu_of)
+        return preferred_mod.choose(available, must_include, size, topo)
+
+    def allocate(self, resource: str, ids: Sequence[str]) -> allocate_mod.ContainerAllocation:
+        with self._cond:
+            own = {d.id: d for d in self._devices.get(resource, ())}
+        nodes = self.backend.device_nodes if self.pass_device_specs else None
+        return allocate_mod.allocate(ids, own, nodes)
+
+    # --- health -------------------------------------------------------------------------
+
+    def apply_event(self, event: HealthEvent) -> None:
+        verdict = self.tracker.on_event(event)
+        self.metrics.health_events.labels(str(event.xid) if event.xid is not None else "none", verdict.action).inc()
+        if verdict.changed:
+            self._refresh()
+
+    def probe_once(self) -> None:
+        verdict = self.tracker.probe_round(self.backend.probe)
+        if verdict.changed:
+            self.metrics.recoveries.inc(len(verdict.changed))
+            self._refresh()
+
+    def _health_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                event = self.backend.wait_event(1.0)
+            except Exception as err:  # a backend fault must not kill health checking
+                event = HealthEvent(None, f"health check failed: {err}")
+            if event is not None:
+                self.apply_event(event)
+
+    def _probe_loop(self) -> None:
+        while not self._stop.wait(self.tracker.settings.probe_interval_s):
+            try:
+                self.probe_once()
+            except Exception:
+                log.exception("probing Unhealthy GPUs failed; will try again")
+
+    # --- serving and registration ---------------------------------------------------------
+
+    def serve_and_register(self, resource: str) -> bool:
+        server = self._servers.get(resource)
+        if server is None:
+            server = self._servers[resource] = PluginServer(resource, self.plugin_dir, self, self.metrics)
+        if not server.serving():
+            server.start()
+        try:
+            server.register(self.plugin_dir / KUBELET_SOCKET)
+            return True
+        except (grpc.RpcError, OSError) as err:
+            detail = err.details() if isinstance(err, grpc.RpcError) else str(err)  # type: ignore[attr-defined]
+            log.warning("could not register %s with the kubelet (%s); will retry when kubelet.sock appears", resource, detail)
+            return False
+
+    def _watch_loop(self) -> None:
+        from device_plugin.fswatch import DirWatcher
+
+        watcher = DirWatcher(self.plugin_dir)
+        pending = {r for r in self.resources() if not self._registered.get(r)}
+        try:
+            while not self._stop.is_set():
+                events = watcher.wait(5.0 if pending else 1.0)
+                if self._stop.is_set():
+                    break
+                again: set[str] = set()
+                for kind, name in events:
+                    if kind == "created" and name == KUBELET_SOCKET:
+                        log.info("kubelet.sock was created: the kubelet restarted; registering again")
+                        again.update(self.resources())
+                    elif kind == "deleted":
+                        again.update(r for r, s in self._servers.items() if s.path.name == name and not s.serving())
+                if not events:
+                    again.update(pending)  # slow retry of registrations that failed
+                for resource in sorted(again):
+                    if not self._servers[resource].serving():
+                        log.info("socket for %s was removed; serving again", resource)
+                    if self.serve_and_register(resource):
+                        pending.discard(resource)
+                    else:
+                        pending.add(resource)
+        finally:
+            watcher.close()
+
+    def start(self) -> None:
+        self.plugin_dir.mkdir(parents=True, exist_ok=True)
+        healthy = sum(1 for g in self._gpus if g.healthy)
+        log.info(
+            "found %d GPU(s) through %s (%d Healthy): %s",
+            len(self._gpus), self.backend.name, healthy,
+            ", ".join(sorted({g.model for g in self._gpus})) or "none",
+        )
+        self._registered = {r: self.serve_and_register(r) for r in self.resources()}
+        for name, target in (("health", self._health_loop), ("probe", self._probe_loop), ("watch", self._watch_loop)):
+            t = threading.Thread(target=target, name=f"gpupack-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        for server in self._servers.values():
+            server.stop()
+        for t in self._threads:
+            t.join(timeout=5)
+        self.backend.close()
+        log.info("stopped; sockets removed")
