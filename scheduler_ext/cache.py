@@ -156,7 +156,8 @@ class ClusterCache:
         self._recent: collections.deque[kernel.Request] = collections.deque(maxlen=MIX_MEMORY)
         self._seen_shapes: set[str] = set()
         self._mix: kernel.Mix | None = None
-        self.synced = False
+        self._listed: set[str] = set()
+        self.synced = False  # True once nodes and pods have each been listed in full
         self.generation = 0  # bumped on every change, for callers that memoise
 
     # --- reading ---------------------------------------------------------------------------
@@ -238,12 +239,13 @@ class ClusterCache:
 
     # --- events ----------------------------------------------------------------------------
 
-    def apply_event(self, event: Mapping[str, Any]) -> None:
-        """One watch event: ``{"type": ADDED|MODIFIED|DELETED, "object": Node or Pod}``."""
+    def apply_event(self, event: Mapping[str, Any], kind: str = "") -> None:
+        """One watch event: ``{"type": ADDED|MODIFIED|DELETED, "object": Node or Pod}``;
+        ``kind`` is "Node" or "Pod" (default: the object's own ``kind``)."""
         obj = event.get("object")
         if not isinstance(obj, dict):
             return
-        kind = obj.get("kind") or ("Node" if "nodeInfo" in (obj.get("status") or {}) else "Pod")
+        kind = kind or str(obj.get("kind", ""))
         deleted = event.get("type") == "DELETED"
         if kind == "Node":
             name = str((obj.get("metadata") or {}).get("name", ""))
@@ -252,25 +254,37 @@ class ClusterCache:
             uid = str((obj.get("metadata") or {}).get("uid", ""))
             self.delete_pod(uid) if deleted else self.upsert_pod(obj)
 
-    def replace_all(self, nodes: Iterable[KubeObject], pods: Iterable[KubeObject]) -> None:
-        """A full list (start, or resync after 410 Gone): the state becomes exactly this, keeping
-        reservations of binds in flight."""
+    def replace_nodes(self, nodes: Iterable[KubeObject]) -> None:
+        """A full list of nodes (start, or resync after 410 Gone): the nodes become exactly these."""
         with self._lock:
             nodes = list(nodes)
-            pods = list(pods)
-            keep = {n["metadata"]["name"] for n in nodes if n.get("metadata")}
+            keep = {str((n.get("metadata") or {}).get("name", "")) for n in nodes}
             for name in list(self._nodes):
                 if name not in keep:
                     self.delete_node(name)
-            uids = {str((p.get("metadata") or {}).get("uid", "")) for p in pods}
+            for n in nodes:
+                self.upsert_node(n)
+            self._listed.add("Node")
+            self.synced = self._listed >= {"Node", "Pod"}
+
+    def replace_pods(self, pods: Iterable[KubeObject]) -> None:
+        """A full list of pods: the pods become exactly these, keeping reservations of binds
+        in flight."""
+        with self._lock:
+            demands = [pod_demand(p) for p in pods]
+            uids = {d.uid for d in demands}
             for uid, rec in list(self._pods.items()):
                 if uid not in uids and not rec.reserved:
                     self.delete_pod(uid)
-            for n in nodes:
-                self.upsert_node(n)
-            for p in pods:
-                self.upsert_pod(p)
-            self.synced = True
+            for d in demands:
+                self.put_pod(d)
+            self._listed.add("Pod")
+            self.synced = self._listed >= {"Node", "Pod"}
+
+    def replace_all(self, nodes: Iterable[KubeObject], pods: Iterable[KubeObject]) -> None:
+        with self._lock:
+            self.replace_nodes(nodes)
+            self.replace_pods(pods)
 
     def upsert_node(self, obj: KubeObject) -> None:
         meta = obj.get("metadata") or {}
@@ -551,7 +565,10 @@ def from_objects(items: Iterable[KubeObject]) -> ClusterCache:
     for obj in items:
         if not isinstance(obj, dict):
             continue
-        (nodes if obj.get("kind") == "Node" else pods if obj.get("kind") == "Pod" else []).append(obj)
+        if obj.get("kind") == "Node":
+            nodes.append(obj)
+        elif obj.get("kind") == "Pod":
+            pods.append(obj)
     cache = ClusterCache(rows=max(len(nodes), 1))
     cache.replace_all(nodes, pods)
     return cache

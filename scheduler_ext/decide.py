@@ -62,8 +62,11 @@ class Decider:
             return s
         return kernel.Slots(**{f.name: self.xp.asarray(getattr(s, f.name)) for f in dataclasses.fields(s)})
 
-    def verdicts(self, demand: PodDemand, names: Sequence[str], score: bool = True) -> list[NodeVerdict]:
-        """Every named node's verdict for the pod, in the order of ``names``."""
+    def verdicts(
+        self, demand: PodDemand, names: Sequence[str], score: bool = True, detail: bool = False
+    ) -> list[NodeVerdict]:
+        """Every named node's verdict for the pod, in the order of ``names``; ``detail`` also
+        words how the fitting nodes fit (for explain)."""
         if demand.error:
             msg = f"pod's GPU request cannot be read: {demand.error}"
             return [NodeVerdict(n, False, True, 0, float("-inf"), msg, "bad-request") for n in names]
@@ -97,7 +100,7 @@ class Decider:
                 texts[i] = _reason_text(r, ask, int(free[i]), int(total[i]), self.cache.node_error(known[i]))
                 codes[i] = r.name.lower().replace("_", "-")
                 unres[i] = r.unresolvable
-            if resource == lead:
+            if resource == lead and detail:
                 for i in numpy.nonzero(ok)[0].tolist():
                     texts[i] = texts[i] or _reason_text(kernel.Reason.FITS, ask, int(free[i]), int(total[i]), "")
             fits &= ok

@@ -1,0 +1,126 @@
+"""Bind: choose the devices, write the pod's ``gpupack.io/devices`` annotation, create the Binding.
+
+The Kubernetes API is reached through :class:`PodApi`, a three-method interface, so tests
+hand in a fake and :class:`KubePodApi` is the only code that talks to the real client. The
+devices are reserved in the cache before any API call, under the cache's lock, so two racing
+binds never get the same device; the annotation patch carries the pod's resourceVersion
+as a precondition and a conflict is retried with a fresh read, never overwritten blindly.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from gpupack import contract
+from scheduler_ext.cache import ClusterCache
+from scheduler_ext.kernel import Policy
+from scheduler_ext.requests import pod_demand
+from scheduler_ext.wire import ExtenderBindingArgs, KubeObject
+
+
+class Conflict(Exception):
+    """The object changed since it was read (HTTP 409)."""
+
+
+class PodApi(Protocol):
+    def read_pod(self, namespace: str, name: str) -> KubeObject: ...
+
+    def patch_pod_annotations(
+        self, namespace: str, name: str, resource_version: str, annotations: dict[str, str]
+    ) -> None:
+        """Merge-patches annotations with ``resource_version`` as precondition; raises
+        :class:`Conflict` when the pod changed."""
+
+    def create_binding(self, namespace: str, name: str, uid: str, node: str) -> None: ...
+
+
+#: How often an annotation patch is retried after a conflict before the bind is reported failed.
+PATCH_RETRIES = 3
+
+
+class Binder:
+    def __init__(self, api: PodApi, cache: ClusterCache, policy: Policy) -> None:
+        self.api = api
+        self.cache = cache
+        self.policy = policy
+
+    def bind(self, args: ExtenderBindingArgs) -> str:
+        """Binds and returns "" or the error for ``ExtenderBindingResult.Error``."""
+        ns, name, uid, node = args["PodNamespace"], args["PodName"], args["PodUID"], args["Node"]
+        try:
+            pod = self.api.read_pod(ns, name)
+        except Exception as err:  # the API's errors are many; the scheduler needs the text
+            return f"gpupack: reading pod {ns}/{name}: {err}"
+        demand = pod_demand(pod)
+        if uid and demand.uid and demand.uid != uid:
+            return f"gpupack: pod {ns}/{name} has uid {demand.uid}, not {uid} (recreated?)"
+        if demand.error:
+            return f"gpupack: pod {ns}/{name}: {demand.error}"
+        if demand.wants_gpu:
+            self.cache.release(demand.uid)
+            assignment = self.cache.assign(demand, node, self.policy)
+            if assignment is None:
+                return f"gpupack: no room left on {node} for {ns}/{name} (taken by a concurrent bind?)"
+            error = self._annotate(ns, name, pod, assignment)
+            if error:
+                self.cache.release(demand.uid)
+                return error
+        try:
+            self.api.create_binding(ns, name, demand.uid or uid, node)
+        except Exception as err:
+            self.cache.release(demand.uid)
+            return f"gpupack: binding {ns}/{name} to {node}: {err}"
+        return ""
+
+    def _annotate(self, ns: str, name: str, pod: KubeObject, assignment: contract.Assignment) -> str:
+        value = contract.encode_assignment(assignment)
+        for _ in range(PATCH_RETRIES):
+            rv = str((pod.get("metadata") or {}).get("resourceVersion", ""))
+            try:
+                self.api.patch_pod_annotations(ns, name, rv, {contract.DEVICES_ANNOTATION: value})
+                return ""
+            except Conflict:
+                try:
+                    pod = self.api.read_pod(ns, name)
+                except Exception as err:
+                    return f"gpupack: re-reading pod {ns}/{name} after a conflict: {err}"
+                if (pod.get("spec") or {}).get("nodeName"):
+                    return f"gpupack: pod {ns}/{name} was bound by someone else meanwhile"
+            except Exception as err:
+                return f"gpupack: annotating pod {ns}/{name}: {err}"
+        return f"gpupack: pod {ns}/{name} kept changing; gave up after {PATCH_RETRIES} conflicts"
+
+
+class KubePodApi:
+    """:class:`PodApi` over the official kubernetes client's ``CoreV1Api``."""
+
+    def __init__(self, core_v1: Any) -> None:
+        self.core = core_v1
+
+    def read_pod(self, namespace: str, name: str) -> KubeObject:
+        resp = self.core.read_namespaced_pod(name, namespace, _preload_content=False)
+        pod: KubeObject = json.loads(resp.data)
+        return pod
+
+    def patch_pod_annotations(
+        self, namespace: str, name: str, resource_version: str, annotations: dict[str, str]
+    ) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        body = {"metadata": {"resourceVersion": resource_version, "annotations": annotations}}
+        try:
+            self.core.patch_namespaced_pod(name, namespace, body, _preload_content=False)
+        except ApiException as err:
+            if err.status == 409:
+                raise Conflict(str(err.reason)) from err
+            raise
+
+    def create_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        self.core.create_namespaced_binding(namespace, body, _preload_content=False)

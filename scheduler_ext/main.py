@@ -1,0 +1,115 @@
+"""``gpupack-extender``: flags (each also an environment variable), wiring, and serving."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from scheduler_ext import kernel
+from scheduler_ext.binder import Binder, KubePodApi
+from scheduler_ext.cache import ClusterCache, from_snapshot
+from scheduler_ext.decide import Decider
+from scheduler_ext.metrics import Metrics
+from scheduler_ext.server import DEFAULT_MAX_BODY, ExtenderApp, serve, tls_context
+from scheduler_ext.watch import KubeWatchSource, Syncer
+
+log = logging.getLogger("gpupack-extender")
+
+ENV_PREFIX = "GPUPACK_EXTENDER_"
+
+
+def _env(flag: str, default: str) -> str:
+    return os.environ.get(ENV_PREFIX + flag.upper().replace("-", "_"), default)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gpupack-extender",
+        description=(
+            "kube-scheduler extender that bin-packs GPU pods (filter, prioritize, bind, preempt). "
+            f"Every flag can also be set by an environment variable {ENV_PREFIX}<FLAG>, "
+            f"e.g. {ENV_PREFIX}POLICY=fragmentation; a flag on the command line wins."
+        ),
+    )
+    p.add_argument("--listen", default=_env("listen", "0.0.0.0:8888"),
+                   help="host:port to serve on (env GPUPACK_EXTENDER_LISTEN; default %(default)s)")
+    p.add_argument("--kubeconfig", default=_env("kubeconfig", ""),
+                   help="kubeconfig file; empty: in-cluster config (env GPUPACK_EXTENDER_KUBECONFIG)")
+    p.add_argument("--snapshot", default=_env("snapshot", ""),
+                   help="serve read-only from a `kubectl get nodes,pods -o json` file instead of the API; "
+                        "bind is refused (env GPUPACK_EXTENDER_SNAPSHOT)")
+    p.add_argument("--policy", default=_env("policy", kernel.DEFAULT_POLICY), choices=sorted(kernel.POLICIES),
+                   help="scoring policy (env GPUPACK_EXTENDER_POLICY; default %(default)s)")
+    p.add_argument("--xp", default=_env("xp", "numpy"), choices=["numpy", "cupy"],
+                   help="array library for the kernel; cupy needs a GPU and cupy installed "
+                        "(env GPUPACK_EXTENDER_XP; default %(default)s)")
+    p.add_argument("--tls-cert", default=_env("tls-cert", ""), help="serve HTTPS with this certificate (PEM) (env GPUPACK_EXTENDER_TLS_CERT)")
+    p.add_argument("--tls-key", default=_env("tls-key", ""), help="private key of --tls-cert (env GPUPACK_EXTENDER_TLS_KEY)")
+    p.add_argument("--tls-client-ca", default=_env("tls-client-ca", ""),
+                   help="require client certificates signed by this CA (env GPUPACK_EXTENDER_TLS_CLIENT_CA)")
+    p.add_argument("--max-body-bytes", type=int, default=int(_env("max-body-bytes", str(DEFAULT_MAX_BODY))),
+                   help="larger request bodies get HTTP 400 (env GPUPACK_EXTENDER_MAX_BODY_BYTES; default %(default)s)")
+    p.add_argument("--log-level", default=_env("log-level", "INFO"), help="DEBUG, INFO, WARNING (env GPUPACK_EXTENDER_LOG_LEVEL)")
+    return p
+
+
+def _core_v1(kubeconfig: str) -> Any:
+    from kubernetes import client
+    from kubernetes import config as kconfig
+
+    config: Any = kconfig
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig)
+    else:
+        config.load_incluster_config()
+    return client.CoreV1Api()
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen: {text!r} is not host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        host, port = _listen(args.listen)
+        tls = tls_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+        stop = threading.Event()
+        if args.snapshot:
+            cache = from_snapshot(args.snapshot)
+            binder = None
+        else:
+            core = _core_v1(args.kubeconfig)
+            cache = ClusterCache()
+            Syncer(cache, KubeWatchSource(core)).start(stop)
+        decider = Decider(cache, args.policy, args.xp)
+        if not args.snapshot:
+            binder = Binder(KubePodApi(core), cache, decider.policy)
+    except (ValueError, OSError) as err:
+        print(f"gpupack-extender: {err}", file=sys.stderr)
+        return 2
+    app = ExtenderApp(cache, decider, binder, Metrics(cache))
+    srv, thread = serve(app, host, port, tls, args.max_body_bytes)
+    log.info("serving on %s:%d (policy %s, xp %s, %s)", *srv.server_address[:2], args.policy, args.xp,
+             f"snapshot {args.snapshot}" if args.snapshot else "watching the API")
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    srv.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Prometheus metrics of the extender: latency per verb, decisions, failures by reason, and
+the cluster's idle and fragmented GPU capacity (computed from the cache at scrape time)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy
+import prometheus_client
+from prometheus_client.core import GaugeMetricFamily
+
+from scheduler_ext import kernel
+from scheduler_ext.cache import ClusterCache
+
+
+class _CapacityCollector:
+    def __init__(self, cache: ClusterCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Any]:
+        rows, _ = self.cache.all_rows()
+        idle, frag = kernel.idle_and_fragmented(rows, self.cache.mix(), numpy)
+        nodes, pods = self.cache.counts()
+        yield GaugeMetricFamily("gpupack_cluster_idle_gpus", "Idle GPU capacity in the cache, in GPUs.", value=idle)
+        yield GaugeMetricFamily(
+            "gpupack_cluster_fragmented_gpus",
+            "Idle GPU capacity that the recent mix of request shapes cannot use (FGD), in GPUs.",
+            value=frag,
+        )
+        yield GaugeMetricFamily("gpupack_cache_nodes", "Nodes in the cache.", value=nodes)
+        yield GaugeMetricFamily("gpupack_cache_gpu_pods", "GPU pods in the cache.", value=pods)
+
+
+class Metrics:
+    def __init__(self, cache: ClusterCache) -> None:
+        self.registry = prometheus_client.CollectorRegistry()
+        self.latency = prometheus_client.Histogram(
+            "gpupack_extender_request_seconds", "Extender request latency by verb.", ["verb"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+        self.decisions = prometheus_client.Counter(
+            "gpupack_extender_decisions", "Extender answers by verb and result.", ["verb", "result"],
+            registry=self.registry,
+        )
+        self.failures = prometheus_client.Counter(
+            "gpupack_extender_node_failures", "Nodes filtered out, by reason.", ["reason"],
+            registry=self.registry,
+        )
+        self.registry.register(_CapacityCollector(cache))
+
+    def exposition(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)
