@@ -1,0 +1,111 @@
+"""A plain-Python reference of the kernel's rule, one node and one slot at a time.
+
+Written from the formulas in the docstrings, not from the array code, so tests can check the
+two agree and ``bench/kernel.py`` can measure what vectorising buys. Lists in, lists out.
+"""
+
+from __future__ import annotations
+
+from scheduler_ext.kernel.slots import Mix, Request, Slots
+
+
+def _node(s: Slots, i: int) -> list[dict[str, float]]:
+    cols = range(s.shape[1])
+    return [
+        {
+            "resource": int(s.resource[i, j]), "cap": int(s.capacity[i, j]), "free": int(s.free[i, j]),
+            "mem": int(s.memory_mib[i, j]), "free_mem": int(s.free_memory_mib[i, j]),
+            "healthy": bool(s.healthy[i, j]), "weight": float(s.weight[i, j]),
+        }
+        for j in cols
+    ]
+
+
+def _unit_mem(slot: dict[str, float], req: Request) -> int:
+    if slot["cap"] <= 1:
+        return int(slot["mem"])
+    return req.memory_mib if req.memory_mib > 0 else int(slot["mem"]) // int(slot["cap"])
+
+
+def _units(slot: dict[str, float], req: Request) -> int:
+    if slot["resource"] != req.resource or not slot["healthy"]:
+        return 0
+    if slot["cap"] <= 1 and req.memory_mib > slot["mem"]:
+        return 0
+    n = min(int(slot["free"]), int(slot["free_mem"]) // max(_unit_mem(slot, req), 1))
+    return max(n, 0)
+
+
+def _used(slot: dict[str, float]) -> float:
+    if slot["cap"] <= 0:
+        return 0.0
+    share = (slot["cap"] - slot["free"]) / slot["cap"]
+    mem = (slot["mem"] - slot["free_mem"]) / max(slot["mem"], 1)
+    return min(max(share, mem, 0.0), 1.0)
+
+
+def _util(node: list[dict[str, float]]) -> float:
+    total = sum(x["weight"] for x in node if x["cap"] > 0)
+    return sum(x["weight"] * _used(x) for x in node) / max(total, 1e-12)
+
+
+def _place(node: list[dict[str, float]], req: Request) -> list[int]:
+    """Units taken per slot: each unit to the slot with the fewest units left, lowest index."""
+    left = [_units(x, req) for x in node]
+    take = [0] * len(node)
+    for _ in range(req.count):
+        best = -1
+        for j, n in enumerate(left):
+            if n > 0 and (best < 0 or n < left[best]):
+                best = j
+        if best < 0:
+            break
+        take[best] += 1
+        left[best] -= 1
+    return take
+
+
+def _after(node: list[dict[str, float]], take: list[int], req: Request) -> list[dict[str, float]]:
+    out = []
+    for x, t in zip(node, take):
+        y = dict(x)
+        y["free"] = x["free"] - t
+        y["free_mem"] = x["free_mem"] - t * _unit_mem(x, req)
+        out.append(y)
+    return out
+
+
+def _frag(node: list[dict[str, float]], mix: Mix) -> float:
+    idle = [x["weight"] * (1 - _used(x)) if x["healthy"] and x["cap"] > 0 else 0.0 for x in node]
+    total = 0.0
+    for shape, p in mix:
+        u = [_units(x, shape) for x in node]
+        if sum(u) >= shape.count:
+            total += p * sum(i for i, n in zip(idle, u) if n == 0)
+        else:
+            total += p * sum(idle)
+    return total
+
+
+def evaluate(s: Slots, req: Request, policy: str, mix: Mix = ()) -> tuple[list[bool], list[float]]:
+    """``(feasible, raw)`` per node, as :func:`scheduler_ext.kernel.evaluate` computes them."""
+    feasible: list[bool] = []
+    raw: list[float] = []
+    for i in range(s.shape[0]):
+        node = _node(s, i)
+        ok = sum(_units(x, req) for x in node) >= max(req.count, 1)
+        feasible.append(ok)
+        if not ok:
+            raw.append(float("-inf"))
+            continue
+        take = _place(node, req)
+        after = _after(node, take, req)
+        if policy == "binpack":
+            partly = sum(t for t, x in zip(take, node) if _used(x) > 0)
+            raw.append(2.0 * partly / max(sum(take), 1) + _util(after))
+        elif policy == "spread":
+            raw.append(1.0 - _util(after))
+        else:
+            m = mix or ((req, 1.0),)
+            raw.append(-(_frag(after, m) - _frag(node, m)) + 0.001 * _util(after))
+    return feasible, raw

@@ -1,0 +1,156 @@
+"""Kernel tables: feasibility, reasons, policies, levels and device choice, with the arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scheduler_ext import kernel
+from scheduler_ext.kernel import Reason, Request
+from scheduler_ext.kernel.levels import to_levels
+from scheduler_ext.kernel.slots import units
+
+from .kernel_tables import FREE, USED, S, slots
+
+GPU, SHARED, MIG1G, MIG3G, AMD = 0, 1, 2, 3, 4
+
+
+@pytest.mark.parametrize(
+    "rows,req,feasible,reasons,free_units",
+    [
+        pytest.param([[FREE] * 4, [FREE, USED, USED, USED], [USED] * 4], Request(GPU, 2),
+                     [True, False, False], [Reason.FITS, Reason.BUSY, Reason.BUSY], [4, 1, 0], id="whole-gpus"),
+        pytest.param([[FREE] * 2], Request(GPU, 4), [False], [Reason.TOO_SMALL], [2], id="too-small-even-empty"),
+        pytest.param([[FREE, S(healthy=False)]], Request(GPU, 2), [False], [Reason.UNHEALTHY], [1], id="unhealthy"),
+        pytest.param([[S(resource=AMD)] * 8], Request(GPU, 1), [False], [Reason.NO_RESOURCE], [0], id="amd-node-for-nvidia"),
+        pytest.param([[S(resource=AMD)] * 8], Request(AMD, 8), [True], [Reason.FITS], [8], id="amd-whole-node"),
+        # 4 shares of 40960 MiB: fair part 10240; 2 shares used -> 2 free, 20480 MiB free
+        pytest.param([[S(resource=SHARED, cap=4, free=2)]], Request(SHARED, 2), [True], [Reason.FITS], [2], id="shares"),
+        # hint 15000 MiB: 20480 // 15000 = 1 unit although 2 shares are free
+        pytest.param([[S(resource=SHARED, cap=4, free=2)]], Request(SHARED, 2, 15000), [False], [Reason.BUSY], [1],
+                     id="shares-memory-bound"),
+        # hint 50000 MiB > 40960 MiB of the GPU: even empty, 0 units
+        pytest.param([[S(resource=SHARED, cap=4, free=4)]], Request(SHARED, 1, 50000), [False], [Reason.TOO_SMALL], [0],
+                     id="shares-hint-beyond-gpu"),
+        pytest.param([[S(resource=MIG1G, mem=10240, weight=0.25)] * 3 + [S(resource=MIG3G, mem=20480, weight=0.5, free=0)]],
+                     Request(MIG3G, 1), [False], [Reason.BUSY], [0], id="mig-profile-busy"),
+        pytest.param([[S(resource=MIG1G, mem=10240, weight=0.25)] * 3], Request(MIG1G, 3), [True], [Reason.FITS], [3],
+                     id="mig-profile-fits"),
+        pytest.param([[S(resource=GPU, mem=24576)]], Request(GPU, 1, 40960), [False], [Reason.TOO_SMALL], [0],
+                     id="whole-gpu-with-too-big-hint"),
+    ],
+)
+def test_feasibility(rows: list[list[S]], req: Request, feasible: list[bool], reasons: list[Reason],
+                     free_units: list[int]) -> None:
+    v = kernel.evaluate(slots(rows), req, kernel.get_policy("binpack"), np)
+    assert v.feasible.tolist() == feasible
+    assert [Reason(int(r)) for r in v.reason] == reasons
+    assert v.free_units.tolist() == free_units
+    assert all(Reason(int(r)).unresolvable == (r in (1, 2, 3)) for r in v.reason)
+
+
+HALF = S(resource=SHARED, cap=2, free=1)  # one of two shares used
+
+
+@pytest.mark.parametrize(
+    "policy,rows,req,raw",
+    [
+        # binpack: raw = 2*g + u_after
+        # n0 empty 4 GPUs: g=0, u=1/4 -> 0.25; n1 2 of 4 used: g=0, u=3/4 -> 0.75
+        pytest.param("binpack", [[FREE] * 4, [USED, USED, FREE, FREE]], Request(GPU, 1), [0.25, 0.75], id="binpack-fuller-node"),
+        # share: n0 has a half-used shared GPU: g=1, u=(1+0)/2=0.5 -> 2.5;
+        # n1 three used whole GPUs + one fresh shared GPU: g=0, u=(3+0.5)/4 -> 0.875
+        pytest.param("binpack", [[HALF, S(resource=SHARED, cap=2, free=2)],
+                                 [USED, USED, USED, S(resource=SHARED, cap=2, free=2)]],
+                     Request(SHARED, 1), [2.5, 0.875], id="binpack-partly-used-gpu-first"),
+        # spread: raw = 1 - u_after: 1 - 0.25 = 0.75; 1 - 0.75 = 0.25
+        pytest.param("spread", [[FREE] * 4, [USED, USED, FREE, FREE]], Request(GPU, 1), [0.75, 0.25], id="spread-emptier-node"),
+        # fragmentation, mix = the request (2 GPUs): F = idle if 2 GPUs do not fit else 0.
+        # n0 4 free: after 2 free -> F 0 -> 0 delta; +0.001*u(0.5) = 0.0005
+        # n1 3 free: after 1 free, 2 no longer fit -> F 1 -> -1 + 0.001*(3/4) = -0.99925
+        pytest.param("fragmentation", [[FREE] * 4, [USED, FREE, FREE, FREE]], Request(GPU, 2), [0.0005, -0.99925],
+                     id="fragmentation-avoids-stranding"),
+    ],
+)
+def test_policy_raw_scores(policy: str, rows: list[list[S]], req: Request, raw: list[float]) -> None:
+    v = kernel.evaluate(slots(rows), req, kernel.get_policy(policy), np)
+    assert v.raw.tolist() == pytest.approx(raw)
+
+
+def test_fragmentation_with_mix_of_mig_profiles() -> None:
+    # mix: 3g (p=0.5) and 1g (p=0.5). n0: one free 3g slice (weight .5) and one free 1g (weight .25);
+    # placing a 1g on n0 takes the 1g: after, 3g still fits; 1g does not fit -> F_1g = idle 0.5.
+    # before: both fit, F = 0.5*0 + 0.5*0 (each free slot hosts its own shape... 1g slot is
+    # stranded for 3g: 0.25, 3g slot stranded for 1g: 0.5) = 0.5*0.25 + 0.5*0.5 = 0.375
+    # after: F_3g = 0 (1g slot is gone), F_1g = 0.5 (cannot fit) -> 0.5*0 + 0.5*0.5 = 0.25
+    # delta = 0.25 - 0.375 = -0.125 -> raw 0.125 + 0.001*u (u = 0.25/0.75 = 1/3)
+    rows = [[S(resource=MIG3G, mem=20480, weight=0.5), S(resource=MIG1G, mem=10240, weight=0.25)]]
+    mix = ((Request(MIG3G, 1), 0.5), (Request(MIG1G, 1), 0.5))
+    v = kernel.evaluate(slots(rows), Request(MIG1G, 1), kernel.get_policy("fragmentation"), np, mix=mix)
+    assert v.raw.tolist() == pytest.approx([0.125 + 0.001 / 3])
+
+
+@pytest.mark.parametrize(
+    "raw,feasible,levels",
+    [
+        pytest.param([3.0, 1.0, 2.0], [1, 1, 1], [10, 0, 5], id="three-distinct: 10 - round(r*10/2)"),
+        pytest.param([1.0, 1.0], [1, 1], [10, 10], id="ties-both-best"),
+        pytest.param([5.0, 9.0], [1, 0], [10, 0], id="infeasible-zero"),
+        # 22 distinct values: level = 10 - floor(r*11/22) = 10 - r//2
+        pytest.param(list(range(22)), [1] * 22, [10 - (21 - i) // 2 for i in range(22)], id="bands"),
+        pytest.param([], [], [], id="empty"),
+    ],
+)
+def test_levels(raw: list[float], feasible: list[int], levels: list[int]) -> None:
+    out = to_levels(np.asarray(raw, dtype=float), np.asarray(feasible, dtype=bool), np)
+    assert out.tolist() == levels
+
+
+def test_unknown_policy_refused() -> None:
+    with pytest.raises(ValueError, match="unknown policy 'best'.*binpack"):
+        kernel.get_policy("best")
+
+
+def test_cupy_refused_when_absent_or_asked_wrongly() -> None:
+    with pytest.raises(ValueError, match="unknown array namespace"):
+        kernel.namespace("torch")
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="cupy cannot be imported"):
+            kernel.namespace("cupy")
+
+
+@pytest.mark.parametrize(
+    "row,req,chosen",
+    [
+        # 8 GPUs, two NVLink groups of 4; group 0 has 3 free, group 1 has 4 free -> group 1
+        pytest.param([S(free=0, nvgroup=0)] + [S(nvgroup=0)] * 3 + [S(nvgroup=1)] * 4, Request(GPU, 4), ((4, 1), (5, 1), (6, 1), (7, 1)),
+                     id="nvlink-group-that-holds-all"),
+        # 2 GPUs: both groups can; group 0 has 3 free (smaller) -> keeps group 1 whole
+        pytest.param([S(free=0, nvgroup=0)] + [S(nvgroup=0)] * 3 + [S(nvgroup=1)] * 4, Request(GPU, 2), ((1, 1), (2, 1)),
+                     id="nvlink-smallest-fitting-group"),
+        # no NVLink; NUMA 0 has 1 free, NUMA 1 has 2 -> NUMA 1
+        pytest.param([USED, S(numa=0), S(numa=1), S(numa=1)], Request(GPU, 2), ((2, 1), (3, 1)), id="numa"),
+        # shares go to the fullest GPU that still has room (best fit)
+        pytest.param([S(resource=SHARED, cap=4, free=4), S(resource=SHARED, cap=4, free=1)], Request(SHARED, 1),
+                     ((1, 1),), id="share-best-fit"),
+        pytest.param([USED, USED], Request(GPU, 1), (), id="none-free"),
+    ],
+)
+def test_choose_devices(row: list[S], req: Request, chosen: tuple[tuple[int, int], ...]) -> None:
+    assert kernel.choose_devices(slots([row]), 0, req, np) == chosen
+
+
+def test_units_never_beyond_free() -> None:
+    s = slots([[S(resource=SHARED, cap=4, free=3, free_mem=40000)]])
+    # min(3 free shares, 40000 // 10240 = 3) = 3
+    assert units(s, Request(SHARED, 1), np).tolist() == [[3]]
+
+
+def test_idle_and_fragmented() -> None:
+    # n0: 1 free of 4 -> idle 1; mix wants 2 GPUs -> does not fit -> all 1 fragmented
+    # n1: 2 free -> idle 2, fits -> 0 fragmented
+    s = slots([[USED, USED, USED, FREE], [USED, USED, FREE, FREE]])
+    idle, frag = kernel.idle_and_fragmented(s, ((Request(GPU, 2), 1.0),), np)
+    assert (idle, frag) == (3.0, 1.0)

@@ -1,0 +1,129 @@
+"""Hypothesis properties of the kernel on small random clusters."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler_ext import kernel
+from scheduler_ext.kernel import Request, reference
+from scheduler_ext.kernel.slots import Slots, take_plan, unit_memory, units
+
+from .kernel_tables import S, slots
+
+
+@st.composite
+def slot(draw: st.DrawFn) -> S:
+    cap = draw(st.sampled_from([1, 1, 2, 4]))
+    free = draw(st.integers(0, cap))
+    mem = draw(st.sampled_from([10240, 40960]))
+    free_mem = draw(st.integers(0, mem)) if cap > 1 else (mem if free else 0)
+    return S(resource=draw(st.integers(0, 2)), cap=cap, free=free, mem=mem, free_mem=free_mem,
+             healthy=draw(st.booleans()), weight=draw(st.sampled_from([1.0, 0.5, 0.25])),
+             nvgroup=draw(st.integers(-1, 1)), numa=draw(st.integers(-1, 1)))
+
+
+clusters = st.lists(st.lists(slot(), min_size=0, max_size=5), min_size=1, max_size=4)
+requests = st.builds(Request, st.integers(0, 2), st.integers(1, 4), st.sampled_from([0, 0, 5000, 12000, 50000]))
+SETTINGS = settings(max_examples=150, deadline=None)
+
+
+def _slot_ok(x: S, n: int, req: Request) -> bool:
+    """Can slot ``x`` give ``n`` units of ``req``? Checked from the definitions directly."""
+    if n == 0:
+        return True
+    if x.resource != req.resource or not x.healthy:
+        return False
+    free_mem = x.free_mem if x.free_mem is not None else x.mem
+    if x.cap == 1:
+        return n == 1 and x.free == 1 and free_mem >= x.mem and req.memory_mib <= x.mem
+    per = req.memory_mib or x.mem // x.cap
+    return n <= x.free and n * per <= free_mem
+
+
+def brute_force_fits(row: list[S], req: Request) -> bool:
+    for split in itertools.product(range(req.count + 1), repeat=len(row)):
+        if sum(split) == req.count and all(_slot_ok(x, n, req) for x, n in zip(row, split)):
+            return True
+    return False
+
+
+@SETTINGS
+@given(clusters, requests)
+def test_feasibility_equals_brute_force(rows: list[list[S]], req: Request) -> None:
+    v = kernel.evaluate(slots(rows), req, kernel.get_policy("binpack"), np, score=False)
+    assert v.feasible.tolist() == [brute_force_fits(r, req) for r in rows]
+
+
+@SETTINGS
+@given(clusters, requests)
+def test_placement_never_beyond_capacity(rows: list[list[S]], req: Request) -> None:
+    s = slots(rows)
+    take = take_plan(s, req, np)
+    per = unit_memory(s, req, np)
+    assert (take <= units(s, req, np)).all()
+    assert (s.free - take >= 0).all()
+    assert (s.free_memory_mib - take * per >= 0).all()
+
+
+@SETTINGS
+@given(clusters, requests)
+def test_chosen_devices_exist_are_free_and_healthy(rows: list[list[S]], req: Request) -> None:
+    s = slots(rows)
+    feasible = kernel.evaluate(s, req, kernel.get_policy("binpack"), np, score=False).feasible
+    for i, row in enumerate(rows):
+        chosen = kernel.choose_devices(s, i, req, np)
+        if not feasible[i]:
+            assert chosen == ()
+            continue
+        assert sum(n for _, n in chosen) == req.count
+        for col, n in chosen:
+            assert 0 <= col < len(row)
+            assert _slot_ok(row[col], n, req)
+
+
+@SETTINGS
+@given(clusters, requests, st.sampled_from(sorted(kernel.POLICIES)))
+def test_array_kernel_equals_plain_python_reference(rows: list[list[S]], req: Request, policy: str) -> None:
+    s = slots(rows)
+    mix = ((req, 0.7), (Request(1, 1, 5000), 0.3))
+    v = kernel.evaluate(s, req, kernel.get_policy(policy), np, mix=mix)
+    feasible, raw = reference.evaluate(s, req, policy, mix if policy == "fragmentation" else ())
+    assert v.feasible.tolist() == feasible
+    assert v.raw.tolist() == pytest.approx(raw)
+
+
+def _u_after(s: Slots, req: Request) -> list[float]:
+    from scheduler_ext.kernel.usage import ScoreInput, node_utilisation
+
+    free, free_mem = ScoreInput(s, take_plan(s, req, np), req, (), np).after()
+    return [float(x) for x in node_utilisation(s, free, free_mem, np)]
+
+
+@SETTINGS
+@given(clusters, requests)
+def test_policies_order_nodes_as_they_claim(rows: list[list[S]], req: Request) -> None:
+    s = slots(rows)
+    u = _u_after(s, req)
+    spread = kernel.evaluate(s, req, kernel.get_policy("spread"), np)
+    binpack = kernel.evaluate(s, req, kernel.get_policy("binpack"), np)
+    ok = [i for i in range(len(rows)) if spread.feasible[i]]
+    for a, b in itertools.permutations(ok, 2):
+        # spread: an emptier node after placement never scores lower
+        if u[a] < u[b] - 1e-9:
+            assert spread.level[a] >= spread.level[b]
+        # binpack: a fuller node scores at least as high when both fill the same share of used slots
+        ga, gb = binpack.raw[a] - u[a], binpack.raw[b] - u[b]
+        if abs(ga - gb) < 1e-9 and u[a] > u[b] + 1e-9:
+            assert binpack.level[a] >= binpack.level[b]
+    # levels keep the raw order, and the best feasible node gets 10
+    for v in (spread, binpack):
+        for a, b in itertools.permutations(ok, 2):
+            if v.raw[a] > v.raw[b] + 1e-9:
+                assert v.level[a] >= v.level[b]
+        if ok:
+            assert max(v.level[i] for i in ok) == 10
