@@ -104,14 +104,18 @@ class NvmlBackend:
             raise DiscoveryError(f"NVML could not list GPUs: {err}") from err
         gpus = []
         buses: list[str] = []
+        answering = []
         for i, h in enumerate(handles):
             try:
                 uuid = nvml.nvmlDeviceGetUUID(h)
                 buses.append(nvml.nvmlDeviceGetPciInfo(h).busId)
             except nvml.NVMLError as err:
-                raise DiscoveryError(f"NVML could not read GPU {i}: {err}") from err
+                # Without a UUID the kubelet cannot be given a stable id: leave it out, loudly.
+                log.error("GPU %d does not answer NVML (%s): it is NOT advertised; check `nvidia-smi` and dmesg", i, err)
+                continue
             self._uuid_by_handle[_handle_key(h)] = uuid
-        for i, h in enumerate(handles):
+            answering.append((i, h))
+        for pos, (i, h) in enumerate(answering):
             uuid = self._uuid_by_handle[_handle_key(h)]
             healthy = True
             try:
@@ -130,14 +134,14 @@ class NvmlBackend:
                     vendor="nvidia",
                     model=name,
                     memory_mib=int(memory),
-                    numa_node=self._numa_node(h, buses[i]),
-                    pci_bus_id=buses[i],
+                    numa_node=self._numa_node(h, buses[pos]),
+                    pci_bus_id=buses[pos],
                     healthy=healthy,
                     mig_enabled=mig,
-                    links=self._links(handles, buses, i) if healthy else (),
+                    links=self._links(answering, buses, pos) if healthy else (),
                 )
             )
-        self._register_events(handles)
+        self._register_events([h for _, h in answering])
         return tuple(gpus)
 
     def _mig_enabled(self, handle: Any) -> bool:
@@ -170,23 +174,25 @@ class NvmlBackend:
                 continue
         return remotes
 
-    def _links(self, handles: list[Any], buses: list[str], i: int) -> tuple[contract.Link, ...]:
-        """NVLink peers of GPU i: direct bridges count their links; through NVSwitch, all links."""
+    def _links(self, gpus: list[tuple[int, Any]], buses: list[str], pos: int) -> tuple[contract.Link, ...]:
+        """NVLink peers (by GPU index) of the GPU at ``pos``: direct bridges count their links;
+        through NVSwitch, all of its links."""
         nvml = self.nvml
         gpu_buses = {_bus_key(b) for b in buses}
-        remotes = self._active_link_remotes(handles[i])
+        handle = gpus[pos][1]
+        remotes = self._active_link_remotes(handle)
         to_switch = sum(1 for r in remotes if r not in gpu_buses)
         links = []
-        for j, other in enumerate(handles):
-            if j == i:
+        for q, (j, other) in enumerate(gpus):
+            if q == pos:
                 continue
             try:
-                status = nvml.nvmlDeviceGetP2PStatus(handles[i], other, nvml.NVML_P2P_CAPS_INDEX_NVLINK)
+                status = nvml.nvmlDeviceGetP2PStatus(handle, other, nvml.NVML_P2P_CAPS_INDEX_NVLINK)
             except nvml.NVMLError:
                 continue
             if status != nvml.NVML_P2P_STATUS_OK:
                 continue
-            direct = sum(1 for r in remotes if r == _bus_key(buses[j]))
+            direct = sum(1 for r in remotes if r == _bus_key(buses[q]))
             count = direct or to_switch
             if count:
                 links.append(contract.Link(peer=j, nvlinks=count))

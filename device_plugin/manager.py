@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import pathlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import grpc
@@ -27,6 +27,7 @@ from device_plugin import allocate as allocate_mod
 from device_plugin import preferred as preferred_mod
 from device_plugin import resources
 from device_plugin.discovery import Backend, HealthEvent
+from device_plugin.fswatch import DirWatcher
 from device_plugin.health import HealthSettings, HealthTracker
 from device_plugin.metrics import PluginMetrics
 from device_plugin.server import KUBELET_SOCKET, PluginServer
@@ -80,10 +81,11 @@ class Manager:
     # --- state --------------------------------------------------------------------------
 
     def _build_topology(self) -> preferred_mod.Topology:
+        pos = {g.index: p for p, g in enumerate(self._gpus)}  # GPU indices may have gaps
         return preferred_mod.Topology.build(
             [g.numa_node for g in self._gpus],
-            [(g.index, link.peer, link.nvlinks) for g in self._gpus for link in g.links],
-            {g.id: g.index for g in self._gpus},
+            [(p, pos[link.peer], link.nvlinks) for p, g in enumerate(self._gpus) for link in g.links if link.peer in pos],
+            {g.id: p for p, g in enumerate(self._gpus)},
         )
 
     def _refresh(self) -> None:
@@ -177,10 +179,7 @@ class Manager:
             log.warning("could not register %s with the kubelet (%s); will retry when kubelet.sock appears", resource, detail)
             return False
 
-    def _watch_loop(self) -> None:
-        from device_plugin.fswatch import DirWatcher
-
-        watcher = DirWatcher(self.plugin_dir)
+    def _watch_loop(self, watcher: DirWatcher) -> None:
         pending = {r for r in self.resources() if not self._registered.get(r)}
         try:
             while not self._stop.is_set():
@@ -214,8 +213,15 @@ class Manager:
             len(self._gpus), self.backend.name, healthy,
             ", ".join(sorted({g.model for g in self._gpus})) or "none",
         )
+        # Watch before the first registration, so a kubelet restart right after it is seen.
+        watcher = DirWatcher(self.plugin_dir)
         self._registered = {r: self.serve_and_register(r) for r in self.resources()}
-        for name, target in (("health", self._health_loop), ("probe", self._probe_loop), ("watch", self._watch_loop)):
+        loops: list[tuple[str, Callable[[], None]]] = [
+            ("health", self._health_loop),
+            ("probe", self._probe_loop),
+            ("watch", lambda: self._watch_loop(watcher)),
+        ]
+        for name, target in loops:
             t = threading.Thread(target=target, name=f"gpupack-{name}", daemon=True)
             t.start()
             self._threads.append(t)
