@@ -183,12 +183,18 @@ def resolve(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None
         if values["backend"] not in ("auto", "nvml", "fake"):
             raise ConfigError(f"--backend: expected auto, nvml or fake, got {values['backend']!r}")
         settings = dataclasses.replace(settings, backend=values["backend"])
-    for flag in ("fake-inventory", "plugin-dir", "sysfs-root"):
-        if flag in values:
-            settings = dataclasses.replace(settings, **{flag.replace("-", "_"): pathlib.Path(values[flag])})
-    for flag in ("node-name", "kubeconfig", "metrics-addr"):
-        if flag in values:
-            settings = dataclasses.replace(settings, **{flag.replace("-", "_"): values[flag]})
+    if "fake-inventory" in values:
+        settings = dataclasses.replace(settings, fake_inventory=pathlib.Path(values["fake-inventory"]))
+    if "plugin-dir" in values:
+        settings = dataclasses.replace(settings, plugin_dir=pathlib.Path(values["plugin-dir"]))
+    if "sysfs-root" in values:
+        settings = dataclasses.replace(settings, sysfs_root=pathlib.Path(values["sysfs-root"]))
+    settings = dataclasses.replace(
+        settings,
+        node_name=values.get("node-name", settings.node_name),
+        kubeconfig=values.get("kubeconfig", settings.kubeconfig),
+        metrics_addr=values.get("metrics-addr", settings.metrics_addr),
+    )
     if "pass-device-specs" in values:
         settings = dataclasses.replace(settings, pass_device_specs=_bool("--pass-device-specs", values["pass-device-specs"]))
     if "log-level" in values:

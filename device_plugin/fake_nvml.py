@@ -220,7 +220,7 @@ class FakeNvml:
             raise pynvml.NVMLError(NVML_ERROR_INVALID_ARGUMENT)
         if link >= len(gpu.nvlink_remotes):
             raise pynvml.NVMLError(NVML_ERROR_NOT_SUPPORTED)
-        return NVML_FEATURE_ENABLED
+        return int(NVML_FEATURE_ENABLED)
 
     def nvmlDeviceGetNvLinkRemotePciInfo(self, handle: _Handle, link: int) -> _Pci:
         gpu = self._gpu(handle)
@@ -232,13 +232,13 @@ class FakeNvml:
     def nvmlDeviceGetP2PStatus(self, a: _Handle, b: _Handle, caps: int) -> int:
         ga, gb = self._gpu(a), self._gpu(b)
         if caps != NVML_P2P_CAPS_INDEX_NVLINK:
-            return NVML_P2P_STATUS_OK
+            return int(NVML_P2P_STATUS_OK)
         direct = gb.bus_id in ga.nvlink_remotes
         gpu_buses = {g.bus_id for g in self.gpus}
         via_switch = any(r not in gpu_buses for r in ga.nvlink_remotes) and any(
             r not in gpu_buses for r in gb.nvlink_remotes
         )
-        return NVML_P2P_STATUS_OK if direct or via_switch else NVML_P2P_STATUS_NOT_SUPPORTED
+        return int(NVML_P2P_STATUS_OK if direct or via_switch else NVML_P2P_STATUS_NOT_SUPPORTED)
 
     def nvmlEventSetCreate(self) -> _EventSet:
         self._check()

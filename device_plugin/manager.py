@@ -102,7 +102,7 @@ class Manager:
     def inventory(self) -> contract.Inventory:
         return contract.Inventory(node=self.node_name, gpus=resources.with_resources(self._gpus))
 
-    def resources(self) -> list[str]:
+    def resource_names(self) -> list[str]:
         return sorted(self._devices)
 
     # --- Source for the servers -----------------------------------------------------------
@@ -175,12 +175,12 @@ class Manager:
             server.register(self.plugin_dir / KUBELET_SOCKET)
             return True
         except (grpc.RpcError, OSError) as err:
-            detail = err.details() if isinstance(err, grpc.RpcError) else str(err)  # type: ignore[attr-defined]
+            detail = err.details() if isinstance(err, grpc.RpcError) else str(err)
             log.warning("could not register %s with the kubelet (%s); will retry when kubelet.sock appears", resource, detail)
             return False
 
     def _watch_loop(self, watcher: DirWatcher) -> None:
-        pending = {r for r in self.resources() if not self._registered.get(r)}
+        pending = {r for r in self.resource_names() if not self._registered.get(r)}
         try:
             while not self._stop.is_set():
                 events = watcher.wait(5.0 if pending else 1.0)
@@ -190,7 +190,7 @@ class Manager:
                 for kind, name in events:
                     if kind == "created" and name == KUBELET_SOCKET:
                         log.info("kubelet.sock was created: the kubelet restarted; registering again")
-                        again.update(self.resources())
+                        again.update(self.resource_names())
                     elif kind == "deleted":
                         again.update(r for r, s in self._servers.items() if s.path.name == name and not s.serving())
                 if not events:
@@ -215,7 +215,7 @@ class Manager:
         )
         # Watch before the first registration, so a kubelet restart right after it is seen.
         watcher = DirWatcher(self.plugin_dir)
-        self._registered = {r: self.serve_and_register(r) for r in self.resources()}
+        self._registered = {r: self.serve_and_register(r) for r in self.resource_names()}
         loops: list[tuple[str, Callable[[], None]]] = [
             ("health", self._health_loop),
             ("probe", self._probe_loop),

@@ -139,7 +139,7 @@ class PluginServer:
             self.path.unlink()
         self._stopping = threading.Event()
         server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"))
-        pb_grpc.add_DevicePluginServicer_to_server(
+        pb_grpc.add_DevicePluginServicer_to_server(  # type: ignore[no-untyped-call]
             DevicePluginServicer(self.resource, self.source, self.metrics, self._stopping), server
         )
         if server.add_insecure_port(f"unix://{self.path}") == 0:
@@ -172,7 +172,7 @@ class PluginServer:
         if not kubelet_socket.exists():
             raise OSError(f"{kubelet_socket} does not exist (is the kubelet running?)")
         with grpc.insecure_channel(f"unix://{kubelet_socket}") as channel:
-            pb_grpc.RegistrationStub(channel).Register(
+            pb_grpc.RegistrationStub(channel).Register(  # type: ignore[no-untyped-call]
                 pb.RegisterRequest(
                     version=API_VERSION,
                     endpoint=self.path.name,

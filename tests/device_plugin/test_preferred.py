@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device_plugin.preferred import PreferenceError, Topology, choose
+from device_plugin.preferred import EXHAUSTIVE_LIMIT, PreferenceError, Topology, choose
 
 
 def pairs_machine() -> Topology:
@@ -89,6 +90,16 @@ def test_no_other_set_has_more_nvlinks_when_searched_exhaustively(case: tuple[To
         return sum(topo.nvlinks[topo.gpu_of[a]][topo.gpu_of[b]] for a, b in itertools.combinations(s, 2))
 
     pool = [d for d in available if d not in must]
-    if len(pool) <= 12:
+    if math.comb(len(pool), size - len(must)) <= EXHAUSTIVE_LIMIT:  # the greedy path promises less
         best = max(links(list(must) + list(c)) for c in itertools.combinations(pool, size - len(must)))
         assert links(got) == best
+
+
+def test_large_node_takes_whole_pairs_on_one_numa_node() -> None:
+    # 64 GPUs in bridged pairs, 8 per NUMA node; GPUs 0, 2 and 9 busy. C(61, 4) is far past the
+    # exhaustive limit, so the greedy path answers: two whole pairs (links 4 + 4), one NUMA node,
+    # taken from node 0 whose 5 free GPUs are already broken into pieces rather than a whole node.
+    topo = Topology.build([i // 8 for i in range(64)], [(i, i + 1, 4) for i in range(0, 64, 2)], {f"g{i}": i for i in range(64)})
+    available = [f"g{i}" for i in range(64) if i not in (0, 2, 9)]
+    got = choose(available, [], 4, topo)
+    assert got == ids(4, 5, 6, 7)
