@@ -28,6 +28,7 @@ from device_plugin import fake_nvml
 log = logging.getLogger("gpupack.discovery")
 
 #: Device nodes every NVIDIA container needs besides its GPUs' own /dev/nvidiaN.
+NVIDIA_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
 NVIDIA_CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 
 
@@ -44,6 +45,14 @@ class HealthEvent:
     xid: int | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class ContainerEdits:
+    """What a container is given for its devices: environment and host device nodes."""
+
+    envs: dict[str, str]
+    device_nodes: tuple[str, ...]  # host paths, mapped to the same path in the container
+
+
 class Backend(Protocol):
     name: str
 
@@ -51,8 +60,10 @@ class Backend(Protocol):
         """Every GPU of the node, with its health as of now; resource and replicas unset."""
         ...
 
-    def device_nodes(self, gpu_ids: list[str]) -> list[str]:
-        """Host device paths a container needs for these GPUs (control nodes included)."""
+    def container_edits(self, visible_ids: list[str], pass_device_specs: bool) -> ContainerEdits:
+        """What a container needs for these devices (GPU or MIG ids, each once). NVIDIA gives
+        NVIDIA_VISIBLE_DEVICES and device nodes only with ``pass_device_specs``; vendors
+        without a container toolkit (AMD, Intel) always give device nodes."""
         ...
 
     def wait_event(self, timeout_s: float) -> HealthEvent | None:
@@ -200,9 +211,12 @@ class NvmlBackend:
 
     # --- allocation ---------------------------------------------------------------------
 
-    def device_nodes(self, gpu_ids: list[str]) -> list[str]:
-        own = [f"/dev/nvidia{self._minor[g]}" for g in gpu_ids if g in self._minor]
-        return own + list(NVIDIA_CONTROL_NODES)
+    def container_edits(self, visible_ids: list[str], pass_device_specs: bool) -> ContainerEdits:
+        envs = {NVIDIA_VISIBLE_DEVICES: ",".join(visible_ids)}
+        if not pass_device_specs:
+            return ContainerEdits(envs, ())
+        own = [f"/dev/nvidia{self._minor[g]}" for g in visible_ids if g in self._minor]
+        return ContainerEdits(envs, tuple(dict.fromkeys(own + list(NVIDIA_CONTROL_NODES))))
 
     # --- health -------------------------------------------------------------------------
 

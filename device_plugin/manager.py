@@ -26,7 +26,7 @@ from gpupack import contract
 from device_plugin import allocate as allocate_mod
 from device_plugin import preferred as preferred_mod
 from device_plugin import resources
-from device_plugin.discovery import Backend, HealthEvent
+from device_plugin.discovery import Backend, ContainerEdits, HealthEvent
 from device_plugin.fswatch import DirWatcher
 from device_plugin.health import HealthSettings, HealthTracker
 from device_plugin.metrics import PluginMetrics
@@ -127,11 +127,10 @@ class Manager:
         topo = dataclasses.replace(self._topology, gpu_of=gpu_of)
         return preferred_mod.choose(available, must_include, size, topo)
 
-    def allocate(self, resource: str, ids: Sequence[str]) -> allocate_mod.ContainerAllocation:
+    def allocate(self, resource: str, ids: Sequence[str]) -> ContainerEdits:
         with self._cond:
             own = {d.id: d for d in self._devices.get(resource, ())}
-        nodes = self.backend.device_nodes if self.pass_device_specs else None
-        return allocate_mod.allocate(ids, own, nodes)
+        return allocate_mod.allocate(ids, own, lambda visible: self.backend.container_edits(visible, self.pass_device_specs))
 
     # --- health -------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ import grpc
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2_grpc as pb_grpc
 
-from device_plugin.allocate import AllocationError, ContainerAllocation
+from device_plugin.allocate import AllocationError
+from device_plugin.discovery import ContainerEdits
 from device_plugin.metrics import PluginMetrics
 from device_plugin.preferred import PreferenceError
 from device_plugin.resources import Device
@@ -45,7 +46,7 @@ class Source(Protocol):
 
     def preferred(self, resource: str, available: Sequence[str], must_include: Sequence[str], size: int) -> list[str]: ...
 
-    def allocate(self, resource: str, ids: Sequence[str]) -> ContainerAllocation: ...
+    def allocate(self, resource: str, ids: Sequence[str]) -> ContainerEdits: ...
 
 
 def socket_name(resource: str) -> str:
