@@ -47,7 +47,7 @@ class KubeletStandIn:
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
-        pb_grpc.add_RegistrationServicer_to_server(_Registration(self.registrations), server)
+        pb_grpc.add_RegistrationServicer_to_server(_Registration(self.registrations), server)  # type: ignore[no-untyped-call]
         server.add_insecure_port(f"unix://{self.socket}")
         server.start()
         self._server = server
@@ -73,4 +73,4 @@ class KubeletStandIn:
     def plugin(self, endpoint: str) -> tuple[grpc.Channel, pb_grpc.DevicePluginStub]:
         """A channel and stub to a registered plugin's endpoint (socket name in the folder)."""
         channel = grpc.insecure_channel(f"unix://{self.folder / endpoint}")
-        return channel, pb_grpc.DevicePluginStub(channel)
+        return channel, pb_grpc.DevicePluginStub(channel)  # type: ignore[no-untyped-call]
