@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
+import math
 import os
 import pathlib
 from typing import Any, Protocol
@@ -77,6 +78,19 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def mig_profile_name(gi_slices: int, ci_slices: int, memory_mb: int, gpu_total_bytes: int) -> str:
+    """NVIDIA's MIG profile name (``1g.10gb``, ``1c.3g.20gb``) from a MIG device's attributes.
+
+    The memory part is the MIG device's share of the GPU's memory rounded up to eighths, times
+    the GPU's memory in whole GB: A100 40GB, 4864 MB -> 1/8 x 40 = 5 -> ``1g.5gb``.
+    """
+    gb = 2**30
+    fraction = math.ceil(memory_mb * 2**20 / gpu_total_bytes * 8) / 8
+    memory_gb = round(fraction * ((gpu_total_bytes + gb - 1) // gb))
+    compute = f"{ci_slices}c." if ci_slices < gi_slices else ""
+    return f"{compute}{gi_slices}g.{memory_gb}gb"
+
+
 def _bus_key(bus_id: str) -> str:
     """NVML writes bus ids with an 8-digit domain, sysfs with 4: compare on the last 12 chars."""
     return bus_id.lower()[-12:]
@@ -93,15 +107,19 @@ class NvmlBackend:
 
     name = "nvml"
 
-    def __init__(self, nvml: Any, sysfs_root: pathlib.Path = pathlib.Path("/sys")) -> None:
+    def __init__(
+        self, nvml: Any, sysfs_root: pathlib.Path = pathlib.Path("/sys"), proc_root: pathlib.Path = pathlib.Path("/proc")
+    ) -> None:
         self.nvml = nvml
         self.sysfs_root = sysfs_root
+        self.proc_root = proc_root
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as err:
             raise DiscoveryError(f"NVML did not initialise: {err}") from err
         self._uuid_by_handle: dict[Any, str] = {}
         self._minor: dict[str, int] = {}
+        self._mig_caps: dict[str, tuple[str, int, int]] = {}  # MIG uuid -> (parent, GI id, CI id)
         self._events: Any = None
 
     # --- discovery ----------------------------------------------------------------------
@@ -129,11 +147,15 @@ class NvmlBackend:
         for pos, (i, h) in enumerate(answering):
             uuid = self._uuid_by_handle[_handle_key(h)]
             healthy = True
+            migs: tuple[contract.MigDevice, ...] = ()
             try:
                 name = nvml.nvmlDeviceGetName(h)
-                memory = nvml.nvmlDeviceGetMemoryInfo(h).total // 2**20
+                total = nvml.nvmlDeviceGetMemoryInfo(h).total
+                memory = total // 2**20
                 self._minor[uuid] = nvml.nvmlDeviceGetMinorNumber(h)
                 mig = self._mig_enabled(h)
+                if mig:
+                    migs = self._mig_devices(h, uuid, total)
             except nvml.NVMLError as err:
                 log.warning("GPU %d (%s) does not answer NVML (%s); advertising it as Unhealthy", i, uuid, err)
                 name, memory, mig, healthy = "unknown", 0, False, False
@@ -149,6 +171,7 @@ class NvmlBackend:
                     pci_bus_id=buses[pos],
                     healthy=healthy,
                     mig_enabled=mig,
+                    mig=migs,
                     links=self._links(answering, buses, pos) if healthy else (),
                 )
             )
@@ -161,6 +184,35 @@ class NvmlBackend:
         except self.nvml.NVMLError:
             return False  # GPUs without MIG answer NOT_SUPPORTED
         return bool(current == self.nvml.NVML_FEATURE_ENABLED)
+
+    def _mig_devices(self, handle: Any, parent: str, total_bytes: int) -> tuple[contract.MigDevice, ...]:
+        """The MIG devices of a GPU in MIG mode: UUID, profile name, placement and memory."""
+        nvml = self.nvml
+        out = []
+        for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
+            try:
+                mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+            except nvml.NVMLError:
+                continue  # an empty slot answers NOT_FOUND
+            uuid = nvml.nvmlDeviceGetUUID(mig)
+            attrs = nvml.nvmlDeviceGetAttributes(mig)
+            gi_id = nvml.nvmlDeviceGetGpuInstanceId(mig)
+            ci_id = nvml.nvmlDeviceGetComputeInstanceId(mig)
+            placement = nvml.nvmlGpuInstanceGetInfo(nvml.nvmlDeviceGetGpuInstanceById(handle, gi_id)).placement
+            profile = mig_profile_name(
+                attrs.gpuInstanceSliceCount, attrs.computeInstanceSliceCount, attrs.memorySizeMB, total_bytes
+            )
+            self._mig_caps[uuid] = (parent, gi_id, ci_id)
+            out.append(
+                contract.MigDevice(
+                    id=uuid,
+                    profile=profile,
+                    start=int(placement.start),
+                    size=int(placement.size),
+                    memory_mib=int(nvml.nvmlDeviceGetMemoryInfo(mig).total // 2**20),
+                )
+            )
+        return tuple(out)
 
     def _numa_node(self, handle: Any, bus_id: str) -> int:
         try:
@@ -215,8 +267,29 @@ class NvmlBackend:
         envs = {NVIDIA_VISIBLE_DEVICES: ",".join(visible_ids)}
         if not pass_device_specs:
             return ContainerEdits(envs, ())
-        own = [f"/dev/nvidia{self._minor[g]}" for g in visible_ids if g in self._minor]
-        return ContainerEdits(envs, tuple(dict.fromkeys(own + list(NVIDIA_CONTROL_NODES))))
+        nodes = []
+        for v in visible_ids:
+            if v in self._mig_caps:
+                parent, gi, ci = self._mig_caps[v]
+                nodes.append(f"/dev/nvidia{self._minor[parent]}")
+                nodes += self._cap_nodes(self._minor[parent], gi, ci)
+            elif v in self._minor:
+                nodes.append(f"/dev/nvidia{self._minor[v]}")
+        return ContainerEdits(envs, tuple(dict.fromkeys(nodes + list(NVIDIA_CONTROL_NODES))))
+
+    def _cap_nodes(self, minor: int, gi: int, ci: int) -> list[str]:
+        """The /dev/nvidia-caps nodes granting access to a MIG GPU and compute instance, from
+        the driver's capability files (``DeviceFileMinor: N``)."""
+        base = self.proc_root / f"driver/nvidia/capabilities/gpu{minor}/mig/gi{gi}"
+        out = []
+        for path in (base / "access", base / f"ci{ci}" / "access"):
+            try:
+                for line in path.read_text().splitlines():
+                    if line.startswith("DeviceFileMinor:"):
+                        out.append(f"/dev/nvidia-caps/nvidia-cap{int(line.split(':')[1])}")
+            except (OSError, ValueError):
+                log.warning("cannot read MIG capability %s; the container may lack MIG access", path)
+        return out
 
     # --- health -------------------------------------------------------------------------
 

@@ -48,6 +48,32 @@ nvmlEventTypeNone = pynvml.nvmlEventTypeNone
 _NVSWITCH_BUS = "00000000:{:02X}:00.0"
 
 
+#: MIG profiles by GPU memory class: name -> (GPU instance slices, compute slices, memory MB as
+#: NVML reports it for the MIG device, placement size in memory slices of 8). From NVIDIA's
+#: MIG user guide tables for A100 40GB and H100 80GB.
+MIG_PROFILES: dict[int, dict[str, tuple[int, int, int, int]]] = {
+    40: {"1g.5gb": (1, 1, 4864, 1), "2g.10gb": (2, 2, 9984, 2), "3g.20gb": (3, 3, 19968, 4),
+         "4g.20gb": (4, 4, 19968, 4), "7g.40gb": (7, 7, 40192, 8), "1c.3g.20gb": (3, 1, 19968, 4)},
+    80: {"1g.10gb": (1, 1, 9856, 1), "1g.20gb": (1, 1, 19968, 2), "2g.20gb": (2, 2, 19968, 2),
+         "3g.40gb": (3, 3, 40192, 4), "4g.40gb": (4, 4, 40192, 4), "7g.80gb": (7, 7, 80384, 8)},
+}
+
+
+@dataclasses.dataclass
+class FakeMig:
+    """One MIG device (a compute instance inside a GPU instance) of a fake GPU."""
+
+    uuid: str
+    profile: str
+    gi_slices: int
+    ci_slices: int
+    memory_mb: int
+    start: int
+    size: int
+    gi_id: int
+    ci_id: int = 0
+
+
 @dataclasses.dataclass
 class FakeGpu:
     """One modelled GPU; mutable so tests can change it while the backend runs."""
@@ -62,11 +88,44 @@ class FakeGpu:
     nvlink_remotes: list[str]  # remote PCI bus id of each active NVLink (a GPU or an NVSwitch)
     mig_enabled: bool = False
     lost: bool = False  # fell off the bus: every query raises GpuIsLost
+    migs: list[FakeMig] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Handle:
     index: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _MigHandle:
+    parent: int
+    slot: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _GpuInstance:
+    parent: int
+    gi_id: int
+
+
+@dataclasses.dataclass
+class _Attributes:
+    gpuInstanceSliceCount: int
+    computeInstanceSliceCount: int
+    memorySizeMB: int
+    multiprocessorCount: int
+
+
+@dataclasses.dataclass
+class _Placement:
+    start: int
+    size: int
+
+
+@dataclasses.dataclass
+class _GpuInstanceInfo:
+    id: int
+    placement: _Placement
 
 
 @dataclasses.dataclass
@@ -139,6 +198,28 @@ class FakeNvml:
     def recover(self, index: int) -> None:
         self.gpus[index].lost = False
 
+    def set_mig(self, index: int, profiles: list[str]) -> None:
+        """Repartitions GPU ``index`` into MIG devices of these profiles (MIG mode on), placed
+        first-fit on aligned memory slices as the driver does; [] turns MIG mode off."""
+        gpu = self.gpus[index]
+        gpu.mig_enabled = bool(profiles)
+        table = MIG_PROFILES[40 if gpu.memory_mib < 60000 else 80]
+        used = [False] * 8
+        gpu.migs = []
+        for n, name in enumerate(profiles):
+            gi_slices, ci_slices, memory, size = table[name]
+            start = next(
+                (s for s in range(0, 8, size) if s + size <= 8 and not any(used[s : s + size])), None
+            )
+            if start is None:
+                raise ValueError(f"GPU {index}: no room for MIG profile {name}")
+            for k in range(start, start + size):
+                used[k] = True
+            gpu.migs.append(FakeMig(
+                uuid="MIG-" + fake_uuid(f"{gpu.uuid}/{n}/{name}")[4:], profile=name, gi_slices=gi_slices,
+                ci_slices=ci_slices, memory_mb=memory, start=start, size=size, gi_id=n + 1,
+            ))
+
     # --- the pynvml surface -------------------------------------------------------------
 
     def _check(self) -> None:
@@ -187,8 +268,50 @@ class FakeNvml:
                 return _Handle(gpu.index)
         raise pynvml.NVMLError(NVML_ERROR_NOT_FOUND)
 
-    def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
+    def _mig(self, handle: _MigHandle) -> FakeMig:
+        gpu = self._gpu(_Handle(handle.parent))
+        if not gpu.mig_enabled or not 0 <= handle.slot < len(gpu.migs):
+            raise pynvml.NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return gpu.migs[handle.slot]
+
+    def nvmlDeviceGetUUID(self, handle: _Handle | _MigHandle) -> str:
+        if isinstance(handle, _MigHandle):
+            return self._mig(handle).uuid
         return self._gpu(handle).uuid
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: _Handle) -> int:
+        return 7 if self._gpu(handle).mig_enabled else 0
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: _Handle, slot: int) -> _MigHandle:
+        gpu = self._gpu(handle)
+        if not gpu.mig_enabled or not 0 <= slot < len(gpu.migs):
+            raise pynvml.NVMLError(NVML_ERROR_NOT_FOUND)
+        return _MigHandle(handle.index, slot)
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: _MigHandle) -> _Handle:
+        self._mig(handle)
+        return _Handle(handle.parent)
+
+    def nvmlDeviceGetAttributes(self, handle: _MigHandle) -> _Attributes:
+        m = self._mig(handle)
+        return _Attributes(m.gi_slices, m.ci_slices, m.memory_mb, 14 * m.ci_slices)
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: _MigHandle) -> int:
+        return self._mig(handle).gi_id
+
+    def nvmlDeviceGetComputeInstanceId(self, handle: _MigHandle) -> int:
+        return self._mig(handle).ci_id
+
+    def nvmlDeviceGetGpuInstanceById(self, handle: _Handle, gi_id: int) -> _GpuInstance:
+        gpu = self._gpu(handle)
+        if not any(m.gi_id == gi_id for m in gpu.migs):
+            raise pynvml.NVMLError(NVML_ERROR_NOT_FOUND)
+        return _GpuInstance(handle.index, gi_id)
+
+    def nvmlGpuInstanceGetInfo(self, gi: _GpuInstance) -> _GpuInstanceInfo:
+        gpu = self._gpu(_Handle(gi.parent))
+        m = next(m for m in gpu.migs if m.gi_id == gi.gi_id)
+        return _GpuInstanceInfo(gi.gi_id, _Placement(m.start, m.size))
 
     def nvmlDeviceGetName(self, handle: _Handle) -> str:
         return self._gpu(handle).name
@@ -199,7 +322,10 @@ class FakeNvml:
     def nvmlDeviceGetMinorNumber(self, handle: _Handle) -> int:
         return self._gpu(handle).minor
 
-    def nvmlDeviceGetMemoryInfo(self, handle: _Handle) -> _Memory:
+    def nvmlDeviceGetMemoryInfo(self, handle: _Handle | _MigHandle) -> _Memory:
+        if isinstance(handle, _MigHandle):
+            total = self._mig(handle).memory_mb * 2**20
+            return _Memory(total=total, free=total, used=0)
         total = self._gpu(handle).memory_mib * 2**20
         return _Memory(total=total, free=total, used=0)
 
@@ -331,8 +457,8 @@ def from_inventory(raw: dict[str, Any], seed: str = "fake") -> FakeNvml:
     """Builds a machine from the fake inventory format (the contract's inventory keys).
 
     Each GPU takes ``id`` (UUID), ``index``, ``model``, ``memoryMiB``, ``numaNode``, ``pciBusId``,
-    ``links`` (``[{peer, nvlinks}]``, direct bridges) and ``migEnabled``; all but ``model`` and
-    ``memoryMiB`` have defaults. A top-level ``nvswitch: <links per GPU>`` puts every GPU behind
+    ``links`` (``[{peer, nvlinks}]``, direct bridges), ``migEnabled`` and ``mig`` (``[{profile}]``,
+    placed as the driver would); all but ``model`` and ``memoryMiB`` have defaults. A top-level ``nvswitch: <links per GPU>`` puts every GPU behind
     NVSwitches instead. ``healthy: false`` makes a GPU answer like one that fell off the bus.
     """
     entries = raw["gpus"]
@@ -355,11 +481,15 @@ def from_inventory(raw: dict[str, Any], seed: str = "fake") -> FakeNvml:
                 uuid=str(g.get("id") or fake_uuid(f"{seed}/{i}")),
                 minor=int(g.get("index", i)),
                 nvlink_remotes=remotes,
-                mig_enabled=bool(g.get("migEnabled", False)),
                 lost=not bool(g.get("healthy", True)),
             )
         )
-    return FakeNvml(gpus)
+    fake = FakeNvml(gpus)
+    for i, g in enumerate(entries):
+        profiles = [str(m["profile"]) for m in g.get("mig", [])]
+        if profiles or g.get("migEnabled"):
+            fake.set_mig(i, profiles)
+    return fake
 
 
 def update_from_inventory(fake: FakeNvml, raw: dict[str, Any]) -> list[int]:
@@ -374,4 +504,8 @@ def update_from_inventory(fake: FakeNvml, raw: dict[str, Any]) -> list[int]:
             fake.lose(i)
         elif not lost:
             fake.recover(i)
+        profiles = [str(m["profile"]) for m in g.get("mig", [])]
+        if profiles != [m.profile for m in fake.gpus[i].migs] or bool(g.get("migEnabled", bool(profiles))) != fake.gpus[i].mig_enabled:
+            fake.set_mig(i, profiles)
+            fake.gpus[i].mig_enabled = bool(g.get("migEnabled", bool(profiles)))
     return newly_lost

@@ -1,13 +1,19 @@
-"""The device plugin's lifecycle: serve, register, follow health, come back after restarts.
+"""The device plugin's lifecycle: serve, register, follow health and layout, come back after restarts.
 
-One :class:`Manager` per process. It discovers the GPUs once, keeps their health in a
-:class:`~device_plugin.health.HealthTracker`, derives the advertised devices per resource,
-runs one :class:`~device_plugin.server.PluginServer` per resource, and has three threads:
+One :class:`Manager` per process. It discovers the GPUs, keeps their health in a
+:class:`~device_plugin.health.HealthTracker`, plans the advertised resources (MIG strategy,
+time-slicing), runs one :class:`~device_plugin.server.PluginServer` per resource, publishes the
+inventory, and has three threads:
 
-- health: waits on the backend's events (NVML XIDs) and applies them;
-- probe: every ``probe_interval_s`` probes Unhealthy GPUs so they can recover;
+- health: waits on the backend's events (NVML XIDs, devices vanishing) and applies them;
+- probe: every ``probe_interval_s`` probes Unhealthy GPUs so they can recover, rescans the
+  layout (a changed MIG partitioning is advertised without a restart; NVML has no event for
+  it) and retries a failed inventory publish;
 - watch: watches the plugin folder; a new ``kubelet.sock`` (kubelet restart) or our socket
   vanishing makes the affected servers serve and register again.
+
+:meth:`Manager.reconfigure` applies a new MIG strategy or sharing config in place: servers of
+unchanged resources keep serving, so allocations already made are untouched.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from gpupack import contract
 from device_plugin import allocate as allocate_mod
 from device_plugin import preferred as preferred_mod
 from device_plugin import resources
+from device_plugin.claims import ClaimBook, PodClaim
 from device_plugin.discovery import Backend, ContainerEdits, HealthEvent
 from device_plugin.fswatch import DirWatcher
 from device_plugin.health import HealthSettings, HealthTracker
@@ -40,10 +47,29 @@ class Publisher(Protocol):
 
     def publish(self, inventory: contract.Inventory) -> None: ...
 
+    def flush(self) -> None:
+        """Retries a publish that failed."""
+        ...
+
 
 class NoPublisher:
     def publish(self, inventory: contract.Inventory) -> None:
         return None
+
+    def flush(self) -> None:
+        return None
+
+
+def no_claims() -> list[PodClaim]:
+    return []
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How GPUs become resources: the MIG strategy and the time-slicing settings."""
+
+    mig_strategy: str = "none"
+    sharing: resources.Sharing = resources.Sharing()
 
 
 class Manager:
@@ -56,6 +82,8 @@ class Manager:
         metrics: PluginMetrics | None = None,
         publisher: Publisher | None = None,
         node_name: str = "",
+        layout: Layout = Layout(),
+        claims: Callable[[], list[PodClaim]] = no_claims,
     ) -> None:
         self.backend = backend
         self.plugin_dir = plugin_dir
@@ -63,47 +91,112 @@ class Manager:
         self.metrics = metrics or PluginMetrics()
         self.publisher = publisher or NoPublisher()
         self.node_name = node_name
+        self.layout = layout
+        self.claims = claims
+        self._book = ClaimBook()
         self._cond = threading.Condition()
         self._version = 0
         self._stop = threading.Event()
+        self._started = False
         self._threads: list[threading.Thread] = []
         self._servers: dict[str, PluginServer] = {}
-        self._gpus = backend.discover()
-        self.tracker = HealthTracker([g.id for g in self._gpus], health)
-        for g in self._gpus:
+        self._registered: dict[str, bool] = {}
+        self._found = backend.discover()
+        self.tracker = HealthTracker([g.id for g in self._found], health)
+        for g in self._found:
             if not g.healthy:
                 self.tracker.mark_unhealthy(g.id, "did not answer at discovery")
+        self._gpus: tuple[contract.Gpu, ...] = ()
         self._devices: dict[str, tuple[resources.Device, ...]] = {}
         self._index: dict[str, resources.Device] = {}
         self._topology = self._build_topology()
-        self._refresh()
+        self._refresh()  # raises StrategyError on a node that breaks the MIG strategy
 
     # --- state --------------------------------------------------------------------------
 
     def _build_topology(self) -> preferred_mod.Topology:
-        pos = {g.index: p for p, g in enumerate(self._gpus)}  # GPU indices may have gaps
+        pos = {g.index: p for p, g in enumerate(self._found)}  # GPU indices may have gaps
         return preferred_mod.Topology.build(
-            [g.numa_node for g in self._gpus],
-            [(p, pos[link.peer], link.nvlinks) for p, g in enumerate(self._gpus) for link in g.links if link.peer in pos],
-            {g.id: p for p, g in enumerate(self._gpus)},
+            [g.numa_node for g in self._found],
+            [(p, pos[link.peer], link.nvlinks) for p, g in enumerate(self._found) for link in g.links if link.peer in pos],
+            {g.id: p for p, g in enumerate(self._found)},
         )
 
     def _refresh(self) -> None:
-        """Re-derives advertised devices from GPUs and health; wakes ListAndWatch streams."""
+        """Re-plans advertised devices from GPUs, health and layout; wakes ListAndWatch streams
+        and brings servers in line with the resources."""
+        found = tuple(dataclasses.replace(g, healthy=self.tracker.healthy(g.id)) for g in self._found)
+        planned = resources.plan(found, self.layout.mig_strategy, self.layout.sharing)
+        devices = resources.advertise(planned)
         with self._cond:
-            self._gpus = tuple(dataclasses.replace(g, healthy=self.tracker.healthy(g.id)) for g in self._gpus)
-            self._devices = resources.advertise(self._gpus)
-            self._index = resources.index(self._devices)
+            self._gpus = planned
+            self._devices = devices
+            self._index = resources.index(devices)
             self._version += 1
             self._cond.notify_all()
-        self.metrics.set_devices(self._devices)
+        self.metrics.set_devices(devices)
         self.publisher.publish(self.inventory())
+        if self._started:
+            self._sync_servers()
+
+    def _sync_servers(self) -> None:
+        for resource in sorted(set(self._servers) - set(self._devices)):
+            log.info("%s is no longer advertised; stopping its server", resource)
+            self._servers.pop(resource).stop()
+            self._registered.pop(resource, None)
+        for resource in self.resource_names():
+            if resource not in self._servers:
+                self._registered[resource] = self.serve_and_register(resource)
 
     def inventory(self) -> contract.Inventory:
-        return contract.Inventory(node=self.node_name, gpus=resources.with_resources(self._gpus))
+        with self._cond:
+            gpus = self._gpus
+        return contract.Inventory(
+            node=self.node_name,
+            gpus=gpus,
+            mig_strategy=self.layout.mig_strategy,
+            sharing="time-slicing" if self.layout.sharing.rules else "none",
+        )
 
     def resource_names(self) -> list[str]:
-        return sorted(self._devices)
+        with self._cond:
+            return sorted(self._devices)
+
+    def reconfigure(self, layout: Layout, health: HealthSettings, pass_device_specs: bool) -> bool:
+        """Applies new settings in place; refuses (and keeps the old ones) when the node does
+        not fit them. Returns whether they were applied."""
+        try:
+            resources.plan(self._found, layout.mig_strategy, layout.sharing)
+        except resources.StrategyError as err:
+            log.error("new configuration refused, keeping the old one: %s", err)
+            return False
+        self.layout, self.pass_device_specs = layout, pass_device_specs
+        self.tracker.settings = health
+        log.info("configuration applied: MIG strategy %s, %d time-slicing rule(s)", layout.mig_strategy, len(layout.sharing.rules))
+        self._refresh()
+        return True
+
+    def rescan(self) -> None:
+        """Re-reads the GPUs; advertises a changed MIG layout without a restart."""
+        try:
+            found = self.backend.discover()
+        except Exception as err:
+            log.warning("rescanning GPUs failed (%s); keeping the last layout", err)
+            return
+        def shape(gs: tuple[contract.Gpu, ...]) -> list[tuple[str, bool, tuple[tuple[str, str], ...]]]:
+            return [(g.id, g.mig_enabled, tuple((m.id, m.profile) for m in g.mig)) for g in gs]
+        if shape(found) == shape(self._found):
+            return
+        old = self._found
+        try:
+            resources.plan(found, self.layout.mig_strategy, self.layout.sharing)
+        except resources.StrategyError as err:
+            log.error("the GPUs were repartitioned but the new layout is refused: %s", err)
+            return
+        known = {g.id for g in old}
+        self._found = tuple(g for g in found if g.id in known)  # new GPUs need a restart
+        log.info("MIG layout changed; advertising the new layout")
+        self._refresh()
 
     # --- Source for the servers -----------------------------------------------------------
 
@@ -118,18 +211,35 @@ class Manager:
 
     def preferred(self, resource: str, available: Sequence[str], must_include: Sequence[str], size: int) -> list[str]:
         with self._cond:
-            own = {d.id for d in self._devices.get(resource, ())}
-            index = self._index
+            own = {d.id: d for d in self._devices.get(resource, ())}
         foreign = [d for d in available if d not in own]
         if foreign:
             raise preferred_mod.PreferenceError(f"unknown device ids: {', '.join(foreign)}")
-        gpu_of = {i: self._topology.gpu_of[index[i].gpu_id] for i in available}
-        topo = dataclasses.replace(self._topology, gpu_of=gpu_of)
-        return preferred_mod.choose(available, must_include, size, topo)
+        claim = self._book.take(self.claims(), resource, available, must_include, size)
+        if claim is not None:
+            log.info("preferring the extender's choice for %s container %s: %s", claim.pod, claim.container, ", ".join(claim.ids))
+            return list(claim.ids)
+        if any(own[d].replicas > 1 for d in available):
+            return preferred_mod.choose_shares(
+                available,
+                must_include,
+                size,
+                {d: own[d].visible_id for d in available},
+                {own[d].visible_id: own[d].replicas for d in available},
+                distinct=self.layout.sharing.distinct_gpus,
+            )
+        gpu_of = {i: self._topology.gpu_of[own[i].gpu_id] for i in available}
+        return preferred_mod.choose(available, must_include, size, dataclasses.replace(self._topology, gpu_of=gpu_of))
 
     def allocate(self, resource: str, ids: Sequence[str]) -> ContainerEdits:
         with self._cond:
             own = {d.id: d for d in self._devices.get(resource, ())}
+        sharing = self.layout.sharing
+        if sharing.fail_requests_greater_than_one and len(ids) > 1 and sharing.is_shared(resource):
+            raise allocate_mod.AllocationError(
+                f"a container asked for {len(ids)} shares of {resource}; this node is configured with "
+                "failRequestsGreaterThanOne, so ask for 1 (a share is not a bigger slice of the GPU)"
+            )
         return allocate_mod.allocate(ids, own, lambda visible: self.backend.container_edits(visible, self.pass_device_specs))
 
     # --- health -------------------------------------------------------------------------
@@ -159,8 +269,11 @@ class Manager:
         while not self._stop.wait(self.tracker.settings.probe_interval_s):
             try:
                 self.probe_once()
+                if any(g.mig_enabled for g in self._found) or self.layout.mig_strategy != "none":
+                    self.rescan()
+                self.publisher.flush()
             except Exception:
-                log.exception("probing Unhealthy GPUs failed; will try again")
+                log.exception("periodic health/layout check failed; will try again")
 
     # --- serving and registration ---------------------------------------------------------
 
@@ -179,9 +292,9 @@ class Manager:
             return False
 
     def _watch_loop(self, watcher: DirWatcher) -> None:
-        pending = {r for r in self.resource_names() if not self._registered.get(r)}
         try:
             while not self._stop.is_set():
+                pending = {r for r, ok in self._registered.items() if not ok}
                 events = watcher.wait(5.0 if pending else 1.0)
                 if self._stop.is_set():
                     break
@@ -191,30 +304,32 @@ class Manager:
                         log.info("kubelet.sock was created: the kubelet restarted; registering again")
                         again.update(self.resource_names())
                     elif kind == "deleted":
-                        again.update(r for r, s in self._servers.items() if s.path.name == name and not s.serving())
+                        again.update(r for r, s in list(self._servers.items()) if s.path.name == name and not s.serving())
                 if not events:
                     again.update(pending)  # slow retry of registrations that failed
                 for resource in sorted(again):
-                    if not self._servers[resource].serving():
+                    server = self._servers.get(resource)
+                    if server is None:
+                        continue
+                    if not server.serving():
                         log.info("socket for %s was removed; serving again", resource)
-                    if self.serve_and_register(resource):
-                        pending.discard(resource)
-                    else:
-                        pending.add(resource)
+                    self._registered[resource] = self.serve_and_register(resource)
         finally:
             watcher.close()
 
     def start(self) -> None:
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
-        healthy = sum(1 for g in self._gpus if g.healthy)
+        healthy = sum(1 for g in self._found if g.healthy)
         log.info(
-            "found %d GPU(s) through %s (%d Healthy): %s",
-            len(self._gpus), self.backend.name, healthy,
-            ", ".join(sorted({g.model for g in self._gpus})) or "none",
+            "found %d GPU(s) through %s (%d Healthy): %s; advertising %s",
+            len(self._found), self.backend.name, healthy,
+            ", ".join(sorted({g.model for g in self._found})) or "none",
+            ", ".join(f"{len(ds)} x {r}" for r, ds in sorted(self._devices.items())) or "nothing",
         )
         # Watch before the first registration, so a kubelet restart right after it is seen.
         watcher = DirWatcher(self.plugin_dir)
-        self._registered = {r: self.serve_and_register(r) for r in self.resource_names()}
+        self._started = True
+        self._sync_servers()
         loops: list[tuple[str, Callable[[], None]]] = [
             ("health", self._health_loop),
             ("probe", self._probe_loop),

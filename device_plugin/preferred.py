@@ -212,3 +212,54 @@ def _combine(links: Any, span: Any, loss_g: Any, loss_n: Any, rank: Any) -> Any:
     """One int64 per candidate ordering lexicographically: links up, NUMA span down, leftover
     losses down, rank down (each part fits below the next part's multiplier for n < 1024)."""
     return (((links * 128 - span) * 8192 - loss_g) * 8192 - loss_n) * 2048 - rank
+
+
+def choose_shares(
+    available: Sequence[str],
+    must_include: Sequence[str],
+    size: int,
+    device_of: dict[str, str],
+    replicas_of: dict[str, int],
+    distinct: bool = False,
+) -> list[str]:
+    """Time-sliced shares, packed: fill the physical device with the most shares in use.
+
+    ``device_of`` maps each share id to its physical device (GPU or MIG UUID), ``replicas_of``
+    gives each physical device's share count. A device's shares in use are its replicas minus
+    its available shares; taking from the busiest device first keeps whole devices whole. With
+    ``distinct``, a container's shares come from distinct devices while there are enough.
+    """
+    avail = list(dict.fromkeys(available))
+    must = list(dict.fromkeys(must_include))
+    unknown = [d for d in avail if d not in device_of]
+    if unknown:
+        raise PreferenceError(f"unknown device ids: {', '.join(unknown)}")
+    missing = [d for d in must if d not in avail]
+    if missing:
+        raise PreferenceError(f"must-include devices not available: {', '.join(missing)}")
+    if size < len(must) or size > len(avail):
+        raise PreferenceError(f"cannot choose {size} shares from {len(avail)} available with {len(must)} required")
+    free: dict[str, list[str]] = {}
+    for d in avail:
+        if d not in must:
+            free.setdefault(device_of[d], []).append(d)
+    order = {dev: i for i, dev in enumerate(dict.fromkeys(device_of[d] for d in avail))}
+
+    def busiest(dev: str) -> tuple[int, int, int]:
+        in_use = replicas_of.get(dev, 1) - len(free[dev]) - sum(1 for m in must if device_of[m] == dev)
+        return (-in_use, len(free[dev]), order[dev])
+
+    chosen = list(must)
+    used = {device_of[m] for m in must}
+    ranked = sorted(free, key=busiest)
+    if distinct:
+        for dev in ranked:
+            if len(chosen) == size:
+                break
+            if dev not in used:
+                chosen.append(free[dev].pop(0))
+                used.add(dev)
+    for dev in ranked:
+        while len(chosen) < size and free[dev]:
+            chosen.append(free[dev].pop(0))
+    return chosen

@@ -34,7 +34,7 @@ INTEL_XE = "gpu.intel.com/xe"
 Vendor = Literal["nvidia", "amd", "intel"]
 VENDORS: tuple[Vendor, ...] = ("nvidia", "amd", "intel")
 
-_MIG_PROFILE = re.compile(r"^[1-9][0-9]*g\.[0-9]+gb(\+[a-z0-9]+)*$")
+_MIG_PROFILE = re.compile(r"^([1-9][0-9]*c\.)?[1-9][0-9]*g\.[0-9]+gb(\+[a-z0-9]+)*$")
 
 
 def mig_resource(profile: str) -> str:

@@ -177,6 +177,8 @@ def test_kubelet_restart_leads_to_reregistration(plugin: Manager, kubelet: Kubel
 
 def test_removed_socket_is_served_and_registered_again(plugin: Manager, kubelet: KubeletStandIn) -> None:
     reg = kubelet.next_registration()
+    # start() returns after the first registration, so the counter already holds it
+    assert plugin.metrics.registrations.labels("nvidia.com/gpu")._value.get() == 1
     (kubelet.folder / reg.endpoint).unlink()
     again = kubelet.next_registration()
     assert again.endpoint == reg.endpoint and (kubelet.folder / reg.endpoint).exists()
