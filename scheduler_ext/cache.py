@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy
@@ -149,6 +150,9 @@ class ClusterCache:
         self._width = max(width, 1)
         self._arrays = kslots.empty_slots(numpy, max(rows, 1), self._width)
         self._nodes: dict[str, NodeState] = {}
+        self._row_of: dict[str, int] = {}  # node name -> row, for fast selection
+        self._node_generation = 0  # bumped when a node is added or removed
+        self._last_selection: tuple[list[str], int, Any, Any] = ([], -1, None, None)
         self._free_rows: list[int] = []
         self._rows_used = 0
         self._pods: dict[str, PodRecord] = {}
@@ -177,6 +181,19 @@ class ClusterCache:
                     rows.append(st.row)
                     known.append(name)
             return self._arrays.rows(numpy.asarray(rows, dtype=numpy.int64)), known, unknown
+
+    def select_positions(self, names: Sequence[str]) -> tuple[kslots.Slots, numpy.ndarray[Any, Any]]:
+        """A copy of the rows of the known ``names``, and their positions in ``names``."""
+        with self._lock:
+            last_names, last_gen, idx, pos = self._last_selection
+            # kube-scheduler sends the same candidate list to filter and prioritize, and often
+            # for pod after pod: reuse the lookup while the node set is unchanged
+            if last_gen != self._node_generation or last_names != names:
+                idx = numpy.array(list(map(self._row_of.get, names, itertools.repeat(-1))), dtype=numpy.int64)
+                pos = numpy.nonzero(idx >= 0)[0]
+                idx = idx[pos]
+                self._last_selection = (list(names), self._node_generation, idx, pos)
+            return self._arrays.rows(idx), pos
 
     def all_rows(self) -> tuple[kslots.Slots, list[str]]:
         with self._lock:
@@ -306,6 +323,8 @@ class ClusterCache:
             if st is None:
                 st = NodeState(name, self._new_row())
                 self._nodes[name] = st
+                self._row_of[name] = st.row
+                self._node_generation += 1
             st.slots, st.error = slots, error
             st.col_of = {s.device_id: i for i, s in enumerate(slots)}
             self._ensure_width(len(slots))
@@ -314,8 +333,10 @@ class ClusterCache:
     def delete_node(self, name: str) -> None:
         with self._lock:
             st = self._nodes.pop(name, None)
+            self._row_of.pop(name, None)
             if st is None:
                 return
+            self._node_generation += 1
             for rec in self.pods_on(name):
                 rec.uses, rec.applied_to = (), ""
             self._clear_row(st.row)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy
 
@@ -30,6 +31,18 @@ class NodeVerdict:
 
 
 UNKNOWN_NODE = "node is not in the extender's cache yet"
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """One pod's answer for many nodes, as arrays in the order of ``names``."""
+
+    names: Sequence[str]
+    fits: numpy.ndarray[Any, Any]  # bool
+    unresolvable: numpy.ndarray[Any, Any]  # bool
+    level: numpy.ndarray[Any, Any]  # int64 0..10, 0 where it does not fit
+    raw: numpy.ndarray[Any, Any]  # float64, -inf where it does not fit
+    texts: dict[int, tuple[str, str]]  # position -> (reason, short code), failing nodes at least
 
 
 def _units_text(count: int, resource: str, memory_mib: int) -> str:
@@ -62,61 +75,71 @@ class Decider:
             return s
         return kernel.Slots(**{f.name: self.xp.asarray(getattr(s, f.name)) for f in dataclasses.fields(s)})
 
-    def verdicts(
-        self, demand: PodDemand, names: Sequence[str], score: bool = True, detail: bool = False
-    ) -> list[NodeVerdict]:
-        """Every named node's verdict for the pod, in the order of ``names``; ``detail`` also
-        words how the fitting nodes fit (for explain)."""
+    def decide(
+        self, demand: PodDemand, names: Sequence[str], score: bool = True, detail: bool = False, reasons: bool = True
+    ) -> Decision:
+        """Every named node's answer for the pod, as arrays in the order of ``names``; reasons
+        are worded for the failing nodes only (and, with ``detail``, for the fitting ones)."""
+        n = len(names)
         if demand.error:
             msg = f"pod's GPU request cannot be read: {demand.error}"
-            return [NodeVerdict(n, False, True, 0, float("-inf"), msg, "bad-request") for n in names]
+            return Decision(names, numpy.zeros(n, bool), numpy.ones(n, bool), numpy.zeros(n, numpy.int64),
+                            numpy.full(n, -numpy.inf), {i: (msg, "bad-request") for i in range(n)})
         if not demand.wants_gpu:
-            return [NodeVerdict(n, True, False, 0, 0.0, "no GPU requested", "fits") for n in names]
-        rows, known, unknown = self.cache.select(names)
+            return Decision(names, numpy.ones(n, bool), numpy.zeros(n, bool), numpy.zeros(n, numpy.int64),
+                            numpy.zeros(n), {i: ("no GPU requested", "fits") for i in range(n)} if detail else {})
+        rows, pos = self.cache.select_positions(names)
         rows = self._to_xp(rows)
         totals = demand.totals()
         # the resource with the most units leads the score; every resource must fit
         lead = max(totals, key=lambda r: (totals[r], r))
-        fits = numpy.ones(len(known), dtype=bool)
-        texts: list[str | None] = [None] * len(known)
-        codes: list[str] = ["fits"] * len(known)
-        unres = numpy.zeros(len(known), dtype=bool)
-        lead_v: kernel.Verdicts | None = None
+        fits = numpy.zeros(n, dtype=bool)
+        fits[pos] = True
+        unres = numpy.zeros(n, dtype=bool)
+        level = numpy.zeros(n, dtype=numpy.int64)
+        raw = numpy.full(n, -numpy.inf)
+        texts: dict[int, tuple[str, str]] = {}
+        for i in numpy.nonzero(~fits)[0].tolist():
+            texts[i] = (UNKNOWN_NODE, "unknown-node")
         for resource in sorted(totals, key=lambda r: r != lead):
             req = self.cache.request(resource, totals[resource], demand.memory_mib)
             if resource == lead:
                 self.cache.note_shape(demand.uid, req)
             mix = self.cache.mix() if self.policy.uses_mix else ()
             v = kernel.evaluate(rows, req, self.policy, self.xp, mix=mix, score=score and resource == lead)
-            if resource == lead:
-                lead_v = v
             ok = kernel.xp.to_host(v.feasible)
             reason = kernel.xp.to_host(v.reason)
             free = kernel.xp.to_host(v.free_units)
             total = kernel.xp.to_host(v.total_units)
             ask = _units_text(totals[resource], resource, demand.memory_mib)
-            for i in numpy.nonzero(~ok & fits)[0].tolist():
-                r = kernel.Reason(int(reason[i]))
-                texts[i] = _reason_text(r, ask, int(free[i]), int(total[i]), self.cache.node_error(known[i]))
-                codes[i] = r.name.lower().replace("_", "-")
+            for j in (numpy.nonzero(~ok & fits[pos])[0].tolist() if reasons else ()):
+                r = kernel.Reason(int(reason[j]))
+                i = int(pos[j])
+                node_error = self.cache.node_error(names[i]) if r == kernel.Reason.NO_RESOURCE else ""
+                texts[i] = (_reason_text(r, ask, int(free[j]), int(total[j]), node_error),
+                            r.name.lower().replace("_", "-"))
                 unres[i] = r.unresolvable
-            if resource == lead and detail:
-                for i in numpy.nonzero(ok)[0].tolist():
-                    texts[i] = texts[i] or _reason_text(kernel.Reason.FITS, ask, int(free[i]), int(total[i]), "")
-            fits &= ok
-        assert lead_v is not None
-        levels = kernel.xp.to_host(lead_v.level)
-        raws = kernel.xp.to_host(lead_v.raw)
-        by_name: dict[str, NodeVerdict] = {}
-        for i, name in enumerate(known):
-            f = bool(fits[i])
-            by_name[name] = NodeVerdict(
-                name, f, bool(unres[i]), int(levels[i]) if f else 0,
-                float(raws[i]) if f else float("-inf"), texts[i] or "", codes[i],
-            )
-        for name in unknown:
-            by_name[name] = NodeVerdict(name, False, False, 0, float("-inf"), UNKNOWN_NODE, "unknown-node")
-        return [by_name[n] for n in names]
+            if resource == lead:
+                level[pos] = kernel.xp.to_host(v.level)
+                raw[pos] = kernel.xp.to_host(v.raw)
+                if detail:
+                    for j in numpy.nonzero(ok)[0].tolist():
+                        texts.setdefault(int(pos[j]), (_reason_text(kernel.Reason.FITS, ask, int(free[j]), int(total[j]), ""), "fits"))
+            fits[pos] &= ok
+        level[~fits] = 0
+        raw[~fits] = -numpy.inf
+        return Decision(names, fits, unres, level, raw, texts)
+
+    def verdicts(
+        self, demand: PodDemand, names: Sequence[str], score: bool = True, detail: bool = False
+    ) -> list[NodeVerdict]:
+        """:meth:`decide` as one object per node (for explain and tests)."""
+        d = self.decide(demand, names, score, detail)
+        return [
+            NodeVerdict(name, bool(d.fits[i]), bool(d.unresolvable[i]), int(d.level[i]), float(d.raw[i]),
+                        *d.texts.get(i, ("", "fits")))
+            for i, name in enumerate(names)
+        ]
 
     def preempt(
         self, demand: PodDemand, proposed: Mapping[str, tuple[Sequence[str], int]]

@@ -8,6 +8,7 @@ unknown node a per-node failure, and no exception escapes as a 500 traceback.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import http.server
 import json
@@ -17,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import numpy
 
 from scheduler_ext import wire
 from scheduler_ext.binder import Binder
@@ -57,7 +60,7 @@ def _names(args: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]] | None
     names = args.get("NodeNames")
     nodes = args.get("Nodes")
     if names is not None:
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        if not isinstance(names, list) or not set(map(type, names)) <= {str}:
             raise BadRequest("NodeNames: expected a list of strings or null")
         return list(names), None
     if nodes is None:
@@ -87,6 +90,10 @@ def _str_field(args: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise BadRequest(f"{key}: expected a string")
     return value
+
+
+class Raw(str):
+    """JSON text already encoded."""
 
 
 class ExtenderApp:
@@ -125,7 +132,8 @@ class ExtenderApp:
                 args = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise BadRequest(f"body is not JSON: {err}") from err
-            answer = _json(200, route(_object(args, "body")))
+            out = route(_object(args, "body"))
+            answer = Answer(200, out.encode()) if isinstance(out, Raw) else _json(200, out)
             self.metrics.decisions.labels(verb, "ok").inc()
             return answer
         except BadRequest as err:
@@ -149,32 +157,38 @@ class ExtenderApp:
     def filter(self, args: dict[str, Any]) -> wire.ExtenderFilterResult:
         pod = _pod(args)
         names, items = _names(args)
-        verdicts = self.decider.verdicts(pod_demand(pod), names, score=False)
+        d = self.decider.decide(pod_demand(pod), names, score=False)
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
-        fitting: list[str] = []
-        for v in verdicts:
-            if v.fits:
-                fitting.append(v.node)
-                continue
-            (unresolvable if v.unresolvable else failed)[v.node] = "gpupack: " + v.reason
-            self.metrics.failures.labels(v.code).inc()
+        codes: collections.Counter[str] = collections.Counter()
+        for i in numpy.nonzero(~d.fits)[0].tolist():
+            text, code = d.texts[i]
+            (unresolvable if d.unresolvable[i] else failed)[names[i]] = "gpupack: " + text
+            codes[code] += 1
+        for code, count in codes.items():
+            self.metrics.failures.labels(code).inc(count)
         result: wire.ExtenderFilterResult = {
             "Nodes": None, "NodeNames": None, "FailedNodes": failed,
             "FailedAndUnresolvableNodes": unresolvable, "Error": "",
         }
+        keep = numpy.nonzero(d.fits)[0].tolist()
         if items is None:
-            result["NodeNames"] = fitting
+            result["NodeNames"] = [names[i] for i in keep]
         else:
-            keep = set(fitting)
-            kept = [n for n in items if (n.get("metadata") or {}).get("name") in keep]
-            result["Nodes"] = {"metadata": {}, "items": kept}
+            result["Nodes"] = {"metadata": {}, "items": [items[i] for i in keep]}
         return result
 
-    def prioritize(self, args: dict[str, Any]) -> wire.HostPriorityList:
+    def prioritize(self, args: dict[str, Any]) -> Raw:
         pod = _pod(args)
         names, _ = _names(args)
-        return [{"Host": v.node, "Score": v.level} for v in self.decider.verdicts(pod_demand(pod), names)]
+        d = self.decider.decide(pod_demand(pod), names, reasons=False)
+        # the answer is written by hand: at thousands of nodes json.dumps of a list of dicts
+        # costs more than the decision; names are escaped by json.dumps of the list once
+        quoted = json.dumps(names)[1:-1].split(", ") if names else []
+        if len(quoted) != len(names):  # a name with ", " inside: fall back to the plain way
+            quoted = [json.dumps(n) for n in names]
+        scores = d.level.tolist()
+        return Raw("[" + ",".join([f'{{"Host":{q},"Score":{s}}}' for q, s in zip(quoted, scores)]) + "]")
 
     def bind(self, args: dict[str, Any]) -> wire.ExtenderBindingResult:
         bargs: wire.ExtenderBindingArgs = {
@@ -225,6 +239,7 @@ class ExtenderApp:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: kube-scheduler reuses connections
+    disable_nagle_algorithm = True  # small answers must not wait for the peer's delayed ACK
     server: ExtenderHTTPServer
 
     def _send(self, answer: Answer) -> None:

@@ -24,23 +24,20 @@ class Verdicts:
     level: Array  # int64 0..10
 
 
-def _empty_units(s: Slots, req: Request, xp: Namespace, healthy_only: bool) -> Array:
-    return units(s, req, xp, free=s.capacity, free_memory_mib=s.memory_mib, healthy_only=healthy_only)
-
-
 def feasibility(s: Slots, req: Request, xp: Namespace) -> tuple[Array, Array, Array, Array, Array]:
     """``(feasible, reason, free_units, total_units)`` per node, and the units per slot now."""
     u = units(s, req, xp)
-    free_units = u.sum(axis=1).astype(xp.int32)
+    free_units = u.sum(axis=1, dtype=xp.int32)
     feasible = free_units >= max(req.count, 1)
-    total_healthy = _empty_units(s, req, xp, healthy_only=True).sum(axis=1).astype(xp.int32)
-    total_all = _empty_units(s, req, xp, healthy_only=False).sum(axis=1)
+    empty = units(s, req, xp, free=s.capacity, free_memory_mib=s.memory_mib, healthy_only=False)
+    total_all = empty.sum(axis=1, dtype=xp.int32)
+    total_healthy = (empty * s.healthy).sum(axis=1, dtype=xp.int32)
     has_resource = (s.resource == req.resource).any(axis=1)
     reason = xp.full(free_units.shape, int(Reason.BUSY), dtype=xp.int8)
-    reason = xp.where(total_healthy < req.count, int(Reason.UNHEALTHY), reason)
-    reason = xp.where(total_all < req.count, int(Reason.TOO_SMALL), reason)
-    reason = xp.where(~has_resource, int(Reason.NO_RESOURCE), reason)
-    reason = xp.where(feasible, int(Reason.FITS), reason).astype(xp.int8)
+    reason[total_healthy < req.count] = int(Reason.UNHEALTHY)
+    reason[total_all < req.count] = int(Reason.TOO_SMALL)
+    reason[~has_resource] = int(Reason.NO_RESOURCE)
+    reason[feasible] = int(Reason.FITS)
     return feasible, reason, free_units, total_healthy, u
 
 

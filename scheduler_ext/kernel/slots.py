@@ -44,7 +44,8 @@ class Slots:
 
     def rows(self, index: Array) -> Slots:
         """The same arrays for a subset of nodes (a copy, in ``index`` order)."""
-        return Slots(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+        # take() is several times faster than fancy indexing for whole rows
+        return Slots(**{f.name: getattr(self, f.name).take(index, axis=0) for f in dataclasses.fields(self)})
 
 
 def empty_slots(xp: Namespace, nodes: int, slots: int) -> Slots:
@@ -112,15 +113,17 @@ def units(
     slots of the requested resource, 0 elsewhere. ``free``/``free_memory_mib`` default to now."""
     free = s.free if free is None else free
     free_mem = s.free_memory_mib if free_memory_mib is None else free_memory_mib
-    per_unit = unit_memory(s, req, xp)
-    by_memory = free_mem // xp.maximum(per_unit, 1)
-    # a hint larger than a whole device's memory makes that device useless for the request
-    too_big = (s.capacity <= 1) & (req.memory_mib > s.memory_mib)
-    n = xp.minimum(free, by_memory)
-    ok = (s.resource == req.resource) & ~too_big
+    ok = s.resource == req.resource
     if healthy_only:
         ok &= s.healthy
-    return xp.where(ok, xp.maximum(n, 0), 0).astype(xp.int32)
+    whole = s.capacity <= 1
+    if req.memory_mib > 0:
+        # a hint larger than a whole device's memory makes that device useless for the request
+        ok &= ~(whole & (s.memory_mib < req.memory_mib))
+    per_unit = unit_memory(s, req, xp)
+    n = xp.minimum(free, free_mem // xp.maximum(per_unit, 1))
+    n *= ok
+    return xp.maximum(n, 0).astype(xp.int32, copy=False)
 
 
 def take_plan(s: Slots, req: Request, xp: Namespace, avail: Array | None = None) -> Array:

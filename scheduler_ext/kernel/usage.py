@@ -32,11 +32,12 @@ class ScoreInput:
 def slot_used(s: Slots, free: Array, free_memory_mib: Array, xp: Namespace) -> Array:
     """Fraction of each slot in use: ``max(shares used / capacity, memory used / memory)``;
     0 for unused columns."""
-    cap = xp.maximum(s.capacity, 1)
-    share_used = (s.capacity - free) / cap
-    mem_used = (s.memory_mib - free_memory_mib) / xp.maximum(s.memory_mib, 1)
-    used = xp.maximum(share_used, mem_used)
-    return xp.where(s.capacity > 0, xp.clip(used, 0.0, 1.0), 0.0)
+    free_share = free / xp.maximum(s.capacity, 1)
+    free_mem = free_memory_mib / xp.maximum(s.memory_mib, 1)
+    used = 1.0 - xp.minimum(free_share, free_mem)
+    xp.clip(used, 0.0, 1.0, out=used)
+    used *= s.capacity > 0
+    return used
 
 
 def node_utilisation(s: Slots, free: Array, free_memory_mib: Array, xp: Namespace) -> Array:

@@ -1,0 +1,174 @@
+"""Benchmark: filter + prioritize over real HTTP on loopback, as kube-scheduler calls them.
+
+For each cluster size, a server process builds its cache (N nodes x 8 GPUs, 60 % of the
+GPUs held by pods of 1, 2 and 4 GPUs with device annotations) and serves; this process sends
+``filter`` then ``prioritize`` for a pending 1- or 2-GPU pod with every node a candidate
+(``nodeCacheCapable: true``: node names only), over one keep-alive connection, and reports
+p50 / p99 latency per request, decisions per second (one decision = filter + prioritize)
+and the server's peak RSS. A last run loads 150,000 pods into the cache of 5,000 nodes
+(time-sliced GPUs, 4 shares each, 60 % held by one-share pods; the rest CPU-only pods).
+
+    .venv/bin/python bench/extender_http.py [--sizes 1000,5000,10000] [--decisions 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gpupack import contract  # noqa: E402
+
+GPUS = 8
+OCCUPIED = 0.60
+
+
+def _node(name: str, resource: str, replicas: int) -> dict[str, Any]:
+    inv = contract.Inventory(name, tuple(
+        contract.Gpu(id=f"GPU-{name}-{i}", index=i, vendor="nvidia", model="NVIDIA H100 80GB HBM3", memory_mib=81559,
+                     numa_node=i // 4, links=tuple(contract.Link(p, 18) for p in range(GPUS) if p != i),
+                     resource=resource, replicas=replicas)
+        for i in range(GPUS)))
+    return {"kind": "Node", "metadata": {"name": name, "annotations": {contract.INVENTORY_ANNOTATION: contract.encode_inventory(inv)}}}
+
+
+def _pod(uid: str, node: str, resource: str, ids: list[str]) -> dict[str, Any]:
+    return {"kind": "Pod", "metadata": {"name": uid, "namespace": "bench", "uid": uid,
+                                        "annotations": {contract.DEVICES_ANNOTATION: contract.encode_assignment({"c": {resource: ids}})}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"limits": {resource: str(len(ids))}}}]},
+            "status": {"phase": "Running"}}
+
+
+def whole_gpu_pods(nodes: int, rng: random.Random) -> Iterator[dict[str, Any]]:
+    """Per node, pods of 4, 2 and 1 GPUs until about 60 % of its GPUs are held."""
+    for n in range(nodes):
+        name = f"node-{n:05d}"
+        target = min(GPUS, max(0, round(rng.gauss(OCCUPIED * GPUS, 2))))
+        i = 0
+        while i < target:
+            size = min(rng.choice((1, 1, 2, 4)), target - i)
+            yield _pod(f"{name}-p{i}", name, contract.NVIDIA_GPU, [f"GPU-{name}-{g}" for g in range(i, i + size)])
+            i += size
+
+
+def share_pods(nodes: int, total: int, replicas: int) -> Iterator[dict[str, Any]]:
+    held = int(nodes * GPUS * replicas * OCCUPIED)
+    for k in range(held):
+        n, rest = divmod(k, GPUS * replicas)
+        g, r = divmod(rest, replicas)
+        name = f"node-{n:05d}"
+        yield _pod(f"s{k}", name, contract.NVIDIA_GPU_SHARED, [contract.share_id(f"GPU-{name}-{g}", r)])
+    for k in range(total - held):
+        yield {"kind": "Pod", "metadata": {"name": f"cpu{k}", "namespace": "bench", "uid": f"cpu{k}"},
+               "spec": {"nodeName": f"node-{k % nodes:05d}", "containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]},
+               "status": {"phase": "Running"}}
+
+
+def serve(nodes: int, mode: str, pods: int, policy: str, port_q: Any) -> None:
+    from scheduler_ext.cache import ClusterCache
+    from scheduler_ext.decide import Decider
+    from scheduler_ext.metrics import Metrics
+    from scheduler_ext.server import ExtenderApp, serve as start
+
+    rng = random.Random(7)
+    cache = ClusterCache(rows=nodes)
+    if mode == "whole":
+        cache.replace_nodes(_node(f"node-{n:05d}", contract.NVIDIA_GPU, 1) for n in range(nodes))
+        cache.replace_pods(whole_gpu_pods(nodes, rng))
+    else:
+        cache.replace_nodes(_node(f"node-{n:05d}", contract.NVIDIA_GPU_SHARED, 4) for n in range(nodes))
+        cache.replace_pods(share_pods(nodes, pods, 4))
+    srv, thread = start(ExtenderApp(cache, Decider(cache, policy), None, Metrics(cache)), "127.0.0.1", 0)
+    port_q.put((srv.server_address[1], cache.counts()))
+    thread.join()
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pending_pod(i: int, resource: str, count: int) -> dict[str, Any]:
+    return {"metadata": {"name": f"want-{i}", "namespace": "bench", "uid": f"want-{i}", "creationTimestamp": None},
+            "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": {resource: str(count)}, "requests": {resource: str(count)}}}]},
+            "status": {}}
+
+
+def run(nodes: int, decisions: int, mode: str = "whole", pods: int = 0, policy: str = "binpack") -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=serve, args=(nodes, mode, pods, policy, q), daemon=True)
+    t0 = time.perf_counter()
+    proc.start()
+    port, (n_nodes, n_pods) = q.get(timeout=600)
+    build_s = time.perf_counter() - t0
+    names = [f"node-{n:05d}" for n in range(nodes)]
+    resource = contract.NVIDIA_GPU if mode == "whole" else contract.NVIDIA_GPU_SHARED
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    lat: list[float] = []
+    fitting = []
+
+    def call(path: str, body: bytes) -> Any:
+        start = time.perf_counter()
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        lat.append(time.perf_counter() - start)
+        assert resp.status == 200, data[:200]
+        return json.loads(data)
+
+    wall0 = 0.0
+    for i in range(decisions + 20):
+        if i == 20:  # warm-up done
+            lat.clear()
+            wall0 = time.perf_counter()
+        pod = pending_pod(i, resource, 2 if i % 3 == 0 else 1)
+        body = json.dumps({"Pod": pod, "Nodes": None, "NodeNames": names}).encode()
+        result = call("/filter", body)
+        fitting.append(len(result["NodeNames"]))
+        body = json.dumps({"Pod": pod, "Nodes": None, "NodeNames": result["NodeNames"]}).encode()
+        call("/prioritize", body)
+    wall = time.perf_counter() - wall0
+    conn.close()
+    rss = peak_rss_mib(proc.pid)
+    proc.kill()
+    proc.join()
+    lat.sort()
+    return {
+        "nodes": n_nodes, "gpu_pods_in_cache": n_pods, "pods_fed": pods or None, "mode": mode, "policy": policy,
+        "build_s": round(build_s, 1),
+        "p50_ms": round(statistics.median(lat) * 1e3, 2), "p99_ms": round(lat[int(0.99 * (len(lat) - 1))] * 1e3, 2),
+        "requests_per_s": round(len(lat) / wall), "decisions_per_s": round(decisions / wall),
+        "server_peak_rss_mib": round(rss), "fitting_nodes_mean": round(statistics.mean(fitting)),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--sizes", default="1000,5000,10000")
+    p.add_argument("--decisions", type=int, default=400)
+    p.add_argument("--policy", default="binpack")
+    p.add_argument("--memory-pods", type=int, default=150_000, help="0 skips the memory run")
+    args = p.parse_args()
+    print(f"# {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, policy {args.policy}")
+    for n in (int(x) for x in args.sizes.split(",")):
+        print(json.dumps(run(n, args.decisions, policy=args.policy)), flush=True)
+    if args.memory_pods:
+        print(json.dumps(run(5000, args.decisions // 2, mode="shares", pods=args.memory_pods, policy=args.policy)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
