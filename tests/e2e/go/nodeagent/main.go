@@ -15,7 +15,8 @@
 //     GetDeviceRunContainerOptions per container (what the runtime would be given);
 //   - records what each container received (environment, device nodes, mounts, annotations,
 //     CDI devices, device ids per resource) as <record-dir>/pods/<pod uid>.json, and the
-//     node's device state as <record-dir>/node.json, each written atomically;
+//     node's device state as <record-dir>/node.json, each written atomically, and its own pid
+//     with the device counts as the Node condition GpupackNodeAgent (tests watch for it);
 //   - marks the pod Running (or Failed with reason UnexpectedAdmissionError, as the kubelet
 //     does when the device manager refuses it), and deletes pods whose deletion was requested
 //     (no containers to stop), which frees their devices in the device manager.
@@ -122,6 +123,29 @@ type nodeRecord struct {
 	Capacity    map[string]int64    `json:"capacity"`
 	Allocatable map[string]int64    `json:"allocatable"`
 	Healthy     map[string][]string `json:"healthy"` // resource -> healthy device ids
+}
+
+// agentConditionType is a Node condition that tells which agent process last published the
+// device manager's counts, so a test can watch for "this restarted agent has the plugin's
+// devices again" through the API instead of reading files.
+const agentConditionType v1.NodeConditionType = "GpupackNodeAgent"
+
+type agentState struct {
+	PID         int              `json:"pid"`
+	Capacity    map[string]int64 `json:"capacity"`
+	Allocatable map[string]int64 `json:"allocatable"`
+}
+
+func setCondition(n *v1.Node, c v1.NodeCondition) {
+	now := metav1.Now()
+	c.LastHeartbeatTime, c.LastTransitionTime = now, now
+	for i := range n.Status.Conditions {
+		if n.Status.Conditions[i].Type == c.Type {
+			n.Status.Conditions[i] = c
+			return
+		}
+	}
+	n.Status.Conditions = append(n.Status.Conditions, c)
 }
 
 type agent struct {
@@ -330,11 +354,9 @@ func (a *agent) ensureNode(ctx context.Context) error {
 			n.Status.Capacity[name] = q
 			n.Status.Allocatable[name] = q
 		}
-		now := metav1.Now()
-		n.Status.Conditions = []v1.NodeCondition{{
-			Type: v1.NodeReady, Status: v1.ConditionTrue, Reason: "KubeletReady",
-			Message: "gpupack nodeagent is posting ready status", LastHeartbeatTime: now, LastTransitionTime: now,
-		}}
+		setCondition(n, v1.NodeCondition{
+			Type: v1.NodeReady, Status: v1.ConditionTrue, Reason: "KubeletReady", Message: "gpupack nodeagent is posting ready status",
+		})
 		n.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "127.0.0.1"}, {Type: v1.NodeHostName, Address: a.opts.nodeName}}
 		n.Status.NodeInfo.KubeletVersion = "gpupack-nodeagent"
 		n.Status.NodeInfo.OperatingSystem = "linux"
@@ -380,7 +402,15 @@ func (a *agent) syncNodeStatusLoop(ctx context.Context) {
 			rec.Healthy[res] = ids
 		}
 		if last == nil || !reflect.DeepEqual(*last, *rec) || len(removed) > 0 {
+			// the record goes first, so a test that saw the Node change can read it
+			if err := writeJSON(filepath.Join(a.opts.recordDir, "node.json"), rec); err != nil {
+				a.logger.Error(err, "writing node record")
+			}
+			state, _ := json.Marshal(agentState{PID: rec.AgentPID, Capacity: rec.Capacity, Allocatable: rec.Allocatable})
 			err := a.updateNodeStatus(ctx, func(n *v1.Node) {
+				setCondition(n, v1.NodeCondition{
+					Type: agentConditionType, Status: v1.ConditionTrue, Reason: "DeviceManagerState", Message: string(state),
+				})
 				for _, name := range sets.List(a.published) {
 					if _, ok := capacity[v1.ResourceName(name)]; !ok {
 						// as the kubelet: a resource the device manager no longer has drops to 0
@@ -407,10 +437,6 @@ func (a *agent) syncNodeStatusLoop(ctx context.Context) {
 				}
 				a.logger.Error(err, "updating node status")
 			} else {
-				// the record follows the Node, so a test that sees it can rely on the Node too
-				if err := writeJSON(filepath.Join(a.opts.recordDir, "node.json"), rec); err != nil {
-					a.logger.Error(err, "writing node record")
-				}
 				a.logger.V(2).Info("node status updated", "capacity", rec.Capacity, "allocatable", rec.Allocatable)
 				last = rec
 			}

@@ -1,0 +1,689 @@
+"""A real control plane on loopback for gpupack's end-to-end tests, and simulated GPU nodes.
+
+Role in the whole: the only place that starts processes for the e2e tests. It runs the
+programs we do not write (etcd, kube-apiserver, kube-scheduler, built from their Go modules by
+``build_control_plane.sh``), the node agent (the kubelet's device manager, ``go/nodeagent``)
+and ours (``gpupack-device-plugin``, ``gpupack-extender``), each as a separate process talking
+the real wire formats; tests only watch and change API objects and read what the node agent
+recorded.
+
+Readiness is waited for by polling health endpoints with a deadline (the only polling here);
+everything else is waited for with API watches (see :meth:`Cluster.wait_pods`,
+:meth:`Cluster.wait_node`) or inotify-free file reads after a watched event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import ipaddress
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from gpupack import contract
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+BUILD_SCRIPT = HERE / "build_control_plane.sh"
+SCHEDULER_CONFIG = REPO / "deploy" / "scheduler" / "kube-scheduler-config.yaml"
+#: label put on every simulated node; tests select their own group with it
+GROUP_LABEL = "e2e.gpupack.io/group"
+READY_TIMEOUT_S = 60.0
+
+
+class E2EError(RuntimeError):
+    """The harness could not bring something up; the message says what and where its log is."""
+
+
+# --- binaries ---------------------------------------------------------------------------------
+
+
+def build_binaries() -> pathlib.Path:
+    """Runs the (cached) build; returns the folder with etcd, kube-*, kubectl and nodeagent."""
+    proc = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=None, text=True, check=False)
+    if proc.returncode != 0:
+        raise E2EError(f"{BUILD_SCRIPT} failed with exit code {proc.returncode}")
+    folder = pathlib.Path(proc.stdout.strip().splitlines()[-1])
+    for name in ("etcd", "kube-apiserver", "kube-scheduler", "kubectl", "nodeagent"):
+        if not os.access(folder / name, os.X_OK):
+            raise E2EError(f"{BUILD_SCRIPT} did not produce {folder / name}")
+    return folder
+
+
+def console_script(name: str) -> str:
+    """A console script of this distribution, from the interpreter's own environment first."""
+    beside = pathlib.Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise E2EError(f"{name} is not installed (pip install -e .)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- certificates -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Pki:
+    """A throwaway CA, the API server's serving certificate, client certificates and SA keys."""
+
+    folder: pathlib.Path
+
+    @property
+    def ca(self) -> pathlib.Path:
+        return self.folder / "ca.crt"
+
+    def cert(self, name: str) -> pathlib.Path:
+        return self.folder / f"{name}.crt"
+
+    def key(self, name: str) -> pathlib.Path:
+        return self.folder / f"{name}.key"
+
+
+def _write_key(path: pathlib.Path, key: Any) -> None:
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    path.chmod(0o600)
+
+
+def make_pki(folder: pathlib.Path, clients: Mapping[str, tuple[str, Sequence[str]]]) -> Pki:
+    """CA + ``apiserver`` serving cert for 127.0.0.1/localhost + one client cert per entry
+    ``name -> (common name = user, organizations = groups)`` + ``sa.key``/``sa.pub``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=2)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gpupack-e2e-ca")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (folder / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(name: str, subject: x509.Name, server: bool) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+        )
+        if server:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.DNSName("localhost"),
+                        x509.DNSName("kubernetes.default.svc"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    ]
+                ),
+                critical=False,
+            )
+        cert = builder.sign(ca_key, hashes.SHA256())
+        (folder / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(folder / f"{name}.key", key)
+
+    issue("apiserver", x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]), server=True)
+    for name, (user, groups) in clients.items():
+        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, user)]
+        attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
+        issue(name, x509.Name(attrs), server=False)
+
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    _write_key(folder / "sa.key", sa_key)
+    (folder / "sa.pub").write_bytes(
+        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return Pki(folder)
+
+
+def write_kubeconfig(path: pathlib.Path, server: str, pki: Pki, client: str) -> pathlib.Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": {"server": server, "certificate-authority": str(pki.ca)}}],
+        "users": [
+            {"name": client, "user": {"client-certificate": str(pki.cert(client)), "client-key": str(pki.key(client))}}
+        ],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": client}}],
+        "current-context": "e2e",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+class Process:
+    """One program of the cluster, with its log file; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_dir: pathlib.Path, env: Mapping[str, str] | None = None):
+        self.name = name
+        self.argv = list(argv)
+        self.log = log_dir / f"{name}.log"
+        self.env = dict(os.environ, **(env or {}))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.expected = False  # True from start() to stop(): it should be running
+
+    def start(self) -> Process:
+        self.expected = True
+        log = self.log.open("ab")
+        log.write(f"\n=== start: {' '.join(self.argv)}\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True
+        )
+        log.close()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int | None:
+        """Stops the process; returns its exit code (None when it was not running)."""
+        self.expected = False
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return f"(no log {self.log})"
+        return f"--- {self.name} ({self.log}), last {lines} lines:\n" + "\n".join(text[-lines:])
+
+
+def wait_ready(proc: Process, probe: Callable[[], bool], what: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Polls ``probe`` until it is true (process readiness only); fails fast if the process dies."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not proc.running:
+            raise E2EError(f"{proc.name} exited before {what}\n{proc.tail()}")
+        with contextlib.suppress(OSError, urllib.error.URLError, ssl.SSLError, ValueError):
+            if probe():
+                return
+        time.sleep(0.1)  # readiness polling interval, not synchronisation
+    raise E2EError(f"{proc.name}: {what} not reached within {timeout_s}s\n{proc.tail()}")
+
+
+def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+            return bool(resp.status == 200)
+    except urllib.error.HTTPError:
+        return False
+
+
+# --- the cluster ------------------------------------------------------------------------------
+
+
+class Cluster:
+    """etcd + kube-apiserver + kube-scheduler (deploy/ config) + gpupack-extender, on loopback."""
+
+    def __init__(self, bin_dir: pathlib.Path, work: pathlib.Path):
+        self.bin = bin_dir
+        self.work = work
+        self.logs = work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.processes: list[Process] = []
+        self.nodes: dict[str, SimNode] = {}
+        self.pki = make_pki(
+            work / "pki",
+            {
+                "admin": ("gpupack-e2e-admin", ["system:masters"]),
+                "scheduler": ("system:kube-scheduler", []),
+            },
+        )
+        self.api_port = free_port()
+        self.server = f"https://127.0.0.1:{self.api_port}"
+        self.admin_kubeconfig = write_kubeconfig(work / "admin.kubeconfig", self.server, self.pki, "admin")
+        self.scheduler_kubeconfig = write_kubeconfig(work / "scheduler.kubeconfig", self.server, self.pki, "scheduler")
+        self.extender_port = free_port()
+        self.extender_url = f"http://127.0.0.1:{self.extender_port}"
+        self._ssl = ssl.create_default_context(cafile=str(self.pki.ca))
+        self._ssl.load_cert_chain(str(self.pki.cert("admin")), str(self.pki.key("admin")))
+        self.etcd: Process | None = None
+        self.apiserver: Process | None = None
+        self.scheduler: Process | None = None
+        self.extender: Process | None = None
+        self._core: Any = None
+
+    # -- start and stop
+
+    def _add(self, proc: Process) -> Process:
+        self.processes.append(proc)
+        return proc.start()
+
+    def start(self) -> Cluster:
+        client_port, peer_port = free_port(), free_port()
+        self.etcd = self._add(
+            Process(
+                "etcd",
+                [
+                    str(self.bin / "etcd"),
+                    "--name=e2e",
+                    f"--data-dir={self.work / 'etcd'}",
+                    f"--listen-client-urls=http://127.0.0.1:{client_port}",
+                    f"--advertise-client-urls=http://127.0.0.1:{client_port}",
+                    f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                    f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                    f"--initial-cluster=e2e=http://127.0.0.1:{peer_port}",
+                    "--unsafe-no-fsync=true",  # test data; an fsync per write only slows the tests
+                    "--log-level=warn",
+                ],
+                self.logs,
+            )
+        )
+        wait_ready(self.etcd, lambda: http_ok(f"http://127.0.0.1:{client_port}/health"), "etcd /health")
+
+        pki = self.pki
+        self.apiserver = self._add(
+            Process(
+                "kube-apiserver",
+                [
+                    str(self.bin / "kube-apiserver"),
+                    f"--etcd-servers=http://127.0.0.1:{client_port}",
+                    "--bind-address=127.0.0.1",
+                    "--advertise-address=127.0.0.1",
+                    f"--secure-port={self.api_port}",
+                    f"--cert-dir={self.work / 'apiserver-certs'}",
+                    f"--tls-cert-file={pki.cert('apiserver')}",
+                    f"--tls-private-key-file={pki.key('apiserver')}",
+                    f"--client-ca-file={pki.ca}",
+                    f"--service-account-key-file={pki.folder / 'sa.pub'}",
+                    f"--service-account-signing-key-file={pki.folder / 'sa.key'}",
+                    "--service-account-issuer=https://kubernetes.default.svc",
+                    "--service-cluster-ip-range=10.96.0.0/24",
+                    "--authorization-mode=Node,RBAC",
+                    # No kube-controller-manager runs: nothing would create ServiceAccounts, and
+                    # nothing would lift the not-ready taint TaintNodesByCondition puts on new nodes.
+                    "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+                    # the "kubernetes" Service's endpoint would be 127.0.0.1, which is refused
+                    "--endpoint-reconciler-type=none",
+                    "--profiling=false",
+                ],
+                self.logs,
+            )
+        )
+        wait_ready(self.apiserver, lambda: http_ok(f"{self.server}/readyz", self._ssl), "kube-apiserver /readyz")
+
+        self.start_extender()
+        self.start_scheduler()
+        return self
+
+    def scheduler_config(self) -> dict[str, Any]:
+        """deploy/scheduler/kube-scheduler-config.yaml with only what a test cluster must change."""
+        config = yaml.safe_load(SCHEDULER_CONFIG.read_text())
+        config["clientConnection"]["kubeconfig"] = str(self.scheduler_kubeconfig)
+        config["leaderElection"] = {"leaderElect": False}
+        for extender in config["extenders"]:
+            extender["urlPrefix"] = self.extender_url
+        return dict(config)
+
+    def start_scheduler(self) -> None:
+        path = self.work / "kube-scheduler-config.yaml"
+        path.write_text(yaml.safe_dump(self.scheduler_config()))
+        port = free_port()
+        self.scheduler = self._add(
+            Process(
+                "kube-scheduler",
+                [
+                    str(self.bin / "kube-scheduler"),
+                    f"--config={path}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={port}",
+                    f"--cert-dir={self.work / 'scheduler-certs'}",
+                    "--v=2",
+                ],
+                self.logs,
+            )
+        )
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # its self-signed serving cert; /readyz is public
+        wait_ready(self.scheduler, lambda: http_ok(f"https://127.0.0.1:{port}/readyz", insecure), "kube-scheduler /readyz")
+
+    def start_extender(self) -> None:
+        if self.extender is not None and self.extender.running:
+            return
+        if self.extender is None:
+            self.extender = Process(
+                "gpupack-extender",
+                [
+                    console_script("gpupack-extender"),
+                    f"--kubeconfig={self.admin_kubeconfig}",
+                    f"--listen=127.0.0.1:{self.extender_port}",
+                ],
+                self.logs,
+            )
+            self.processes.append(self.extender)
+        self.extender.start()
+        wait_ready(self.extender, lambda: http_ok(f"{self.extender_url}/readyz"), "gpupack-extender /readyz")
+
+    def stop_extender(self) -> None:
+        if self.extender is not None:
+            self.extender.stop()
+
+    def close(self) -> None:
+        for node in list(self.nodes.values()):
+            node.close(delete=False)
+        for proc in reversed(self.processes):
+            proc.stop()
+
+    def check_processes(self) -> None:
+        """Fails with the logs when a program that should be running has exited."""
+        procs = [p for p in self.processes if p.expected] + [
+            p for n in self.nodes.values() for p in (n.agent, n.plugin) if p.expected
+        ]
+        dead = [p for p in procs if not p.running]
+        if dead:
+            raise AssertionError(
+                "exited unexpectedly: " + ", ".join(p.name for p in dead) + "\n" + "\n".join(p.tail(40) for p in dead)
+            )
+
+    def tails(self) -> str:
+        procs = self.processes + [p for n in self.nodes.values() for p in (n.agent, n.plugin)]
+        return "\n".join(p.tail(25) for p in procs)
+
+    # -- API access
+
+    @property
+    def core(self) -> Any:
+        """kubernetes.client.CoreV1Api as the cluster admin."""
+        if self._core is None:
+            from kubernetes import client, config
+
+            api_client = config.new_client_from_config(config_file=str(self.admin_kubeconfig))
+            self._core = client.CoreV1Api(api_client)
+        return self._core
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(self.bin / "kubectl"), f"--kubeconfig={self.admin_kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def watch_until(
+        self,
+        list_fn: Callable[..., Any],
+        done: Callable[[dict[str, Any]], Any],
+        timeout_s: float,
+        what: str,
+        **list_kwargs: Any,
+    ) -> Any:
+        """Lists objects, then watches them until ``done(objects by name)`` returns something truthy.
+
+        ``objects`` maps ``namespace/name`` (or ``name``) to the object as the API returns it.
+        Returns what ``done`` returned; raises AssertionError with the last state on timeout.
+        """
+        from kubernetes import watch
+
+        deadline = time.monotonic() + timeout_s
+        objects: dict[str, Any] = {}
+
+        def key(obj: Any) -> str:
+            ns = obj.metadata.namespace
+            return f"{ns}/{obj.metadata.name}" if ns else str(obj.metadata.name)
+
+        listed = list_fn(**list_kwargs)
+        for obj in listed.items:
+            objects[key(obj)] = obj
+        result = done(objects)
+        version = listed.metadata.resource_version
+        while not result:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{self.tails()}")
+            self.check_processes()
+            w = watch.Watch()
+            try:
+                # watch in slices of a few seconds, so a program that died fails the test at once
+                for event in w.stream(
+                    list_fn, resource_version=version, timeout_seconds=max(1, min(5, int(left))),
+                    allow_watch_bookmarks=False, **list_kwargs
+                ):
+                    obj = event["object"]
+                    version = obj.metadata.resource_version
+                    if event["type"] == "DELETED":
+                        objects.pop(key(obj), None)
+                    else:
+                        objects[key(obj)] = obj
+                    result = done(objects)
+                    if result:
+                        break
+            finally:
+                w.stop()
+        return result
+
+    def wait_pods(
+        self, namespace: str, done: Callable[[dict[str, Any]], Any], what: str, timeout_s: float = 120.0
+    ) -> Any:
+        return self.watch_until(self.core.list_namespaced_pod, done, timeout_s, what, namespace=namespace)
+
+    def wait_node(self, name: str, done: Callable[[Any], Any], what: str, timeout_s: float = 60.0) -> Any:
+        return self.watch_until(
+            self.core.list_node,
+            lambda nodes: nodes.get(name) is not None and done(nodes[name]),
+            timeout_s,
+            f"node {name}: {what}",
+            field_selector=f"metadata.name={name}",
+        )
+
+    # -- nodes
+
+    def add_node(
+        self, name: str, group: str, gpus: Sequence[Mapping[str, Any]], plugin_args: Sequence[str] = ()
+    ) -> SimNode:
+        node = SimNode(self, name, group, gpus, plugin_args)
+        self.nodes[name] = node
+        node.start()
+        return node
+
+
+AGENT_CONDITION = "GpupackNodeAgent"
+
+
+def agent_state(node: Any) -> dict[str, Any] | None:
+    """The node agent's own state from its Node condition (see go/nodeagent), or None."""
+    for c in node.status.conditions or []:
+        if c.type == AGENT_CONDITION:
+            return dict(json.loads(c.message))
+    return None
+
+
+class SimNode:
+    """One simulated GPU node: the node agent (kubelet device manager) + a gpupack-device-plugin
+    with the fake backend, in a folder of their own."""
+
+    def __init__(
+        self, cluster: Cluster, name: str, group: str, gpus: Sequence[Mapping[str, Any]], plugin_args: Sequence[str]
+    ):
+        self.cluster = cluster
+        self.name = name
+        self.group = group
+        self.folder = cluster.work / "nodes" / name
+        self.plugin_dir = self.folder / "device-plugins"
+        self.record_dir = self.folder / "records"
+        self.inventory_file = self.folder / "inventory.json"
+        for d in (self.plugin_dir, self.record_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.gpus = [dict(g) for g in gpus]
+        self.write_inventory()
+        self.agent = Process(
+            f"nodeagent-{name}",
+            [
+                str(cluster.bin / "nodeagent"),
+                f"--kubeconfig={cluster.admin_kubeconfig}",
+                f"--node-name={name}",
+                f"--plugin-dir={self.plugin_dir}",
+                f"--record-dir={self.record_dir}",
+                "--v=2",
+            ],
+            cluster.logs,
+        )
+        self.plugin = Process(
+            f"device-plugin-{name}",
+            [
+                console_script("gpupack-device-plugin"),
+                "--backend=fake",
+                f"--fake-inventory={self.inventory_file}",
+                f"--plugin-dir={self.plugin_dir}",
+                f"--node-name={name}",
+                f"--kubeconfig={cluster.admin_kubeconfig}",
+                *plugin_args,
+            ],
+            cluster.logs,
+        )
+
+    def write_inventory(self) -> None:
+        """Rewrites the fake backend's file (atomically: the plugin notices the change)."""
+        tmp = self.inventory_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"version": contract.INVENTORY_VERSION, "gpus": self.gpus}, indent=1))
+        tmp.replace(self.inventory_file)
+
+    def set_healthy(self, gpu_id: str, healthy: bool) -> None:
+        for g in self.gpus:
+            if g["id"] == gpu_id:
+                g["healthy"] = healthy
+        self.write_inventory()
+
+    def start(self) -> None:
+        self.start_agent()
+        self.cluster.wait_node(self.name, lambda n: True, "created by the node agent")
+        self.cluster.core.patch_node(self.name, {"metadata": {"labels": {GROUP_LABEL: self.group}}})
+        self.plugin.start()
+
+    def start_agent(self) -> None:
+        """Starts the node agent and waits until this very process has published its state."""
+        self.agent.start()
+        assert self.agent.proc is not None
+        pid = self.agent.proc.pid
+        self.cluster.wait_node(self.name, lambda n: (agent_state(n) or {}).get("pid") == pid, f"node agent {pid} up")
+
+    def wait_agent(self, done: Callable[[dict[str, Any]], Any], what: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Waits (watch) until the running node agent's published state satisfies ``done``:
+        ``{"pid", "capacity": {resource: n}, "allocatable": {resource: n}}``."""
+        assert self.agent.proc is not None
+        pid = self.agent.proc.pid
+
+        def check(node: Any) -> Any:
+            state = agent_state(node)
+            return state if state is not None and state.get("pid") == pid and done(state) else None
+
+        return dict(self.cluster.wait_node(self.name, check, f"node agent {pid}: {what}", timeout_s))
+
+    def wait_allocatable(self, expected: Mapping[str, int], what: str = "", timeout_s: float = 60.0) -> Any:
+        """Waits (watch) until the Node's allocatable and capacity show ``expected`` for each resource
+        (capacity may be larger: it counts unhealthy devices too)."""
+
+        def matches(node: Any) -> bool:
+            alloc = node.status.allocatable or {}
+            cap = node.status.capacity or {}
+            return all(
+                int(alloc.get(r, "0")) == n and int(cap.get(r, "0")) >= n for r, n in expected.items()
+            )
+
+        return self.cluster.wait_node(self.name, matches, what or f"allocatable {dict(expected)}", timeout_s)
+
+    def node_record(self) -> dict[str, Any]:
+        """What the device manager last reported (written just before the Node is updated)."""
+        try:
+            return dict(json.loads((self.record_dir / "node.json").read_text()))
+        except FileNotFoundError:
+            return {}
+
+    def pod_record(self, uid: str) -> dict[str, Any]:
+        """What the node agent gave each container of a pod (written before it reported Running)."""
+        return dict(json.loads((self.record_dir / "pods" / f"{uid}.json").read_text()))
+
+    def close(self, delete: bool = True) -> None:
+        self.plugin.stop()
+        self.agent.stop()
+        if delete:
+            with contextlib.suppress(Exception):
+                self.cluster.core.delete_node(self.name)
+        self.cluster.nodes.pop(self.name, None)
+
+
+@contextlib.contextmanager
+def running_cluster(keep: bool = False) -> Iterator[Cluster]:
+    """Builds (cached) and starts a cluster in a temporary folder; always tears it down."""
+    bin_dir = build_binaries()
+    work = pathlib.Path(tempfile.mkdtemp(prefix="gpupack-e2e-"))
+    cluster = Cluster(bin_dir, work)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+        if keep:
+            print(f"gpupack e2e: kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)

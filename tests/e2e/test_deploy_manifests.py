@@ -1,0 +1,57 @@
+"""Scenario 6: what an operator applies from ``deploy/`` is accepted by the real programs.
+
+Kubernetes objects go through ``kubectl apply --dry-run=server`` (API server validation and
+admission, nothing stored); component configuration files, which no API server serves, are
+loaded and validated by the component itself (``kube-scheduler --write-config-to``).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+
+import pytest
+import yaml
+
+from . import cluster as harness
+
+pytestmark = pytest.mark.e2e
+
+DEPLOY = harness.REPO / "deploy"
+#: kinds that are a component's own configuration, not API objects
+COMPONENT_CONFIG_KINDS = {"KubeSchedulerConfiguration"}
+
+
+def manifests() -> list[pathlib.Path]:
+    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml", ".json"))
+
+
+def kinds(path: pathlib.Path) -> set[str]:
+    return {str(doc.get("kind")) for doc in yaml.safe_load_all(path.read_text()) if isinstance(doc, dict)}
+
+
+def test_deploy_has_the_scheduler_config() -> None:
+    assert harness.SCHEDULER_CONFIG in manifests()
+
+
+@pytest.mark.parametrize("path", manifests(), ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_manifest_is_accepted(cluster: harness.Cluster, path: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    found = kinds(path)
+    if found & COMPONENT_CONFIG_KINDS:
+        assert found == {"KubeSchedulerConfiguration"}, f"{path}: mixes component config with {found}"
+        # the file as shipped, only pointed at this cluster's credentials
+        config = yaml.safe_load(path.read_text())
+        config["clientConnection"]["kubeconfig"] = str(cluster.scheduler_kubeconfig)
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+        proc = subprocess.run(
+            [str(cluster.bin / "kube-scheduler"), f"--config={tmp_path / 'config.yaml'}",
+             f"--write-config-to={tmp_path / 'effective.yaml'}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        effective = yaml.safe_load((tmp_path / "effective.yaml").read_text())
+        names = [r["name"] for r in config["extenders"][0]["managedResources"]]
+        assert [r["name"] for r in effective["extenders"][0]["managedResources"]] == names
+        return
+    out = cluster.kubectl("apply", "--dry-run=server", "-f", str(path))
+    assert out.returncode == 0

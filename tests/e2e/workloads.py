@@ -1,0 +1,130 @@
+"""GPU machines (fake inventories) and pods for the end-to-end tests, plus checks on what ran.
+
+Machines follow real ones: a DGX A100 (8x A100-SXM4-40GB, NVSwitch, two NUMA nodes) and an
+HGX H100 board; device ids are stable UUID-shaped strings so failures are readable.
+"""
+
+from __future__ import annotations
+
+import collections
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from gpupack import contract
+
+from . import cluster as harness
+
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"  # never pulled: the node agent runs no containers
+
+
+def gpu_uuid(node: str, index: int) -> str:
+    return "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_URL, f"gpupack-e2e/{node}/{index}"))
+
+
+def nvswitch_machine(node: str, model: str = "NVIDIA A100-SXM4-40GB", memory_mib: int = 40960, count: int = 8) -> list[dict[str, Any]]:
+    """``count`` GPUs, all pairs joined by NVLink (12 links each, as through NVSwitch), half
+    on NUMA node 0 and half on NUMA node 1."""
+    gpus = []
+    for i in range(count):
+        gpus.append(
+            {
+                "id": gpu_uuid(node, i),
+                "index": i,
+                "vendor": "nvidia",
+                "model": model,
+                "memoryMiB": memory_mib,
+                "numaNode": 0 if i < count // 2 else 1,
+                "pciBusId": f"00000000:{0x10 + 8 * i:02X}:00.0",
+                "healthy": True,
+                "migEnabled": False,
+                "links": [{"peer": j, "nvlinks": 12} for j in range(count) if j != i],
+            }
+        )
+    return gpus
+
+
+def gpu_pod(
+    name: str,
+    group: str,
+    resources: Mapping[str, int],
+    containers: int = 1,
+    annotations: Mapping[str, str] | None = None,
+    node_name: str | None = None,
+) -> dict[str, Any]:
+    """A pod asking ``resources`` in each of ``containers`` containers, kept to ``group``'s nodes."""
+    spec: dict[str, Any] = {
+        "nodeSelector": {harness.GROUP_LABEL: group},
+        "terminationGracePeriodSeconds": 0,
+        "containers": [
+            {
+                "name": f"c{i}" if containers > 1 else "main",
+                "image": PAUSE_IMAGE,
+                "resources": {
+                    "requests": {"cpu": "100m", "memory": "64Mi", **{r: str(n) for r, n in resources.items()}},
+                    "limits": {r: str(n) for r, n in resources.items()},
+                },
+            }
+            for i in range(containers)
+        ],
+    }
+    if node_name:
+        spec["nodeName"] = node_name
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "annotations": dict(annotations or {})}, "spec": spec}
+
+
+def phase_of(pods: Mapping[str, Any], names: Iterable[str]) -> dict[str, str | None]:
+    return {n: (pods[n].status.phase if n in pods else None) for n in names}
+
+
+def all_running(namespace: str, names: Iterable[str]) -> Any:
+    """A watch predicate: every named pod is Running (fails loudly on a Failed admission)."""
+    wanted = [f"{namespace}/{n}" for n in names]
+
+    def done(pods: Mapping[str, Any]) -> Any:
+        for key in wanted:
+            pod = pods.get(key)
+            if pod is not None and pod.status.phase == "Failed":
+                raise AssertionError(f"{key} failed: {pod.status.reason}: {pod.status.message}")
+        if all(key in pods and pods[key].status.phase == "Running" for key in wanted):
+            return {key: pods[key] for key in wanted}
+        return None
+
+    return done
+
+
+def received(cluster: harness.Cluster, pod: Any) -> dict[str, Any]:
+    """The node agent's record of what each container of a Running pod received."""
+    node = cluster.nodes[pod.spec.node_name]
+    record = node.pod_record(pod.metadata.uid)
+    assert record["admitted"], record
+    return dict(record["containers"])
+
+
+def check_allocations(cluster: harness.Cluster, pods: Iterable[Any], expect_annotation: bool = True) -> dict[str, list[str]]:
+    """For Running pods: every container's NVIDIA_VISIBLE_DEVICES is exactly the device ids the
+    device manager gave it, which are exactly those the ``gpupack.io/devices`` annotation
+    names (when ``expect_annotation``); no device is given twice on a node.
+    Returns node -> device ids in use."""
+    in_use: dict[str, list[str]] = collections.defaultdict(list)
+    for pod in pods:
+        containers = received(cluster, pod)
+        annotated: contract.Assignment | None = None
+        text = (pod.metadata.annotations or {}).get(contract.DEVICES_ANNOTATION)
+        if expect_annotation:
+            assert text, f"{pod.metadata.name}: no {contract.DEVICES_ANNOTATION} annotation"
+        if text:
+            annotated = contract.decode_assignment(text)
+        for c in pod.spec.containers:
+            got = containers[c.name]
+            ids = got["deviceIDs"].get(contract.NVIDIA_GPU, [])
+            visible = got["env"].get("NVIDIA_VISIBLE_DEVICES", "")
+            assert sorted(visible.split(",")) == sorted(ids), (pod.metadata.name, c.name, visible, ids)
+            if annotated is not None:
+                want = sorted(annotated.get(c.name, {}).get(contract.NVIDIA_GPU, []))
+                assert want == sorted(ids), f"{pod.metadata.name}/{c.name}: annotated {want}, received {ids}"
+            in_use[pod.spec.node_name] += ids
+    for node, ids in in_use.items():
+        twice = [i for i, n in collections.Counter(ids).items() if n > 1]
+        assert not twice, f"{node}: devices given twice: {twice}"
+    return dict(in_use)
