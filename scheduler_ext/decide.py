@@ -51,6 +51,7 @@ def _units_text(count: int, resource: str, memory_mib: int) -> str:
 
 
 def _reason_text(reason: kernel.Reason, ask: str, free: int, total: int, node_error: str) -> str:
+    # ``total`` is only known for nodes that do not fit
     if reason == kernel.Reason.NO_RESOURCE:
         return f"needs {ask}; node has no such device" + (f" ({node_error})" if node_error else "")
     if reason == kernel.Reason.TOO_SMALL:
@@ -59,7 +60,7 @@ def _reason_text(reason: kernel.Reason, ask: str, free: int, total: int, node_er
         return f"needs {ask}; only {total} healthy on this node"
     if reason == kernel.Reason.BUSY:
         return f"needs {ask}; {free} free now of {total}"
-    return f"fits: {free} of {total} free for {ask}"
+    return f"fits: {free} free for {ask}"
 
 
 class Decider:
@@ -112,13 +113,20 @@ class Decider:
             free = kernel.xp.to_host(v.free_units)
             total = kernel.xp.to_host(v.total_units)
             ask = _units_text(totals[resource], resource, demand.memory_mib)
-            for j in (numpy.nonzero(~ok & fits[pos])[0].tolist() if reasons else ()):
-                r = kernel.Reason(int(reason[j]))
-                i = int(pos[j])
-                node_error = self.cache.node_error(names[i]) if r == kernel.Reason.NO_RESOURCE else ""
-                texts[i] = (_reason_text(r, ask, int(free[j]), int(total[j]), node_error),
-                            r.name.lower().replace("_", "-"))
-                unres[i] = r.unresolvable
+            worded: dict[tuple[int, int, int], tuple[str, str]] = {}  # many nodes share a text
+            bad = numpy.nonzero(~ok & fits[pos])[0] if reasons else numpy.zeros(0, dtype=numpy.int64)
+            for j, i, code, nfree, ntotal in zip(bad.tolist(), pos[bad].tolist(), reason[bad].tolist(),
+                                                 free[bad].tolist(), total[bad].tolist()):
+                r = kernel.Reason(code)
+                if r == kernel.Reason.NO_RESOURCE and self.cache.node_error(names[i]):
+                    texts[i] = (_reason_text(r, ask, nfree, ntotal, self.cache.node_error(names[i])), "no-resource")
+                else:
+                    key = (code, nfree, ntotal)
+                    if key not in worded:
+                        worded[key] = (_reason_text(r, ask, nfree, ntotal, ""), r.name.lower().replace("_", "-"))
+                    texts[i] = worded[key]
+            if reasons and bad.shape[0]:
+                unres[pos[bad]] = numpy.isin(reason[bad], [int(r) for r in kernel.Reason if r.unresolvable])
             if resource == lead:
                 level[pos] = kernel.xp.to_host(v.level)
                 raw[pos] = kernel.xp.to_host(v.raw)

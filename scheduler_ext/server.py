@@ -13,6 +13,7 @@ import dataclasses
 import http.server
 import json
 import logging
+import operator
 import ssl
 import threading
 import time
@@ -92,6 +93,9 @@ def _str_field(args: dict[str, Any], key: str) -> str:
     return value
 
 
+_SCORE_SUFFIX = [f"{s}}}" for s in range(11)]
+
+
 class Raw(str):
     """JSON text already encoded."""
 
@@ -104,6 +108,7 @@ class ExtenderApp:
         self.decider = decider
         self.binder = binder
         self.metrics = metrics
+        self._prefixes: tuple[list[str], list[str]] = ([], [])
         self._routes: dict[str, Callable[[dict[str, Any]], Any]] = {
             "/filter": self.filter,
             "/prioritize": self.prioritize,
@@ -182,13 +187,16 @@ class ExtenderApp:
         pod = _pod(args)
         names, _ = _names(args)
         d = self.decider.decide(pod_demand(pod), names, reasons=False)
-        # the answer is written by hand: at thousands of nodes json.dumps of a list of dicts
-        # costs more than the decision; names are escaped by json.dumps of the list once
-        quoted = json.dumps(names)[1:-1].split(", ") if names else []
-        if len(quoted) != len(names):  # a name with ", " inside: fall back to the plain way
-            quoted = [json.dumps(n) for n in names]
-        scores = d.level.tolist()
-        return Raw("[" + ",".join([f'{{"Host":{q},"Score":{s}}}' for q, s in zip(quoted, scores)]) + "]")
+        return Raw("[" + ",".join(map(operator.add, self._host_prefixes(names), map(_SCORE_SUFFIX.__getitem__, d.level.tolist()))) + "]")
+
+    def _host_prefixes(self, names: list[str]) -> list[str]:
+        """``{"Host":"<name>","Score":`` per name, written once per candidate list: at thousands
+        of nodes, json.dumps of a list of dicts costs more than the decision itself."""
+        last_names, prefixes = self._prefixes  # one attribute: swapped whole, safe across threads
+        if names != last_names:
+            prefixes = ['{"Host":' + json.dumps(n) + ',"Score":' for n in names]
+            self._prefixes = (list(names), prefixes)
+        return prefixes
 
     def bind(self, args: dict[str, Any]) -> wire.ExtenderBindingResult:
         bargs: wire.ExtenderBindingArgs = {
