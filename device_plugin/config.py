@@ -4,11 +4,22 @@ Each source is validated where it is read and every error names the offending fi
 (``health.probeIntervalSeconds: expected a number > 0, got -1``), so a bad file or flag stops
 start-up with a message instead of running half-configured.
 
-Config file (``--config``, YAML, mountable from a ConfigMap)::
+Config file (``--config``, YAML, mountable from a ConfigMap; re-read when it changes)::
 
     version: v1
     flags:
+      migStrategy: none             # none | single | mixed
       passDeviceSpecs: false        # give containers /dev/nvidia* device nodes
+    sharing:
+      timeSlicing:
+        renameByDefault: false      # advertise shares as <name>.shared
+        failRequestsGreaterThanOne: false
+        distinctGpus: false         # several shares for one container on distinct GPUs
+        resources:
+        - name: nvidia.com/gpu      # or nvidia.com/mig-<profile>
+          replicas: 4
+          devices: [0, 1]           # GPU indices or UUIDs; omit (or "all") for every GPU
+          rename: ""                # optional resource name for these shares
     health:
       disabled: false               # true: never mark GPUs Unhealthy from XIDs
       skipXids: [13, 31, 43, 45, 68, 109]   # replaces the default application-XID list
@@ -30,6 +41,9 @@ import yaml
 
 from device_plugin import xids
 from device_plugin.health import HealthSettings
+from device_plugin.resources import MIG_STRATEGIES, Layout, ShareRule, Sharing
+
+from gpupack import contract
 
 CONFIG_VERSION = "v1"
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins/"
@@ -51,6 +65,9 @@ class Settings:
     metrics_addr: str = ""  # host:port for /metrics; "" = off
     log_level: str = "info"
     health: HealthSettings = HealthSettings()
+    layout: Layout = Layout()  # MIG strategy and time-slicing
+    publish: bool = True  # publish the inventory annotation and labels on this node
+    proc_root: pathlib.Path = pathlib.Path("/proc")  # for MIG capability files
     config_file: pathlib.Path | None = None
 
 
@@ -64,6 +81,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "kubeconfig": ("KUBECONFIG", "kubeconfig file; empty means in-cluster"),
     "pass-device-specs": ("GPUPACK_PASS_DEVICE_SPECS", "give containers the /dev/nvidia* device nodes (true/false)"),
     "metrics-addr": ("GPUPACK_METRICS_ADDR", "serve Prometheus /metrics on host:port; empty = off"),
+    "mig-strategy": ("MIG_STRATEGY", "none, single or mixed (overrides flags.migStrategy)"),
+    "no-publish": ("GPUPACK_NO_PUBLISH", "do not publish the inventory annotation and labels (true/false)"),
     "log-level": ("GPUPACK_LOG_LEVEL", "debug, info, warning or error"),
     "config": ("GPUPACK_CONFIG", "YAML config file (health, flags); see docs/device-plugin.md"),
 }
@@ -76,9 +95,12 @@ def parser() -> argparse.ArgumentParser:
         epilog="Every flag can also be set through the environment variable shown in brackets.",
     )
     for flag, (env, text) in FLAGS.items():
-        default = Settings.__dataclass_fields__[flag.replace("-", "_")].default if flag != "config" else None
+        field = Settings.__dataclass_fields__.get(flag.replace("-", "_"))
+        default = field.default if field is not None else None
         shown = "" if default in (None, "") else f" (default {default})"
-        if flag == "pass-device-specs":
+        if flag == "mig-strategy":
+            p.add_argument(f"--{flag}", default=None, help=f"{text} [{env}]")
+        elif flag in ("pass-device-specs", "no-publish"):
             p.add_argument(f"--{flag}", nargs="?", const="true", default=None, help=f"{text} [{env}]")
         else:
             p.add_argument(f"--{flag}", default=None, help=f"{text}{shown} [{env}]")
@@ -116,6 +138,63 @@ def _xid_list(field: str, value: Any) -> frozenset[int]:
     return frozenset(value)
 
 
+def _mig_strategy(field: str, value: Any) -> str:
+    if value not in MIG_STRATEGIES:
+        raise ConfigError(f"{field}: expected none, single or mixed, got {value!r}")
+    return str(value)
+
+
+def _sharing(raw: Any) -> Sharing:
+    if raw is None:
+        return Sharing()
+    if not isinstance(raw, dict):
+        raise ConfigError("sharing: expected a mapping")
+    _check_keys("sharing.", raw, ("timeSlicing",))
+    ts = raw.get("timeSlicing") or {}
+    if not isinstance(ts, dict):
+        raise ConfigError("sharing.timeSlicing: expected a mapping")
+    allowed = ("renameByDefault", "failRequestsGreaterThanOne", "distinctGpus", "resources")
+    _check_keys("sharing.timeSlicing.", ts, allowed)
+    entries = ts.get("resources") or []
+    if not isinstance(entries, list):
+        raise ConfigError("sharing.timeSlicing.resources: expected a list")
+    rules = []
+    for i, entry in enumerate(entries):
+        path = f"sharing.timeSlicing.resources[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: expected a mapping with name and replicas")
+        _check_keys(f"{path}.", entry, ("name", "replicas", "devices", "rename"))
+        name = entry.get("name")
+        if name != contract.NVIDIA_GPU and (not isinstance(name, str) or contract.mig_profile_of(name) is None):
+            raise ConfigError(
+                f"{path}.name: expected nvidia.com/gpu or nvidia.com/mig-<profile>, got {name!r} "
+                "(AMD and Intel GPUs are whole-device only)"
+            )
+        replicas = entry.get("replicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or not 2 <= replicas <= 256:
+            raise ConfigError(f"{path}.replicas: expected an integer from 2 to 256, got {replicas!r}")
+        devices = entry.get("devices", "all")
+        if devices == "all":
+            devices = []
+        if not isinstance(devices, list) or not all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in devices):
+            raise ConfigError(f"{path}.devices: expected \"all\" or a list of GPU indices or UUIDs, got {devices!r}")
+        rename = entry.get("rename", "")
+        if not isinstance(rename, str) or (rename and "/" not in rename):
+            raise ConfigError(f"{path}.rename: expected a resource name like nvidia.com/gpu.small, got {rename!r}")
+        rules.append(ShareRule(name, replicas, tuple(str(d) for d in devices), rename))
+    names = [(r.name, d) for r in rules for d in (r.devices or ("all",))]
+    if len(names) != len(set(names)):
+        raise ConfigError("sharing.timeSlicing.resources: a GPU is named by two rules of the same resource")
+    return Sharing(
+        rules=tuple(rules),
+        rename_by_default=_bool("sharing.timeSlicing.renameByDefault", ts.get("renameByDefault", False)),
+        fail_requests_greater_than_one=_bool(
+            "sharing.timeSlicing.failRequestsGreaterThanOne", ts.get("failRequestsGreaterThanOne", False)
+        ),
+        distinct_gpus=_bool("sharing.timeSlicing.distinctGpus", ts.get("distinctGpus", False)),
+    )
+
+
 def load_file(path: pathlib.Path, base: Settings) -> Settings:
     """Applies a config file to ``base``; raises ConfigError naming the file and field."""
     try:
@@ -133,16 +212,21 @@ def load_file(path: pathlib.Path, base: Settings) -> Settings:
 def apply_config(raw: Any, base: Settings) -> Settings:
     if not isinstance(raw, dict):
         raise ConfigError("expected a mapping at the top level")
-    _check_keys("", raw, ("version", "flags", "health"))
+    _check_keys("", raw, ("version", "flags", "health", "sharing"))
     if raw.get("version") != CONFIG_VERSION:
         raise ConfigError(f"version: expected {CONFIG_VERSION!r}, got {raw.get('version')!r}")
     settings = base
     flags = raw.get("flags") or {}
     if not isinstance(flags, dict):
         raise ConfigError("flags: expected a mapping")
-    _check_keys("flags.", flags, ("passDeviceSpecs",))
+    _check_keys("flags.", flags, ("passDeviceSpecs", "migStrategy"))
     if "passDeviceSpecs" in flags:
         settings = dataclasses.replace(settings, pass_device_specs=_bool("flags.passDeviceSpecs", flags["passDeviceSpecs"]))
+    mig = settings.layout.mig_strategy
+    if "migStrategy" in flags:
+        mig = _mig_strategy("flags.migStrategy", flags["migStrategy"])
+    sharing = _sharing(raw.get("sharing"))
+    settings = dataclasses.replace(settings, layout=Layout(mig, sharing))
     health = raw.get("health") or {}
     if not isinstance(health, dict):
         raise ConfigError("health: expected a mapping")
@@ -197,6 +281,11 @@ def resolve(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None
     )
     if "pass-device-specs" in values:
         settings = dataclasses.replace(settings, pass_device_specs=_bool("--pass-device-specs", values["pass-device-specs"]))
+    if "mig-strategy" in values:
+        mig = _mig_strategy("--mig-strategy", values["mig-strategy"])
+        settings = dataclasses.replace(settings, layout=dataclasses.replace(settings.layout, mig_strategy=mig))
+    if "no-publish" in values:
+        settings = dataclasses.replace(settings, publish=not _bool("--no-publish", values["no-publish"]))
     if "log-level" in values:
         level = values["log-level"].lower()
         if level not in ("debug", "info", "warning", "error"):

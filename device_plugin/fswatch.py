@@ -17,6 +17,7 @@ import struct
 
 log = logging.getLogger("gpupack.fswatch")
 
+IN_CLOSE_WRITE = 0x8
 IN_CREATE = 0x100
 IN_DELETE = 0x200
 IN_MOVED_FROM = 0x40
@@ -26,7 +27,8 @@ _HEADER = struct.Struct("iIII")
 
 
 class DirWatcher:
-    """``wait(timeout)`` returns [(\"created\"|\"deleted\", name)] seen since the last call."""
+    """``wait(timeout)`` returns [("created"|"deleted"|"modified", name)] seen since the last call
+    (the listing fallback reports a rewritten file as deleted and created)."""
 
     def __init__(self, folder: pathlib.Path) -> None:
         self.folder = folder
@@ -37,7 +39,7 @@ class DirWatcher:
             fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
             if fd < 0:
                 raise OSError(ctypes.get_errno(), "inotify_init1")
-            mask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF
+            mask = IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF
             if libc.inotify_add_watch(fd, str(folder).encode(), mask) < 0:
                 os.close(fd)
                 raise OSError(ctypes.get_errno(), f"inotify_add_watch {folder}")
@@ -72,6 +74,8 @@ class DirWatcher:
                 events.append(("created", name))
             elif mask & (IN_DELETE | IN_MOVED_FROM):
                 events.append(("deleted", name))
+            elif mask & IN_CLOSE_WRITE:
+                events.append(("modified", name))
             elif mask & IN_DELETE_SELF:
                 events.append(("deleted", "."))
         return events

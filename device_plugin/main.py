@@ -1,4 +1,8 @@
-"""``gpupack-device-plugin``: wires settings, backend, metrics and the manager; stops on SIGTERM."""
+"""``gpupack-device-plugin``: wires settings, backend, Kubernetes edges and the manager.
+
+Stops cleanly on SIGTERM (sockets removed). Re-reads ``--config`` when it changes (a ConfigMap
+update swaps its files) and applies it in place; a bad new file is logged and ignored.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
-from device_plugin import config, discovery
-from device_plugin.manager import Manager
+from device_plugin import config, discovery, kube, resources
+from device_plugin.fswatch import DirWatcher
+from device_plugin.manager import Manager, NoPublisher, Publisher, no_claims
 from device_plugin.metrics import PluginMetrics
 
 log = logging.getLogger("gpupack.main")
@@ -21,6 +27,47 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def kube_api(settings: config.Settings) -> Any:
+    """A CoreV1Api from --kubeconfig, or in-cluster; None (with the reason logged) otherwise."""
+    from kubernetes import client
+    from kubernetes import config as kconfig
+
+    try:
+        if settings.kubeconfig:
+            kconfig.load_kube_config(config_file=settings.kubeconfig)  # type: ignore[no-untyped-call]
+        else:
+            kconfig.load_incluster_config()  # type: ignore[no-untyped-call]
+    except Exception as err:
+        log.warning("no Kubernetes API access (%s): the inventory is not published and extender choices are not honoured", err)
+        return None
+    return client.CoreV1Api()
+
+
+def watch_config(settings: config.Settings, argv: Sequence[str] | None, manager: Manager, stop: threading.Event) -> None:
+    path = settings.config_file
+    if path is None:
+        return
+    watcher = DirWatcher(path.parent)
+    last = path.read_bytes() if path.exists() else b""
+    while not stop.is_set():
+        if not watcher.wait(1.0):
+            continue
+        try:
+            now = path.read_bytes()
+        except OSError:
+            continue
+        if now == last:
+            continue
+        last = now
+        try:
+            new = config.resolve(argv)
+        except config.ConfigError as err:
+            log.error("the changed configuration is invalid and is ignored: %s", err)
+            continue
+        manager.reconfigure(new.layout, new.health, new.pass_device_specs)
+    watcher.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,20 +86,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.metrics_addr:
         metrics.serve(settings.metrics_addr)
         log.info("metrics on http://%s/metrics", settings.metrics_addr)
-    manager = Manager(
-        backend,
-        settings.plugin_dir,
-        health=settings.health,
-        pass_device_specs=settings.pass_device_specs,
-        metrics=metrics,
-        node_name=settings.node_name,
-    )
+    publisher: Publisher = NoPublisher()
+    claims = no_claims
+    pods: kube.PodClaims | None = None
+    if settings.publish and settings.node_name:
+        api = kube_api(settings)
+        if api is not None:
+            publisher = kube.NodePublisher(api, settings.node_name)
+            pods = kube.PodClaims(api, settings.node_name)
+            claims = pods
+    elif settings.publish:
+        log.warning("NODE_NAME is not set: the inventory is not published (set --node-name, or --no-publish)")
+    try:
+        manager = Manager(
+            backend,
+            settings.plugin_dir,
+            health=settings.health,
+            pass_device_specs=settings.pass_device_specs,
+            metrics=metrics,
+            publisher=publisher,
+            node_name=settings.node_name,
+            layout=settings.layout,
+            claims=claims,
+        )
+    except resources.StrategyError as err:
+        log.error("cannot start: %s", err)
+        return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
     manager.start()
+    if pods is not None:
+        threading.Thread(target=pods.run, name="gpupack-pods", daemon=True).start()
+    threading.Thread(target=watch_config, args=(settings, argv, manager, stop), name="gpupack-config", daemon=True).start()
     stop.wait()
     log.info("received a stop signal; shutting down")
+    if pods is not None:
+        pods.stop()
     manager.stop()
     return 0
 

@@ -64,14 +64,6 @@ def no_claims() -> list[PodClaim]:
     return []
 
 
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """How GPUs become resources: the MIG strategy and the time-slicing settings."""
-
-    mig_strategy: str = "none"
-    sharing: resources.Sharing = resources.Sharing()
-
-
 class Manager:
     def __init__(
         self,
@@ -82,7 +74,7 @@ class Manager:
         metrics: PluginMetrics | None = None,
         publisher: Publisher | None = None,
         node_name: str = "",
-        layout: Layout = Layout(),
+        layout: resources.Layout = resources.Layout(),
         claims: Callable[[], list[PodClaim]] = no_claims,
     ) -> None:
         self.backend = backend
@@ -162,7 +154,7 @@ class Manager:
         with self._cond:
             return sorted(self._devices)
 
-    def reconfigure(self, layout: Layout, health: HealthSettings, pass_device_specs: bool) -> bool:
+    def reconfigure(self, layout: resources.Layout, health: HealthSettings, pass_device_specs: bool) -> bool:
         """Applies new settings in place; refuses (and keeps the old ones) when the node does
         not fit them. Returns whether they were applied."""
         try:

@@ -75,6 +75,14 @@ class Sharing:
 
 
 @dataclasses.dataclass(frozen=True)
+class Layout:
+    """How GPUs become resources: the MIG strategy and the time-slicing settings."""
+
+    mig_strategy: str = "none"
+    sharing: Sharing = Sharing()
+
+
+@dataclasses.dataclass(frozen=True)
 class Device:
     """One device as advertised to the kubelet."""
 
@@ -119,6 +127,12 @@ def plan(gpus: tuple[contract.Gpu, ...], mig_strategy: str = "none", sharing: Sh
     if mig_strategy not in MIG_STRATEGIES:
         raise StrategyError(f"unknown MIG strategy {mig_strategy!r}: choose none, single or mixed")
     nvidia = tuple(g for g in gpus if g.vendor == "nvidia")
+    others = sorted({g.vendor for g in gpus if g.vendor != "nvidia"})
+    if others and (sharing.rules or mig_strategy != "none"):
+        raise StrategyError(
+            f"{' and '.join(o.upper() if o == 'amd' else o.capitalize() for o in others)} GPUs are advertised as whole "
+            "devices only: remove sharing.timeSlicing and set flags.migStrategy to none for this node"
+        )
     if mig_strategy == "single":
         _check_single(nvidia)
     out = []
