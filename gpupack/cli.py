@@ -9,6 +9,7 @@ USAGE = """usage: gpupack <command> [options]
 
 commands:
   demo       run the device plugin on a built-in fake 8-GPU node with a kubelet stand-in
+  explain    each node's verdict, score and reason for a pod, as the extender decides
 """
 
 
@@ -22,6 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gpupack import demo
 
         return demo.main(rest)
+    if command == "explain":
+        from scheduler_ext import explain
+
+        return explain.main(rest)
     print(f"gpupack: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 
