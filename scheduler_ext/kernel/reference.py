@@ -9,16 +9,17 @@ from __future__ import annotations
 from scheduler_ext.kernel.slots import Mix, Request, Slots
 
 
-def _node(s: Slots, i: int) -> list[dict[str, float]]:
-    cols = range(s.shape[1])
-    return [
-        {
-            "resource": int(s.resource[i, j]), "cap": int(s.capacity[i, j]), "free": int(s.free[i, j]),
-            "mem": int(s.memory_mib[i, j]), "free_mem": int(s.free_memory_mib[i, j]),
-            "healthy": bool(s.healthy[i, j]), "weight": float(s.weight[i, j]),
-        }
-        for j in cols
-    ]
+def _lists(s: Slots) -> dict[str, list[list[float]]]:
+    return {
+        "resource": s.resource.tolist(), "cap": s.capacity.tolist(), "free": s.free.tolist(),
+        "mem": s.memory_mib.tolist(), "free_mem": s.free_memory_mib.tolist(),
+        "healthy": s.healthy.tolist(), "weight": s.weight.tolist(),
+    }
+
+
+def _node(cols: dict[str, list[list[float]]], i: int) -> list[dict[str, float]]:
+    keys = list(cols)
+    return [dict(zip(keys, values)) for values in zip(*(cols[k][i] for k in keys))]
 
 
 def _unit_mem(slot: dict[str, float], req: Request) -> int:
@@ -91,8 +92,9 @@ def evaluate(s: Slots, req: Request, policy: str, mix: Mix = ()) -> tuple[list[b
     """``(feasible, raw)`` per node, as :func:`scheduler_ext.kernel.evaluate` computes them."""
     feasible: list[bool] = []
     raw: list[float] = []
+    cols = _lists(s)
     for i in range(s.shape[0]):
-        node = _node(s, i)
+        node = _node(cols, i)
         ok = sum(_units(x, req) for x in node) >= max(req.count, 1)
         feasible.append(ok)
         if not ok:
