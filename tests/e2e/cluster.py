@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import ipaddress
 import json
 import os
@@ -79,6 +80,14 @@ def console_script(name: str) -> str:
     if found is None:
         raise E2EError(f"{name} is not installed (pip install -e .)")
     return found
+
+
+@functools.cache
+def plugin_publishes() -> bool:
+    """Whether gpupack-device-plugin publishes the node inventory itself (issue 3 adds it,
+    together with its ``--no-publish`` switch)."""
+    out = subprocess.run([console_script("gpupack-device-plugin"), "--help"], capture_output=True, text=True, check=False)
+    return "--no-publish" in out.stdout
 
 
 def free_port() -> int:
@@ -528,20 +537,37 @@ class Cluster:
         return self.watch_until(self.core.list_namespaced_pod, done, timeout_s, what, namespace=namespace)
 
     def wait_node(self, name: str, done: Callable[[Any], Any], what: str, timeout_s: float = 60.0) -> Any:
+        """Waits (watch) until ``done(node)`` is truthy; returns the node."""
         return self.watch_until(
             self.core.list_node,
-            lambda nodes: nodes.get(name) is not None and done(nodes[name]),
+            lambda nodes: nodes[name] if name in nodes and done(nodes[name]) else None,
             timeout_s,
             f"node {name}: {what}",
             field_selector=f"metadata.name={name}",
         )
 
+    def wait_event(self, namespace: str, pod: str, reason: str, timeout_s: float = 60.0) -> Any:
+        """Waits (watch) for an Event about ``pod`` with ``reason`` (e.g. the scheduler's
+        FailedScheduling); returns the newest such event."""
+
+        def found(events: dict[str, Any]) -> Any:
+            hits = [e for e in events.values() if e.reason == reason]
+            return max(hits, key=lambda e: e.metadata.resource_version) if hits else None
+
+        return self.watch_until(
+            self.core.list_namespaced_event, found, timeout_s, f"event {reason} for {namespace}/{pod}",
+            namespace=namespace, field_selector=f"involvedObject.name={pod}",
+        )
+
     # -- nodes
 
     def add_node(
-        self, name: str, group: str, gpus: Sequence[Mapping[str, Any]], plugin_args: Sequence[str] = ()
+        self, name: str, group: str, gpus: Sequence[Mapping[str, Any]], plugin_args: Sequence[str] = (),
+        standin: bool = True,
     ) -> SimNode:
-        node = SimNode(self, name, group, gpus, plugin_args)
+        """Starts a node agent and a device plugin for ``gpus``; ``standin=False`` never
+        publishes the inventory on the plugin's behalf (see :meth:`SimNode.publish_standin`)."""
+        node = SimNode(self, name, group, gpus, plugin_args, standin)
         self.nodes[name] = node
         node.start()
         return node
@@ -563,9 +589,11 @@ class SimNode:
     with the fake backend, in a folder of their own."""
 
     def __init__(
-        self, cluster: Cluster, name: str, group: str, gpus: Sequence[Mapping[str, Any]], plugin_args: Sequence[str]
+        self, cluster: Cluster, name: str, group: str, gpus: Sequence[Mapping[str, Any]], plugin_args: Sequence[str],
+        standin: bool = True,
     ):
         self.cluster = cluster
+        self.standin = standin and not plugin_publishes()
         self.name = name
         self.group = group
         self.folder = cluster.work / "nodes" / name
@@ -613,12 +641,35 @@ class SimNode:
             if g["id"] == gpu_id:
                 g["healthy"] = healthy
         self.write_inventory()
+        if self.standin:
+            self.publish_standin()
+
+    def publish_standin(self) -> None:
+        """STAND-IN until the plugin publishes its inventory (issue 3): patches the Node's
+        ``gpupack.io/inventory`` annotation and labels from the fake inventory file, through the
+        contract's own encoder, as the plugin will. Used only while ``gpupack-device-plugin
+        --help`` has no ``--no-publish`` (the flag issue 3 adds with publishing)."""
+        inventory = contract.inventory_from_json({"version": contract.INVENTORY_VERSION, "node": self.name, "gpus": self.gpus})
+        inventory = dataclasses.replace(
+            inventory, gpus=tuple(dataclasses.replace(g, resource=g.resource or contract.NVIDIA_GPU) for g in inventory.gpus)
+        )
+        self.cluster.core.patch_node(
+            self.name,
+            {
+                "metadata": {
+                    "annotations": {contract.INVENTORY_ANNOTATION: contract.encode_inventory(inventory)},
+                    "labels": contract.inventory_labels(inventory),
+                }
+            },
+        )
 
     def start(self) -> None:
         self.start_agent()
         self.cluster.wait_node(self.name, lambda n: True, "created by the node agent")
         self.cluster.core.patch_node(self.name, {"metadata": {"labels": {GROUP_LABEL: self.group}}})
         self.plugin.start()
+        if self.standin:
+            self.publish_standin()
 
     def start_agent(self) -> None:
         """Starts the node agent and waits until this very process has published its state."""
@@ -633,11 +684,12 @@ class SimNode:
         assert self.agent.proc is not None
         pid = self.agent.proc.pid
 
-        def check(node: Any) -> Any:
+        def check(node: Any) -> bool:
             state = agent_state(node)
-            return state if state is not None and state.get("pid") == pid and done(state) else None
+            return state is not None and state.get("pid") == pid and bool(done(state))
 
-        return dict(self.cluster.wait_node(self.name, check, f"node agent {pid}: {what}", timeout_s))
+        node = self.cluster.wait_node(self.name, check, f"node agent {pid}: {what}", timeout_s)
+        return agent_state(node) or {}
 
     def wait_allocatable(self, expected: Mapping[str, int], what: str = "", timeout_s: float = 60.0) -> Any:
         """Waits (watch) until the Node's allocatable and capacity show ``expected`` for each resource

@@ -1,0 +1,67 @@
+"""Scenario 3: the extender stops and comes back.
+
+deploy/'s KubeSchedulerConfiguration says ``ignorable: false`` (the reasons are in the file):
+while no extender answers, pods that ask for GPU resources wait, and are retried; pods that
+do not are scheduled as usual. A pod bound without the scheduler (spec.nodeName) carries no
+annotation, and the plugin chooses its devices itself. When the extender comes back its
+cache is rebuilt from the API: the waiting pod is placed, and a restarted extender never
+hands out a device that a running pod holds.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gpupack import contract
+
+from . import cluster as harness
+from . import workloads
+
+pytestmark = pytest.mark.e2e
+
+
+def test_gpu_pods_wait_for_the_extender_and_nothing_is_given_twice(
+    cluster: harness.Cluster, group: str, namespace: str
+) -> None:
+    name = f"{group}-a100"
+    node = cluster.add_node(name, group, workloads.nvswitch_machine(name))
+    node.wait_allocatable({contract.NVIDIA_GPU: 8})
+
+    cluster.stop_extender()
+    try:
+        cluster.core.create_namespaced_pod(namespace, workloads.gpu_pod("waits", group, {contract.NVIDIA_GPU: 2}))
+        cluster.core.create_namespaced_pod(namespace, workloads.gpu_pod("cpu-only", group, {}))
+        cluster.wait_pods(namespace, workloads.all_running(namespace, ["cpu-only"]), "the pod without GPUs Running")
+        failed = cluster.wait_event(namespace, "waits", "FailedScheduling")
+        assert "extender" in failed.message or "connection refused" in failed.message, failed.message
+        assert cluster.core.read_namespaced_pod("waits", namespace).spec.node_name is None
+
+        # bound without the scheduler: no annotation, the plugin chooses by itself
+        cluster.core.create_namespaced_pod(
+            namespace, workloads.gpu_pod("direct", group, {contract.NVIDIA_GPU: 3}, node_name=name))
+        direct = cluster.wait_pods(namespace, workloads.all_running(namespace, ["direct"]), "direct Running")
+        pod = direct[f"{namespace}/direct"]
+        assert contract.DEVICES_ANNOTATION not in (pod.metadata.annotations or {})
+        in_use = workloads.check_allocations(cluster, [pod], expect_annotation=False)
+        assert len(in_use[name]) == 3
+    finally:
+        cluster.start_extender()
+
+    # back: the waiting pod is placed with an annotation (retried within the scheduler's backoff)
+    pods = cluster.wait_pods(namespace, workloads.all_running(namespace, ["waits", "direct"]), "waits Running")
+    workloads.check_allocations(cluster, [pods[f"{namespace}/waits"]])
+    workloads.check_allocations(cluster, pods.values(), expect_annotation=False)
+
+    # a restarted extender rebuilds its cache from the API; the last 3 GPUs are all it may give
+    cluster.stop_extender()
+    cluster.start_extender()
+    cluster.core.create_namespaced_pod(namespace, workloads.gpu_pod("after", group, {contract.NVIDIA_GPU: 3}))
+    pods = cluster.wait_pods(namespace, workloads.all_running(namespace, ["waits", "direct", "after"]), "after Running")
+    workloads.check_allocations(cluster, [pods[f"{namespace}/waits"], pods[f"{namespace}/after"]])
+    in_use = workloads.check_allocations(cluster, pods.values(), expect_annotation=False)
+    assert sorted(in_use[name]) == sorted(g["id"] for g in node.gpus)
+
+    # and nothing is left: one more GPU pod waits, refused by the extender (no free GPU)
+    cluster.core.create_namespaced_pod(namespace, workloads.gpu_pod("no-room", group, {contract.NVIDIA_GPU: 1}))
+    refused = cluster.wait_event(namespace, "no-room", "FailedScheduling")
+    assert cluster.core.read_namespaced_pod("no-room", namespace).spec.node_name is None, refused.message
