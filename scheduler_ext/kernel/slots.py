@@ -29,8 +29,8 @@ class Slots:
     resource: Array  # int32 resource id (interned by the caller), -1 = no slot
     capacity: Array  # int32 shares advertised (replicas); 0 = no slot
     free: Array  # int32 shares not in use or reserved
-    memory_mib: Array  # int64 memory of the device (GPU, or MIG instance)
-    free_memory_mib: Array  # int64 memory not claimed by the shares in use
+    memory_mib: Array  # int32 memory of the device (GPU, or MIG instance)
+    free_memory_mib: Array  # int32 memory not claimed by the shares in use
     healthy: Array  # bool
     weight: Array  # float64 fraction of a physical GPU this slot stands for (MIG: its memory share)
     model: Array  # int32 GPU model id (interned by the caller)
@@ -55,8 +55,8 @@ def empty_slots(xp: Namespace, nodes: int, slots: int) -> Slots:
         resource=xp.full(shape, NO_RESOURCE, dtype=xp.int32),
         capacity=xp.zeros(shape, dtype=xp.int32),
         free=xp.zeros(shape, dtype=xp.int32),
-        memory_mib=xp.zeros(shape, dtype=xp.int64),
-        free_memory_mib=xp.zeros(shape, dtype=xp.int64),
+        memory_mib=xp.zeros(shape, dtype=xp.int32),
+        free_memory_mib=xp.zeros(shape, dtype=xp.int32),
         healthy=xp.zeros(shape, dtype=bool),
         weight=xp.zeros(shape, dtype=xp.float64),
         model=xp.full(shape, -1, dtype=xp.int32),
