@@ -7,10 +7,11 @@ update swaps its files) and applies it in place; a bad new file is logged and ig
 from __future__ import annotations
 
 import logging
+import pathlib
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from device_plugin import config, discovery, kube, resources
@@ -45,12 +46,20 @@ def kube_api(settings: config.Settings) -> Any:
     return client.CoreV1Api()
 
 
-def watch_config(settings: config.Settings, argv: Sequence[str] | None, manager: Manager, stop: threading.Event) -> None:
+def config_watcher(settings: config.Settings, argv: Sequence[str] | None, manager: Manager, stop: threading.Event) -> Callable[[], None]:
+    """A loop that re-applies --config when it changes; set up (watch armed) before it runs,
+    so no change after start-up is missed."""
     path = settings.config_file
     if path is None:
-        return
+        return lambda: None
     watcher = DirWatcher(path.parent)
     last = path.read_bytes() if path.exists() else b""
+    return lambda: _watch_config(path, watcher, last, argv, manager, stop)
+
+
+def _watch_config(
+    path: pathlib.Path, watcher: DirWatcher, last: bytes, argv: Sequence[str] | None, manager: Manager, stop: threading.Event
+) -> None:
     while not stop.is_set():
         if not watcher.wait(1.0):
             continue
@@ -115,10 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
+    watch = config_watcher(settings, argv, manager, stop)
     manager.start()
     if pods is not None:
         threading.Thread(target=pods.run, name="gpupack-pods", daemon=True).start()
-    threading.Thread(target=watch_config, args=(settings, argv, manager, stop), name="gpupack-config", daemon=True).start()
+    threading.Thread(target=watch, name="gpupack-config", daemon=True).start()
     stop.wait()
     log.info("received a stop signal; shutting down")
     if pods is not None:

@@ -73,3 +73,43 @@ def test_every_flag_names_its_environment_variable_in_help() -> None:
     text = config.parser().format_help()
     for env, _ in config.FLAGS.values():
         assert f"[{env}]" in text
+
+
+def test_sharing_and_mig_strategy_from_the_file(tmp_path: pathlib.Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "version: v1\nflags:\n  migStrategy: mixed\nsharing:\n  timeSlicing:\n    renameByDefault: true\n"
+        "    resources:\n    - name: nvidia.com/gpu\n      replicas: 4\n      devices: [0, GPU-abc]\n"
+        "    - name: nvidia.com/mig-1g.10gb\n      replicas: 2\n"
+    )
+    s = config.resolve(["--config", str(f)], environ={})
+    assert s.layout.mig_strategy == "mixed"
+    assert s.layout.sharing.rename_by_default
+    assert [(r.name, r.replicas, r.devices) for r in s.layout.sharing.rules] == [
+        ("nvidia.com/gpu", 4, ("0", "GPU-abc")), ("nvidia.com/mig-1g.10gb", 2, ())
+    ]
+    assert config.resolve(["--config", str(f), "--mig-strategy", "single"], environ={}).layout.mig_strategy == "single"
+
+
+@pytest.mark.parametrize(
+    "sharing, message",
+    [
+        ("resources:\n    - name: amd.com/gpu\n      replicas: 2", "resources[0].name: expected nvidia.com/gpu or nvidia.com/mig-<profile>, got 'amd.com/gpu' (AMD and Intel GPUs are whole-device only)"),
+        ("resources:\n    - name: nvidia.com/gpu\n      replicas: 1", "resources[0].replicas: expected an integer from 2 to 256, got 1"),
+        ("resources:\n    - name: nvidia.com/gpu\n      replica: 2", "resources[0].replica: unknown key"),
+        ("resources:\n    - name: nvidia.com/gpu\n      replicas: 2\n      devices: yes", "resources[0].devices: expected \"all\""),
+        ("renameByDefault: sometimes", "sharing.timeSlicing.renameByDefault: expected true or false"),
+        ("resources:\n    - name: nvidia.com/gpu\n      replicas: 2\n    - name: nvidia.com/gpu\n      replicas: 3", "a GPU is named by two rules"),
+    ],
+)
+def test_bad_sharing_config_names_the_field(tmp_path: pathlib.Path, sharing: str, message: str) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(f"version: v1\nsharing:\n  timeSlicing:\n    {sharing}\n")
+    with pytest.raises(config.ConfigError) as err:
+        config.resolve(["--config", str(f)], environ={})
+    assert message in str(err.value)
+
+
+def test_unknown_mig_strategy_is_refused() -> None:
+    with pytest.raises(config.ConfigError, match="--mig-strategy: expected none, single or mixed, got 'dual'"):
+        config.resolve(["--mig-strategy", "dual"], environ={})

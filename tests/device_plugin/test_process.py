@@ -11,6 +11,7 @@ import sys
 import urllib.request
 
 from gpupack.kubelet_standin import KubeletStandIn
+from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 
 PLUGIN = [sys.executable, "-m", "device_plugin.main"]
 
@@ -60,6 +61,38 @@ def test_sigterm_removes_the_sockets_and_metrics_are_served(short_dir: pathlib.P
         assert proc.returncode == 0
         assert not sock.exists()
         assert "found 4 GPU(s) through fake" in err and "shutting down" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_config_change_is_applied_without_restart(short_dir: pathlib.Path, kubelet: KubeletStandIn) -> None:
+    inventory = short_dir / "node.json"
+    inventory.write_text(json.dumps(NODE))
+    cfg_dir = short_dir / "cfg"
+    cfg_dir.mkdir()
+    cfg = cfg_dir / "config.yaml"
+    cfg.write_text("version: v1\n")
+    proc = subprocess.Popen(
+        [*PLUGIN, "--backend", "fake", "--fake-inventory", str(inventory), "--plugin-dir", str(short_dir), "--config", str(cfg)],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert kubelet.next_registration(timeout_s=60).resource_name == "nvidia.com/gpu"
+        # GPUs 0 and 1 become 4 shares each under nvidia.com/gpu.shared; 2 and 3 stay whole
+        cfg.write_text(
+            "version: v1\nsharing:\n  timeSlicing:\n    renameByDefault: true\n"
+            "    resources:\n    - name: nvidia.com/gpu\n      replicas: 4\n      devices: [0, 1]\n"
+        )
+        reg = kubelet.next_registration(timeout_s=60)
+        assert reg.resource_name == "nvidia.com/gpu.shared"
+        channel, stub = kubelet.plugin(reg.endpoint)
+        assert len(next(stub.ListAndWatch(pb.Empty())).devices) == 8
+        channel.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert "configuration applied" in err
     finally:
         if proc.poll() is None:
             proc.kill()
