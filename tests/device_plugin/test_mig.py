@@ -140,3 +140,12 @@ def test_health_event_on_a_gpu_marks_its_mig_devices(kubelet: KubeletStandIn, st
         stub.Allocate(pb.AllocateRequest(container_requests=[pb.ContainerAllocateRequest(devices_ids=[nvml.gpus[0].migs[2].uuid])]))
     channel.close()
     assert m.inventory().gpus[0].mig[0].resource == "nvidia.com/mig-3g.20gb"
+
+
+def test_reconfigure_to_a_strategy_the_node_breaks_keeps_the_old_one(kubelet: KubeletStandIn, start_manager: Callable[..., Manager]) -> None:
+    from device_plugin.health import HealthSettings
+
+    m = start_manager(a100_mixed(), kubelet.folder, layout=resources.Layout("mixed"))
+    before = m.resource_names()
+    assert not m.reconfigure(resources.Layout("single"), HealthSettings(), False)
+    assert m.layout.mig_strategy == "mixed" and m.resource_names() == before
