@@ -81,6 +81,7 @@ def share_pods(nodes: int, total: int, replicas: int) -> Iterator[dict[str, Any]
 def serve(nodes: int, mode: str, pods: int, policy: str, port_q: Any) -> None:
     from scheduler_ext.cache import ClusterCache
     from scheduler_ext.decide import Decider
+    from scheduler_ext.main import freeze_heap
     from scheduler_ext.metrics import Metrics
     from scheduler_ext.server import ExtenderApp, serve as start
 
@@ -92,6 +93,7 @@ def serve(nodes: int, mode: str, pods: int, policy: str, port_q: Any) -> None:
     else:
         cache.replace_nodes(_node(f"node-{n:05d}", contract.NVIDIA_GPU_SHARED, 4) for n in range(nodes))
         cache.replace_pods(share_pods(nodes, pods, 4))
+    freeze_heap()  # as main does after each full list
     srv, thread = start(ExtenderApp(cache, Decider(cache, policy), None, Metrics(cache)), "127.0.0.1", 0)
     port_q.put((srv.server_address[1], cache.counts()))
     thread.join()

@@ -52,12 +52,14 @@ class Syncer:
         source: WatchSource,
         backoff: Backoff = Backoff(),
         wait: Callable[[threading.Event, float], None] | None = None,
+        on_listed: Callable[[str], None] = lambda kind: None,
     ) -> None:
         self.cache = cache
         self.source = source
         self.backoff = backoff
         self.wait = wait or (lambda stop, s: (stop.wait(s), None)[1])
         self.relists: dict[str, int] = {k: 0 for k in KINDS}
+        self.on_listed = on_listed
 
     def run_kind(self, kind: str, stop: threading.Event) -> None:
         delay = self.backoff.initial_s
@@ -71,6 +73,8 @@ class Syncer:
                         self.cache.replace_nodes(items)
                     else:
                         self.cache.replace_pods(items)
+                    del items
+                    self.on_listed(kind)
                     delay = self.backoff.initial_s
                 for event in self.source.watch(kind, rv):
                     if stop.is_set():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -9,10 +11,26 @@ from scheduler_ext import kernel
 from scheduler_ext.kernel import Reason, Request
 from scheduler_ext.kernel.levels import to_levels
 from scheduler_ext.kernel.slots import units
+from scheduler_ext.kernel.xp import array_namespace, to_host
 
 from .kernel_tables import FREE, USED, S, slots
 
 GPU, SHARED, MIG1G, MIG3G, AMD = 0, 1, 2, 3, 4
+
+
+def _installed() -> list[Any]:
+    out: list[Any] = [np]
+    try:
+        xp = kernel.namespace("cupy")
+        xp.zeros(1).sum()
+        out.append(xp)
+    except Exception:
+        pass
+    return out
+
+
+#: The same kernel tests run over every array namespace that is installed and usable.
+XPS = pytest.mark.parametrize("xp", _installed(), ids=lambda m: m.__name__)
 
 
 @pytest.mark.parametrize(
@@ -40,12 +58,13 @@ GPU, SHARED, MIG1G, MIG3G, AMD = 0, 1, 2, 3, 4
                      id="whole-gpu-with-too-big-hint"),
     ],
 )
+@XPS
 def test_feasibility(rows: list[list[S]], req: Request, feasible: list[bool], reasons: list[Reason],
-                     free_units: list[int]) -> None:
-    v = kernel.evaluate(slots(rows), req, kernel.get_policy("binpack"), np)
-    assert v.feasible.tolist() == feasible
-    assert [Reason(int(r)) for r in v.reason] == reasons
-    assert v.free_units.tolist() == free_units
+                     free_units: list[int], xp: Any) -> None:
+    v = kernel.evaluate(slots(rows, xp), req, kernel.get_policy("binpack"), xp)
+    assert to_host(v.feasible).tolist() == feasible
+    assert [Reason(int(r)) for r in to_host(v.reason)] == reasons
+    assert to_host(v.free_units).tolist() == free_units
     assert all(Reason(int(r)).unresolvable == (r in (1, 2, 3)) for r in v.reason)
 
 
@@ -72,9 +91,10 @@ HALF = S(resource=SHARED, cap=2, free=1)  # one of two shares used
                      id="fragmentation-avoids-stranding"),
     ],
 )
-def test_policy_raw_scores(policy: str, rows: list[list[S]], req: Request, raw: list[float]) -> None:
-    v = kernel.evaluate(slots(rows), req, kernel.get_policy(policy), np)
-    assert v.raw.tolist() == pytest.approx(raw)
+@XPS
+def test_policy_raw_scores(policy: str, rows: list[list[S]], req: Request, raw: list[float], xp: Any) -> None:
+    v = kernel.evaluate(slots(rows, xp), req, kernel.get_policy(policy), xp)
+    assert to_host(v.raw).tolist() == pytest.approx(raw)
 
 
 def test_fragmentation_with_mix_of_mig_profiles() -> None:
@@ -154,3 +174,11 @@ def test_idle_and_fragmented() -> None:
     s = slots([[USED, USED, USED, FREE], [USED, USED, FREE, FREE]])
     idle, frag = kernel.idle_and_fragmented(s, ((Request(GPU, 2), 1.0),), np)
     assert (idle, frag) == (3.0, 1.0)
+
+
+def test_mixed_namespaces_refused() -> None:
+    class FakeDeviceArray:
+        __module__ = "cupy._core"
+
+    with pytest.raises(TypeError, match="different namespaces"):
+        array_namespace(np.zeros(1), FakeDeviceArray())
