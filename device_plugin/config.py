@@ -47,6 +47,7 @@ from gpupack import contract
 
 CONFIG_VERSION = "v1"
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins/"
+BACKENDS = ("auto", "nvml", "amd", "intel", "fake")
 
 
 class ConfigError(ValueError):
@@ -55,10 +56,11 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    backend: str = "auto"  # auto | nvml | fake
+    backend: str = "auto"  # auto | nvml | amd | intel | fake
     fake_inventory: pathlib.Path | None = None  # the fake backend's GPU list
     plugin_dir: pathlib.Path = pathlib.Path(DEFAULT_PLUGIN_DIR)  # where kubelet.sock lives
-    sysfs_root: pathlib.Path = pathlib.Path("/sys")  # for NUMA nodes NVML does not report
+    sysfs_root: pathlib.Path = pathlib.Path("/sys")  # AMD/Intel discovery; NUMA nodes NVML does not report
+    dev_root: pathlib.Path = pathlib.Path("/dev")  # where the host's /dev is seen, to check device nodes
     node_name: str = ""  # this node, for the inventory annotation
     kubeconfig: str = ""  # "" = in-cluster
     pass_device_specs: bool = False  # add /dev/nvidia* device specs to Allocate
@@ -68,19 +70,22 @@ class Settings:
     layout: Layout = Layout()  # MIG strategy and time-slicing
     publish: bool = True  # publish the inventory annotation and labels on this node
     proc_root: pathlib.Path = pathlib.Path("/proc")  # for MIG capability files
+    pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"  # for usage per pod
     config_file: pathlib.Path | None = None
 
 
 # Flag name -> (environment variable, help). Every flag can come from its variable.
 FLAGS: dict[str, tuple[str, str]] = {
-    "backend": ("GPUPACK_BACKEND", "GPU discovery: auto (NVML where it loads), nvml, or fake"),
+    "backend": ("GPUPACK_BACKEND", "GPU discovery: auto (NVML where it loads, else AMD, else Intel sysfs), nvml, amd, intel, or fake"),
     "fake-inventory": ("GPUPACK_FAKE_INVENTORY", "YAML/JSON GPU list for --backend fake"),
     "plugin-dir": ("GPUPACK_PLUGIN_DIR", "kubelet device plugin folder holding kubelet.sock"),
     "sysfs-root": ("GPUPACK_SYSFS_ROOT", "where the host's /sys is mounted"),
+    "dev-root": ("GPUPACK_DEV_ROOT", "where the host's /dev is mounted (containers still get host paths)"),
     "node-name": ("NODE_NAME", "this node's name (downward API spec.nodeName)"),
     "kubeconfig": ("KUBECONFIG", "kubeconfig file; empty means in-cluster"),
     "pass-device-specs": ("GPUPACK_PASS_DEVICE_SPECS", "give containers the /dev/nvidia* device nodes (true/false)"),
     "metrics-addr": ("GPUPACK_METRICS_ADDR", "serve Prometheus /metrics on host:port; empty = off"),
+    "pod-resources-socket": ("GPUPACK_POD_RESOURCES_SOCKET", "kubelet PodResources socket, to attribute GPU use to pods"),
     "mig-strategy": ("MIG_STRATEGY", "none, single or mixed (overrides flags.migStrategy)"),
     "no-publish": ("GPUPACK_NO_PUBLISH", "do not publish the inventory annotation and labels (true/false)"),
     "log-level": ("GPUPACK_LOG_LEVEL", "debug, info, warning or error"),
@@ -264,8 +269,8 @@ def resolve(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None
         path = pathlib.Path(values["config"])
         settings = dataclasses.replace(load_file(path, settings), config_file=path)
     if "backend" in values:
-        if values["backend"] not in ("auto", "nvml", "fake"):
-            raise ConfigError(f"--backend: expected auto, nvml or fake, got {values['backend']!r}")
+        if values["backend"] not in BACKENDS:
+            raise ConfigError(f"--backend: expected auto, nvml, amd, intel or fake, got {values['backend']!r}")
         settings = dataclasses.replace(settings, backend=values["backend"])
     if "fake-inventory" in values:
         settings = dataclasses.replace(settings, fake_inventory=pathlib.Path(values["fake-inventory"]))
@@ -273,6 +278,8 @@ def resolve(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None
         settings = dataclasses.replace(settings, plugin_dir=pathlib.Path(values["plugin-dir"]))
     if "sysfs-root" in values:
         settings = dataclasses.replace(settings, sysfs_root=pathlib.Path(values["sysfs-root"]))
+    if "dev-root" in values:
+        settings = dataclasses.replace(settings, dev_root=pathlib.Path(values["dev-root"]))
     settings = dataclasses.replace(
         settings,
         node_name=values.get("node-name", settings.node_name),
@@ -281,6 +288,8 @@ def resolve(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None
     )
     if "pass-device-specs" in values:
         settings = dataclasses.replace(settings, pass_device_specs=_bool("--pass-device-specs", values["pass-device-specs"]))
+    if "pod-resources-socket" in values:
+        settings = dataclasses.replace(settings, pod_resources_socket=values["pod-resources-socket"])
     if "mig-strategy" in values:
         mig = _mig_strategy("--mig-strategy", values["mig-strategy"])
         settings = dataclasses.replace(settings, layout=dataclasses.replace(settings.layout, mig_strategy=mig))

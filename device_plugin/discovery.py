@@ -9,7 +9,10 @@ environment a container needs for some of them, what health events happen
   :class:`~device_plugin.fake_nvml.FakeNvml` in tests).
 - :class:`FakeFileBackend` is the NVML backend over a fake machine read from an inventory file;
   rewriting the file (``healthy: false``) injects a fault into the running plugin.
-- :func:`open_backend` chooses: ``nvml``, ``fake``, or ``auto`` (NVML where libnvidia-ml loads).
+- :mod:`device_plugin.sysfs_amd` and :mod:`device_plugin.sysfs_intel` read AMD and Intel GPUs
+  from a sysfs root; :mod:`device_plugin.fake_sysfs` builds such roots for tests and demos.
+- :func:`open_backend` chooses: ``nvml``, ``amd``, ``intel``, ``fake``, or ``auto`` (NVML where
+  libnvidia-ml loads, else AMD, else Intel GPUs in sysfs).
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import logging
 import math
 import os
 import pathlib
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gpupack import contract
 
 from device_plugin import fake_nvml
+
+if TYPE_CHECKING:
+    from device_plugin import usage
 
 log = logging.getLogger("gpupack.discovery")
 
@@ -333,6 +339,25 @@ class NvmlBackend:
             return f"NVML: {err}"
         return None
 
+    def read_usage(self, visible_id: str) -> "usage.Reading":
+        """Utilisation and memory of a GPU or MIG device, None where NVML has no answer."""
+        from device_plugin import usage
+
+        nvml = self.nvml
+        try:
+            handle = nvml.nvmlDeviceGetHandleByUUID(visible_id)
+        except nvml.NVMLError:
+            return usage.Reading(None, None, None)
+        try:
+            ratio: float | None = nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0
+        except nvml.NVMLError:
+            ratio = None  # MIG mode and some GPUs give no utilisation
+        try:
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            return usage.Reading(ratio, int(memory.used), int(memory.total))
+        except nvml.NVMLError:
+            return usage.Reading(ratio, None, None)
+
     def close(self) -> None:
         try:
             if self._events is not None:
@@ -380,25 +405,72 @@ class FakeFileBackend(NvmlBackend):
         return super().wait_event(min(timeout_s, 0.2))
 
 
-def open_backend(kind: str, fake_inventory: pathlib.Path | None = None, sysfs_root: pathlib.Path = pathlib.Path("/sys")) -> Backend:
+def fake_backend(path: pathlib.Path) -> Backend:
+    """The fake backend for an inventory file: the NVML backend over a fake NVML for NVIDIA GPUs
+    (no ``vendor``, or ``nvidia``); the real AMD or Intel backend over a fake sysfs tree for
+    ``vendor: amd`` or ``vendor: intel``. One vendor per file, as one node has."""
+    try:
+        raw = fake_nvml.load_inventory_file(path)
+    except ValueError as err:
+        raise DiscoveryError(str(err)) from err
+    vendors = sorted({str(g.get("vendor", "nvidia")) if isinstance(g, dict) else "?" for g in raw["gpus"]})
+    if vendors in ([], ["nvidia"]):
+        return FakeFileBackend(path)
+    if vendors in (["amd"], ["intel"]):
+        from device_plugin import fake_sysfs  # imports this module
+
+        return fake_sysfs.FakeSysfsFileBackend(path, raw)
+    raise DiscoveryError(
+        f"fake inventory {path}: GPUs of vendor(s) {', '.join(vendors)}; expected one of nvidia, amd or intel per file"
+    )
+
+
+def _auto(sysfs_root: pathlib.Path, dev_root: pathlib.Path) -> Backend:
+    """NVML where libnvidia-ml loads, else AMD GPUs in sysfs, else Intel GPUs in sysfs."""
+    from device_plugin import sysfs_amd, sysfs_intel  # they import this module
+
+    tried = []
+    try:
+        return open_backend("nvml", sysfs_root=sysfs_root)
+    except DiscoveryError as err:
+        tried.append(f"NVIDIA: libnvidia-ml.so.1 did not load ({err})")
+    for backend in (sysfs_amd.AmdBackend(sysfs_root, dev_root), sysfs_intel.IntelBackend(sysfs_root, dev_root)):
+        try:
+            backend.discover()
+        except DiscoveryError as err:
+            tried.append(str(err))
+            continue
+        return backend
+    raise DiscoveryError(
+        "no GPU backend found. " + "; ".join(tried) + ". On an NVIDIA node, run with the NVIDIA container "
+        "runtime or mount the driver libraries; on an AMD or Intel node, mount the host's /sys (--sysfs-root); "
+        "elsewhere use --backend fake --fake-inventory FILE."
+    )
+
+
+def open_backend(
+    kind: str,
+    fake_inventory: pathlib.Path | None = None,
+    sysfs_root: pathlib.Path = pathlib.Path("/sys"),
+    dev_root: pathlib.Path = pathlib.Path("/dev"),
+) -> Backend:
     """The backend named by ``--backend``; a DiscoveryError says what to do when it cannot start."""
     if kind == "fake":
         if fake_inventory is None:
             raise DiscoveryError("--backend fake needs --fake-inventory FILE (a YAML or JSON GPU list)")
-        return FakeFileBackend(fake_inventory)
-    if kind in ("nvml", "auto"):
+        return fake_backend(fake_inventory)
+    if kind == "auto":
+        return _auto(sysfs_root, dev_root)
+    if kind == "nvml":
         try:
             import pynvml
         except ImportError as err:  # pragma: no cover - a dependency of the package
             raise DiscoveryError(f"the nvidia-ml-py package is missing: {err}") from err
-        try:
-            return NvmlBackend(pynvml, sysfs_root)
-        except DiscoveryError as err:
-            if kind == "auto":
-                raise DiscoveryError(
-                    "no GPU backend found: libnvidia-ml.so.1 did not load "
-                    f"({err}). On an NVIDIA node, run with the NVIDIA container runtime or mount the "
-                    "driver libraries; elsewhere use --backend fake --fake-inventory FILE."
-                ) from err
-            raise
-    raise DiscoveryError(f"unknown backend {kind!r}: choose auto, nvml or fake")
+        return NvmlBackend(pynvml, sysfs_root)
+    if kind in ("amd", "intel"):
+        from device_plugin import sysfs_amd, sysfs_intel  # they import this module
+
+        backend: Backend = (sysfs_amd.AmdBackend if kind == "amd" else sysfs_intel.IntelBackend)(sysfs_root, dev_root)
+        backend.discover()  # refuses a node without such GPUs now, with the reason
+        return backend
+    raise DiscoveryError(f"unknown backend {kind!r}: choose auto, nvml, amd, intel or fake")

@@ -89,6 +89,8 @@ class FakeGpu:
     mig_enabled: bool = False
     lost: bool = False  # fell off the bus: every query raises GpuIsLost
     migs: list[FakeMig] = dataclasses.field(default_factory=list)
+    utilization: int = 0  # percent of time a kernel ran over the last sample period
+    memory_used_mib: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +150,12 @@ class _Memory:
     total: int
     free: int
     used: int
+
+
+@dataclasses.dataclass
+class _Utilization:
+    gpu: int
+    memory: int
 
 
 @dataclasses.dataclass
@@ -259,13 +267,14 @@ class FakeNvml:
             raise pynvml.NVMLError(NVML_ERROR_INVALID_ARGUMENT)
         return _Handle(index)
 
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> _Handle:
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> _Handle | _MigHandle:
         self._check()
         for gpu in self.gpus:
-            if gpu.uuid == uuid:
+            slots = [n for n, m in enumerate(gpu.migs) if m.uuid == uuid and gpu.mig_enabled]
+            if gpu.uuid == uuid or slots:
                 if gpu.lost:
                     raise pynvml.NVMLError(NVML_ERROR_GPU_IS_LOST)
-                return _Handle(gpu.index)
+                return _MigHandle(gpu.index, slots[0]) if slots else _Handle(gpu.index)
         raise pynvml.NVMLError(NVML_ERROR_NOT_FOUND)
 
     def _mig(self, handle: _MigHandle) -> FakeMig:
@@ -326,8 +335,15 @@ class FakeNvml:
         if isinstance(handle, _MigHandle):
             total = self._mig(handle).memory_mb * 2**20
             return _Memory(total=total, free=total, used=0)
-        total = self._gpu(handle).memory_mib * 2**20
-        return _Memory(total=total, free=total, used=0)
+        gpu = self._gpu(handle)
+        total, used = gpu.memory_mib * 2**20, gpu.memory_used_mib * 2**20
+        return _Memory(total=total, free=total - used, used=used)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: _Handle) -> _Utilization:
+        gpu = self._gpu(handle)
+        if gpu.mig_enabled:
+            raise pynvml.NVMLError(NVML_ERROR_NOT_SUPPORTED)  # as on real GPUs in MIG mode
+        return _Utilization(gpu=gpu.utilization, memory=0)
 
     def nvmlDeviceGetPciInfo(self, handle: _Handle) -> _Pci:
         bus = self._gpu(handle).bus_id

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from device_plugin import config, discovery, kube, resources
+from device_plugin import config, discovery, kube, resources, usage
 from device_plugin.fswatch import DirWatcher
 from device_plugin.manager import Manager, NoPublisher, Publisher, no_claims
 from device_plugin.metrics import PluginMetrics
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_level)
     try:
-        backend = discovery.open_backend(settings.backend, settings.fake_inventory, settings.sysfs_root)
+        backend = discovery.open_backend(settings.backend, settings.fake_inventory, settings.sysfs_root, settings.dev_root)
     except discovery.DiscoveryError as err:
         log.error("cannot start: %s", err)
         return 1
@@ -124,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
+    read_usage = getattr(backend, "read_usage", None)
+    if settings.metrics_addr and read_usage is not None:
+        metrics.registry.register(
+            usage.UsageCollector(backend, lambda: manager.inventory().gpus, settings.node_name, settings.pod_resources_socket)  # type: ignore[arg-type]
+        )
     watch = config_watcher(settings, argv, manager, stop)
     manager.start()
     if pods is not None:

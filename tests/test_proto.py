@@ -58,7 +58,7 @@ def test_same_field_count_as_upstream() -> None:
     assert ours == len(UPSTREAM_FIELDS)
 
 
-def _upstream_descriptor(tmp_path: pathlib.Path) -> object:
+def _upstream_descriptor(tmp_path: pathlib.Path, api: str) -> object:
     """Compiles the kubelet's own api.proto (fetched from the Go module proxy) to a descriptor."""
     import json
 
@@ -69,7 +69,7 @@ def _upstream_descriptor(tmp_path: pathlib.Path) -> object:
         ["go", "mod", "download", "-json", "k8s.io/kubelet@v0.37.2"], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
-    folder = pathlib.Path(json.loads(done.stdout)["Dir"]) / "pkg/apis/deviceplugin/v1beta1"
+    folder = pathlib.Path(json.loads(done.stdout)["Dir"]) / "pkg/apis" / api
     out = tmp_path / "upstream.pb"
     assert protoc.main(["protoc", f"-I{folder}", f"--descriptor_set_out={out}", "api.proto"]) == 0
     fds = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
@@ -89,9 +89,13 @@ def _shape(file: object) -> dict[str, object]:
     return {"package": f.package, "messages": messages, "services": services}  # type: ignore[attr-defined]
 
 
-def test_wire_shape_equals_the_kubelets_own_proto(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("api", ["deviceplugin/v1beta1", "podresources/v1"])
+def test_wire_shape_equals_the_kubelets_own_proto(tmp_path: pathlib.Path, api: str) -> None:
     from google.protobuf import descriptor_pb2
 
+    from gpupack.kubeletapi import podresources_v1_pb2
+
+    module = pb if api.startswith("deviceplugin") else podresources_v1_pb2
     ours = descriptor_pb2.FileDescriptorProto()
-    pb.DESCRIPTOR.CopyToProto(ours)
-    assert _shape(ours) == _shape(_upstream_descriptor(tmp_path))
+    module.DESCRIPTOR.CopyToProto(ours)
+    assert _shape(ours) == _shape(_upstream_descriptor(tmp_path, api))
