@@ -286,9 +286,9 @@ class ClusterCache:
 
     def replace_pods(self, pods: Iterable[KubeObject]) -> None:
         """A full list of pods: the pods become exactly these, keeping reservations of binds
-        in flight."""
+        in flight. Pods are read outside the lock, so requests keep being answered."""
+        demands = [pod_demand(p) for p in pods]
         with self._lock:
-            demands = [pod_demand(p) for p in pods]
             uids = {d.uid for d in demands}
             for uid, rec in list(self._pods.items()):
                 if uid not in uids and not rec.reserved:

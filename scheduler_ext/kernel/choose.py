@@ -1,9 +1,9 @@
 """The concrete devices for the chosen node.
 
-Shares and single devices follow the packed take plan (fewest units left first, so whole
-GPUs stay whole). Several whole devices prefer locality: the smallest NVLink group that
-holds them all (keeping bigger groups whole for bigger requests), else the smallest NUMA
-node that does, else the lowest free indices.
+Shares follow the packed take plan (fewest units left first, so whole GPUs stay whole).
+Whole devices prefer locality: the smallest NVLink group that holds them all (keeping
+bigger free groups whole for bigger requests; for one device, the most broken group), else
+the smallest NUMA node that does, else the lowest free indices.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def choose_devices(s: Slots, row: int, req: Request, xp: Namespace) -> tuple[tup
         return ()
     whole = to_host(one.capacity[0] <= 1)
     free_cols = [int(c) for c in to_host(xp.nonzero(avail[0] > 0)[0])]
-    if req.count > 1 and all(bool(whole[c]) for c in free_cols):
+    if all(bool(whole[c]) for c in free_cols):
         nvgroup = to_host(one.nvgroup[0])
         numa = to_host(one.numa[0])
         picked = _best_group(free_cols, [int(nvgroup[c]) for c in free_cols], req.count)

@@ -156,6 +156,11 @@ def test_cupy_refused_when_absent_or_asked_wrongly() -> None:
         pytest.param([S(resource=SHARED, cap=4, free=4), S(resource=SHARED, cap=4, free=1)], Request(SHARED, 1),
                      ((1, 1),), id="share-best-fit"),
         pytest.param([USED, USED], Request(GPU, 1), (), id="none-free"),
+        # one GPU: from the group already broken (group 0: 3 free) rather than the whole group 1
+        pytest.param([S(free=0, nvgroup=0)] + [S(nvgroup=0)] * 3 + [S(nvgroup=1)] * 4, Request(GPU, 1), ((1, 1),),
+                     id="single-gpu-from-broken-group"),
+        pytest.param([S(nvgroup=1)] * 4 + [S(free=0, nvgroup=0)] + [S(nvgroup=0)] * 3, Request(GPU, 1), ((5, 1),),
+                     id="single-gpu-from-broken-group-not-lowest-index"),
     ],
 )
 def test_choose_devices(row: list[S], req: Request, chosen: tuple[tuple[int, int], ...]) -> None:
