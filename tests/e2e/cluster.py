@@ -562,12 +562,13 @@ class Cluster:
     # -- nodes
 
     def add_node(
-        self, name: str, group: str, gpus: Sequence[Mapping[str, Any]], plugin_args: Sequence[str] = (),
+        self, name: str, group: str, inventory: Mapping[str, Any], plugin_args: Sequence[str] = (),
         standin: bool = True,
     ) -> SimNode:
-        """Starts a node agent and a device plugin for ``gpus``; ``standin=False`` never
-        publishes the inventory on the plugin's behalf (see :meth:`SimNode.publish_standin`)."""
-        node = SimNode(self, name, group, gpus, plugin_args, standin)
+        """Starts a node agent and a device plugin with the fake ``inventory`` (the fake
+        backend's file format: ``{"gpus": [...], ...}``); ``standin=False`` never publishes the
+        inventory on the plugin's behalf (see :meth:`SimNode.publish_standin`)."""
+        node = SimNode(self, name, group, inventory, plugin_args, standin)
         self.nodes[name] = node
         node.start()
         return node
@@ -589,7 +590,7 @@ class SimNode:
     with the fake backend, in a folder of their own."""
 
     def __init__(
-        self, cluster: Cluster, name: str, group: str, gpus: Sequence[Mapping[str, Any]], plugin_args: Sequence[str],
+        self, cluster: Cluster, name: str, group: str, inventory: Mapping[str, Any], plugin_args: Sequence[str],
         standin: bool = True,
     ):
         self.cluster = cluster
@@ -602,7 +603,8 @@ class SimNode:
         self.inventory_file = self.folder / "inventory.json"
         for d in (self.plugin_dir, self.record_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self.gpus = [dict(g) for g in gpus]
+        self.machine = {k: v for k, v in inventory.items() if k != "gpus"}
+        self.gpus = [dict(g) for g in inventory["gpus"]]
         self.write_inventory()
         self.agent = Process(
             f"nodeagent-{name}",
@@ -633,7 +635,7 @@ class SimNode:
     def write_inventory(self) -> None:
         """Rewrites the fake backend's file (atomically: the plugin notices the change)."""
         tmp = self.inventory_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": contract.INVENTORY_VERSION, "gpus": self.gpus}, indent=1))
+        tmp.write_text(json.dumps({**self.machine, "gpus": self.gpus}, indent=1))
         tmp.replace(self.inventory_file)
 
     def set_healthy(self, gpu_id: str, healthy: bool) -> None:
@@ -649,7 +651,11 @@ class SimNode:
         ``gpupack.io/inventory`` annotation and labels from the fake inventory file, through the
         contract's own encoder, as the plugin will. Used only while ``gpupack-device-plugin
         --help`` has no ``--no-publish`` (the flag issue 3 adds with publishing)."""
-        inventory = contract.inventory_from_json({"version": contract.INVENTORY_VERSION, "node": self.name, "gpus": self.gpus})
+        gpus = [dict(g) for g in self.gpus]
+        if self.machine.get("nvswitch"):  # every pair joined through the switches
+            for g in gpus:
+                g["links"] = [{"peer": o["index"], "nvlinks": self.machine["nvswitch"]} for o in gpus if o is not g]
+        inventory = contract.inventory_from_json({"version": contract.INVENTORY_VERSION, "node": self.name, "gpus": gpus})
         inventory = dataclasses.replace(
             inventory, gpus=tuple(dataclasses.replace(g, resource=g.resource or contract.NVIDIA_GPU) for g in inventory.gpus)
         )

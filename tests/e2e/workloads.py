@@ -22,9 +22,9 @@ def gpu_uuid(node: str, index: int) -> str:
     return "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_URL, f"gpupack-e2e/{node}/{index}"))
 
 
-def nvswitch_machine(node: str, model: str = "NVIDIA A100-SXM4-40GB", memory_mib: int = 40960, count: int = 8) -> list[dict[str, Any]]:
-    """``count`` GPUs, all pairs joined by NVLink (12 links each, as through NVSwitch), half
-    on NUMA node 0 and half on NUMA node 1."""
+def nvswitch_machine(node: str, model: str = "NVIDIA A100-SXM4-40GB", memory_mib: int = 40960, count: int = 8) -> dict[str, Any]:
+    """A fake inventory of ``count`` GPUs behind NVSwitch (12 NVLinks each, as a DGX A100),
+    half on NUMA node 0 and half on NUMA node 1."""
     gpus = []
     for i in range(count):
         gpus.append(
@@ -38,10 +38,9 @@ def nvswitch_machine(node: str, model: str = "NVIDIA A100-SXM4-40GB", memory_mib
                 "pciBusId": f"00000000:{0x10 + 8 * i:02X}:00.0",
                 "healthy": True,
                 "migEnabled": False,
-                "links": [{"peer": j, "nvlinks": 12} for j in range(count) if j != i],
             }
         )
-    return gpus
+    return {"version": contract.INVENTORY_VERSION, "nvswitch": 12, "gpus": gpus}
 
 
 def gpu_pod(
