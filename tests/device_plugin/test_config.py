@@ -56,7 +56,7 @@ def test_bad_config_file_names_the_field(tmp_path: pathlib.Path, text: str, mess
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--backend", "cuda"], "--backend: expected auto, nvml or fake, got 'cuda'"),
+        (["--backend", "cuda"], "--backend: expected auto, nvml, amd, intel or fake, got 'cuda'"),
         (["--backend", "fake"], "--fake-inventory: required with --backend fake"),
         (["--metrics-addr", "localhost"], "--metrics-addr: expected host:port"),
         (["--pass-device-specs", "perhaps"], "--pass-device-specs: expected true or false"),

@@ -30,7 +30,7 @@ def free_port() -> int:
 def test_bad_flag_stops_start_up_with_a_clear_message() -> None:
     done = subprocess.run([*PLUGIN, "--backend", "quantum"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert "configuration error: --backend: expected auto, nvml or fake, got 'quantum'" in done.stderr
+    assert "configuration error: --backend: expected auto, nvml, amd, intel or fake, got 'quantum'" in done.stderr
 
 
 def test_bad_config_names_the_field(tmp_path: pathlib.Path) -> None:
