@@ -9,7 +9,7 @@ from scheduler_ext.kernel.policies import Policy
 from scheduler_ext.kernel.slots import Mix, Reason, Request, Slots, take_plan, units
 from scheduler_ext.kernel.usage import ScoreInput, idle_capacity
 from scheduler_ext.kernel.policies.fragmentation import expected_fragmentation
-from scheduler_ext.kernel.xp import Array, Namespace
+from scheduler_ext.kernel.xp import Array, Namespace, row_sum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,7 @@ def feasibility(s: Slots, req: Request, xp: Namespace) -> tuple[Array, Array, Ar
     Reasons and totals are worked out for the infeasible nodes only (FITS and 0 elsewhere):
     the common case pays for one pass."""
     u = units(s, req, xp)
-    free_units = u.sum(axis=1, dtype=xp.int32)
+    free_units = row_sum(u, xp).astype(xp.int32, copy=False)
     feasible = free_units >= max(req.count, 1)
     reason = xp.zeros(free_units.shape, dtype=xp.int8)
     total_healthy = xp.zeros(free_units.shape, dtype=xp.int32)
@@ -37,12 +37,12 @@ def feasibility(s: Slots, req: Request, xp: Namespace) -> tuple[Array, Array, Ar
     if bad.shape[0]:
         f = s.rows(bad)
         empty = units(f, req, xp, free=f.capacity, free_memory_mib=f.memory_mib, healthy_only=False)
-        total_all = empty.sum(axis=1, dtype=xp.int32)
-        healthy = (empty * f.healthy).sum(axis=1, dtype=xp.int32)
+        total_all = row_sum(empty, xp).astype(xp.int32, copy=False)
+        healthy = row_sum(empty * f.healthy, xp).astype(xp.int32, copy=False)
         r = xp.full(bad.shape, int(Reason.BUSY), dtype=xp.int8)
         r[healthy < req.count] = int(Reason.UNHEALTHY)
         r[total_all < req.count] = int(Reason.TOO_SMALL)
-        r[~(f.resource == req.resource).any(axis=1)] = int(Reason.NO_RESOURCE)
+        r[row_sum(f.resource == req.resource, xp) == 0] = int(Reason.NO_RESOURCE)
         reason[bad] = r
         total_healthy[bad] = healthy
     return feasible, reason, free_units, total_healthy, u

@@ -96,9 +96,9 @@ class Reason(enum.IntEnum):
 def unit_memory(s: Slots, req: Request, xp: Namespace) -> Array:
     """Memory one unit of ``req`` takes on each slot (MiB): all of a whole device, else the hint
     or the fair part ``memory_mib // capacity``."""
-    fair = s.memory_mib // xp.maximum(s.capacity, 1)
-    share = fair if req.memory_mib <= 0 else xp.full_like(s.memory_mib, req.memory_mib)
-    return xp.where(s.capacity <= 1, s.memory_mib, share)
+    if req.memory_mib > 0:
+        return xp.where(s.capacity <= 1, s.memory_mib, req.memory_mib).astype(s.memory_mib.dtype, copy=False)
+    return xp.where(s.capacity <= 1, s.memory_mib, s.memory_mib // xp.maximum(s.capacity, 1))
 
 
 def units(

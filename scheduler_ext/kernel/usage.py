@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from scheduler_ext.kernel.slots import Mix, Request, Slots, unit_memory
-from scheduler_ext.kernel.xp import Array, Namespace
+from scheduler_ext.kernel.xp import Array, Namespace, row_sum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +44,8 @@ def node_utilisation(s: Slots, free: Array, free_memory_mib: Array, xp: Namespac
     """GPU-weighted used fraction of each node: ``sum(weight * used) / sum(weight)``, 0 for a
     node without slots."""
     used = slot_used(s, free, free_memory_mib, xp)
-    total = (s.weight * (s.capacity > 0)).sum(axis=1)
-    return (s.weight * used).sum(axis=1) / xp.maximum(total, 1e-12)
+    total = row_sum(s.weight * (s.capacity > 0), xp)
+    return row_sum(s.weight * used, xp) / xp.maximum(total, 1e-12)
 
 
 def idle_capacity(s: Slots, free: Array, free_memory_mib: Array, xp: Namespace) -> Array:

@@ -44,3 +44,11 @@ def to_host(a: Array) -> numpy.ndarray[Any, Any]:
     if isinstance(a, numpy.ndarray):
         return a
     return numpy.asarray(a.get())
+
+
+def row_sum(a: Array, xp: Namespace) -> Array:
+    """Sum over each row of a ``(nodes, slots)`` array. ``einsum`` is several times faster than
+    ``sum(axis=1)`` for the few columns a node has; booleans are counted as int32."""
+    if a.dtype == bool:
+        a = a.astype(xp.int32)
+    return xp.einsum("ij->i", a)

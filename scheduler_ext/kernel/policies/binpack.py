@@ -12,13 +12,13 @@ fuller node. An empty node has ``g = 0`` and the lowest ``u_after``, so it comes
 from __future__ import annotations
 
 from scheduler_ext.kernel.usage import ScoreInput, node_utilisation
-from scheduler_ext.kernel.xp import Array
+from scheduler_ext.kernel.xp import Array, row_sum
 
 
 def score(inp: ScoreInput) -> Array:
     xp, s = inp.xp, inp.before
     partly = (s.free < s.capacity) | (s.free_memory_mib < s.memory_mib)
-    taken = inp.take.sum(axis=1)
-    g = (inp.take * partly).sum(axis=1) / xp.maximum(taken, 1)
+    taken = row_sum(inp.take, xp)
+    g = row_sum(inp.take * partly, xp) / xp.maximum(taken, 1)
     free, free_mem = inp.after()
     return 2.0 * g + node_utilisation(s, free, free_mem, xp)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from scheduler_ext.kernel.slots import Mix, Slots, units
 from scheduler_ext.kernel.usage import ScoreInput, idle_capacity, node_utilisation
-from scheduler_ext.kernel.xp import Array, Namespace
+from scheduler_ext.kernel.xp import Array, Namespace, row_sum
 
 
 def expected_fragmentation(
@@ -32,12 +32,12 @@ def expected_fragmentation(
 ) -> Array:
     """``F(node)`` for the given free shares and memory, per node, in GPUs."""
     idle = idle_capacity(s, free, free_memory_mib, xp)
-    total_idle = idle.sum(axis=1)
+    total_idle = row_sum(idle, xp)
     out = xp.zeros(s.shape[0], dtype=xp.float64)
     for shape, p in mix:
         u = units(s, shape, xp, free=free, free_memory_mib=free_memory_mib)
-        fits = u.sum(axis=1) >= shape.count
-        stranded = (idle * (u == 0)).sum(axis=1)
+        fits = row_sum(u, xp) >= shape.count
+        stranded = row_sum(idle * (u == 0), xp)
         out += p * xp.where(fits, stranded, total_idle)
     return out
 
