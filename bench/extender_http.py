@@ -151,7 +151,13 @@ def run(nodes: int, decisions: int, mode: str = "whole", pods: int = 0, policy: 
         body = json.dumps({"Pod": pod, "Nodes": None, "NodeNames": result["NodeNames"]}).encode()
         call("/prioritize", body)
     wall = time.perf_counter() - wall0
+    conn.request("GET", "/metrics")
+    metrics = conn.getresponse().read().decode()
     conn.close()
+    server_s = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith("gpupack_extender_request_seconds_sum"))
+    server_n = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith("gpupack_extender_request_seconds_count"))
     rss = peak_rss_mib(proc.pid)
     proc.kill()
     proc.join()
@@ -160,6 +166,7 @@ def run(nodes: int, decisions: int, mode: str = "whole", pods: int = 0, policy: 
         "nodes": n_nodes, "candidates": len(names), "gpu_pods_in_cache": n_pods, "pods_fed": pods or None, "mode": mode, "policy": policy,
         "build_s": round(build_s, 1),
         "p50_ms": round(statistics.median(lat) * 1e3, 2), "p99_ms": round(lat[int(0.99 * (len(lat) - 1))] * 1e3, 2),
+        "server_mean_ms": round(server_s / max(server_n, 1) * 1e3, 2),  # handling only, from /metrics
         "requests_per_s": round(len(lat) / wall), "decisions_per_s": round(decisions / wall),
         "server_peak_rss_mib": round(rss), "fitting_nodes_mean": round(statistics.mean(fitting)),
     }
