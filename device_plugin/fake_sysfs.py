@@ -140,7 +140,8 @@ def _kfd_node(node: FakeNode, number: int, props: dict[str, int], banks: list[di
     return d
 
 
-def _kfd_cpu_node(node: FakeNode, number: int) -> None:
+def add_kfd_cpu_node(node: FakeNode, number: int) -> None:
+    """A CPU agent in the KFD topology (simd_count 0), as each socket of a GPU node has."""
     _kfd_node(node, number, {"cpu_cores_count": 96, "simd_count": 0, "mem_banks_count": 1, "vendor_id": 0,
                              "device_id": 0, "location_id": 0, "domain": 0, "drm_render_minor": 0},
               [{"heap_type": 0, "size_in_bytes": 768 * 2**30, "flags": 0}])
@@ -180,7 +181,7 @@ def mi300x_8x(root: pathlib.Path, seed: str = "mi300x") -> FakeNode:
     node = FakeNode(root)
     _bmc_vga(node)
     for cpu in (0, 1):
-        _kfd_cpu_node(node, cpu)
+        add_kfd_cpu_node(node, cpu)
     for i, address in enumerate(MI300X_BUSES):
         add_amd_gpu(node, 2 + i, address, card=1 + i, render=128 + i, numa=i // 4, unique=unique_id(f"{seed}/{i}"))
     return node
@@ -264,10 +265,11 @@ def _inventory_error(i: int, message: str) -> DiscoveryError:
     return DiscoveryError(f"fake inventory gpus[{i}]: {message}")
 
 
-def from_inventory(root: pathlib.Path, entries: list[dict[str, Any]]) -> tuple[FakeNode, list[str]]:
+def from_inventory(root: pathlib.Path, entries: list[dict[str, Any]], seed: str = "fake") -> tuple[FakeNode, list[str]]:
     """Builds the node a fake inventory describes (all AMD, or all Intel); returns it and each
     entry's PCI address. Keys as the contract's inventory: id, index, vendor, model, memoryMiB,
-    numaNode, pciBusId, healthy; Intel entries also take ``driver`` (i915 or xe)."""
+    numaNode, pciBusId, healthy; Intel entries also take ``driver`` (i915 or xe). AMD GPUs
+    without an ``id`` get one from ``seed``, the same on every build."""
     node = FakeNode(root)
     addresses = []
     amd_models = {v: k for k, v in sysfs_amd.MODELS.items()}
@@ -279,7 +281,7 @@ def from_inventory(root: pathlib.Path, entries: list[dict[str, Any]]) -> tuple[F
         numa = int(g.get("numaNode", 0))
         if vendor == "amd":
             gpu_id = str(g.get("id") or "")
-            unique = sysfs_amd.unique_id_of(gpu_id) if gpu_id else unique_id(f"{root}/{i}")
+            unique = sysfs_amd.unique_id_of(gpu_id) if gpu_id else unique_id(f"{seed}/{i}")
             if unique is None:
                 raise _inventory_error(i, f"AMD GPU ids are GPU-<16 hex digits> (the KFD unique_id), got {gpu_id!r}")
             model = str(g.get("model", sysfs_amd.MODELS[0x74A1]))
@@ -298,7 +300,7 @@ def from_inventory(root: pathlib.Path, entries: list[dict[str, Any]]) -> tuple[F
             raise _inventory_error(i, f"vendor: expected amd or intel, got {vendor!r}")
         addresses.append(address)
     if any(g.get("vendor") == "amd" for g in entries):
-        _kfd_cpu_node(node, 0)
+        add_kfd_cpu_node(node, 0)
     return node, addresses
 
 
@@ -317,7 +319,7 @@ class FakeSysfsFileBackend:
         self.path = path
         self.folder = pathlib.Path(tempfile.mkdtemp(prefix="gpupack-fake-sysfs-"))
         try:
-            self.node, self.addresses = from_inventory(self.folder, entries)
+            self.node, self.addresses = from_inventory(self.folder, entries, seed=str(path))
         except (ValueError, KeyError, TypeError) as err:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise DiscoveryError(f"fake inventory {path}: {err}") from err

@@ -52,7 +52,7 @@ MODELS: dict[int, str] = {
 #: (0) and the on-chip heaps (GDS, LDS, scratch) are not.
 VRAM_HEAPS = (1, 2)
 
-_UUID = re.compile(r"^GPU-([0-9a-f]{16})$")
+_UUID = re.compile(r"^GPU-([0-9a-f]{16})$", re.IGNORECASE)
 
 
 def uuid_of(unique_id: int) -> str:
@@ -62,7 +62,7 @@ def uuid_of(unique_id: int) -> str:
 
 def unique_id_of(uuid: str) -> int | None:
     """The KFD ``unique_id`` behind a device id from :func:`uuid_of`; None for other ids."""
-    m = _UUID.match(uuid.lower())
+    m = _UUID.match(uuid)
     return int(m.group(1), 16) if m else None
 
 
