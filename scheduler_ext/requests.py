@@ -52,6 +52,10 @@ def _count(value: Any, where: str) -> int:
     return int(text)
 
 
+def _dict(obj: Any) -> dict[str, Any]:
+    return obj if isinstance(obj, dict) else {}
+
+
 def _get(obj: Any, *keys: str) -> Any:
     for key in keys:
         if not isinstance(obj, dict):
@@ -62,20 +66,21 @@ def _get(obj: Any, *keys: str) -> Any:
 
 def pod_demand(pod: KubeObject) -> PodDemand:
     """Reads a Pod object; never raises on bad GPU fields, it sets ``error`` instead."""
-    meta = pod.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
-    spec = pod.get("spec") or {}
-    status = pod.get("status") or {}
+    meta = _dict(pod.get("metadata"))
+    annotations = _dict(meta.get("annotations"))
+    spec = _dict(pod.get("spec"))
+    status = _dict(pod.get("status"))
     error = ""
     asks: list[ContainerAsk] = []
-    for c in spec.get("containers") or []:
+    containers = spec.get("containers")
+    for c in containers if isinstance(containers, list) else []:
         if not isinstance(c, dict):
             continue
-        res = c.get("resources") or {}
-        wanted = dict(res.get("requests") or {})
-        wanted.update(res.get("limits") or {})  # extended resources: limits decide
+        res = _dict(c.get("resources"))
+        wanted = dict(_dict(res.get("requests")))
+        wanted.update(_dict(res.get("limits")))  # extended resources: limits decide
         for resource, value in sorted(wanted.items()):
-            if contract.is_gpu_resource(resource):
+            if isinstance(resource, str) and contract.is_gpu_resource(resource):
                 try:
                     n = _count(value, f"container {c.get('name')!r} {resource}")
                 except contract.ContractError as err:
@@ -105,7 +110,7 @@ def pod_demand(pod: KubeObject) -> PodDemand:
         node=str(spec.get("nodeName") or ""),
         asks=tuple(asks),
         memory_mib=memory,
-        priority=priority if isinstance(priority, int) else 0,
+        priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 0,
         finished=_get(status, "phase") in ("Succeeded", "Failed"),
         assignment=assignment,
         error=error,
