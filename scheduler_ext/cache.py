@@ -285,13 +285,15 @@ class ClusterCache:
             self.synced = self._listed >= {"Node", "Pod"}
 
     def replace_pods(self, pods: Iterable[KubeObject]) -> None:
-        """A full list of pods: the pods become exactly these, keeping reservations of binds
-        in flight. Pods are read outside the lock, so requests keep being answered."""
+        """A full list of pods: the pods become exactly these. A bind in flight keeps its
+        reservation (its pod is in the list, still pending); a reservation whose pod is gone
+        from the list is dropped. Pods are read outside the lock, so requests keep being
+        answered meanwhile."""
         demands = [pod_demand(p) for p in pods]
         with self._lock:
             uids = {d.uid for d in demands}
-            for uid, rec in list(self._pods.items()):
-                if uid not in uids and not rec.reserved:
+            for uid in list(self._pods):
+                if uid not in uids:
                     self.delete_pod(uid)
             for d in demands:
                 self.put_pod(d)

@@ -185,14 +185,18 @@ def test_syncer_lists_watches_and_resyncs_on_gone_and_disconnect() -> None:
     assert free_of(c, "n1") == [0, 1]
 
 
-def test_relist_drops_vanished_pods_but_keeps_reservations() -> None:
+def test_relist_drops_vanished_pods_and_keeps_reservations_of_listed_pods() -> None:
     c = ClusterCache()
-    c.replace_nodes([node("n1", n=2)])
+    c.replace_nodes([node("n1", n=3)])
     c.replace_pods([pod("gone", gpus={contract.NVIDIA_GPU: 1}, node="n1", phase="Running")])
-    assert sum(free_of(c, "n1")) == 1
+    assert sum(free_of(c, "n1")) == 2
     from scheduler_ext.requests import pod_demand
 
-    c.reserve(pod_demand(pod("binding", gpus={contract.NVIDIA_GPU: 1})), "n1",
-              {"c0": {contract.NVIDIA_GPU: ["GPU-n1-1"]}})
-    c.replace_pods([])
-    assert free_of(c, "n1") == [1, 0]
+    binding = pod("binding", gpus={contract.NVIDIA_GPU: 1})
+    c.reserve(pod_demand(binding), "n1", {"c0": {contract.NVIDIA_GPU: ["GPU-n1-1"]}})
+    c.reserve(pod_demand(pod("deleted-meanwhile", gpus={contract.NVIDIA_GPU: 1})), "n1",
+              {"c0": {contract.NVIDIA_GPU: ["GPU-n1-2"]}})
+    assert free_of(c, "n1") == [0, 0, 0]
+    # the relist shows "binding" still pending (bind in flight) and neither other pod
+    c.replace_pods([binding])
+    assert free_of(c, "n1") == [1, 0, 1]
