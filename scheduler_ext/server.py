@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy
 
@@ -94,6 +94,8 @@ def _str_field(args: dict[str, Any], key: str) -> str:
 
 
 _SCORE_SUFFIX = [f"{s}}}" for s in range(11)]
+#: Most node names whose prioritize answer prefix is kept.
+MAX_PREFIXES = 100_000
 
 
 class Raw(str):
@@ -108,7 +110,7 @@ class ExtenderApp:
         self.decider = decider
         self.binder = binder
         self.metrics = metrics
-        self._prefixes: tuple[list[str], list[str]] = ([], [])
+        self._prefixes: dict[str, str] = {}
         self._routes: dict[str, Callable[[dict[str, Any]], Any]] = {
             "/filter": self.filter,
             "/prioritize": self.prioritize,
@@ -190,13 +192,17 @@ class ExtenderApp:
         return Raw("[" + ",".join(map(operator.add, self._host_prefixes(names), map(_SCORE_SUFFIX.__getitem__, d.level.tolist()))) + "]")
 
     def _host_prefixes(self, names: list[str]) -> list[str]:
-        """``{"Host":"<name>","Score":`` per name, written once per candidate list: at thousands
+        """``{"Host":"<name>","Score":`` per name, each written once per node name: at thousands
         of nodes, json.dumps of a list of dicts costs more than the decision itself."""
-        last_names, prefixes = self._prefixes  # one attribute: swapped whole, safe across threads
-        if names != last_names:
-            prefixes = ['{"Host":' + json.dumps(n) + ',"Score":' for n in names]
-            self._prefixes = (list(names), prefixes)
-        return prefixes
+        cache = self._prefixes
+        out: list[str | None] = list(map(cache.get, names))
+        if None in out:
+            if len(cache) > MAX_PREFIXES:  # names come from requests: keep the memo bounded
+                cache.clear()
+            for i, name in enumerate(names):
+                if out[i] is None:
+                    out[i] = cache[name] = '{"Host":' + json.dumps(name) + ',"Score":'
+        return cast(list[str], out)
 
     def bind(self, args: dict[str, Any]) -> wire.ExtenderBindingResult:
         bargs: wire.ExtenderBindingArgs = {
