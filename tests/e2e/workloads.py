@@ -103,15 +103,23 @@ def received(cluster: harness.Cluster, pod: Any) -> dict[str, Any]:
 def check_allocations(
     cluster: harness.Cluster, pods: Iterable[Any], expect_annotation: bool = True, honoured: bool | None = None
 ) -> dict[str, list[str]]:
-    """For Running pods: every container's NVIDIA_VISIBLE_DEVICES is exactly the device ids the
-    device manager gave it; with ``expect_annotation`` each pod carries ``gpupack.io/devices``
-    and, when the plugin honours it (``honoured``, by default once issue 3 has landed), the
-    devices received are exactly those annotated; no device is given twice on a node.
+    """For Running pods, per container and GPU resource it asks for:
+
+    - the device manager gave exactly the requested number of device ids;
+    - NVIDIA: ``NVIDIA_VISIBLE_DEVICES`` names exactly the physical GPU or MIG UUIDs behind
+      them (a share ``<uuid>::<n>`` shows as its GPU); AMD and Intel: one render node each;
+    - with ``expect_annotation`` the pod carries ``gpupack.io/devices`` and, when the plugin
+      honours it (``honoured``; by default once the plugin publishes inventories, issue 3),
+      the ids received are exactly those annotated (for time-sliced shares: the same GPUs,
+      as the replica numbers of one GPU are interchangeable);
+    - no device id is given twice on a node.
+
     Returns node -> device ids in use."""
     if honoured is None:
         honoured = harness.plugin_publishes()
     in_use: dict[str, list[str]] = collections.defaultdict(list)
-    for pod in pods:
+    mismatches: list[str] = []
+    for pod in sorted(pods, key=lambda p: p.metadata.creation_timestamp):
         containers = received(cluster, pod)
         annotated: contract.Assignment | None = None
         text = (pod.metadata.annotations or {}).get(contract.DEVICES_ANNOTATION)
@@ -121,13 +129,31 @@ def check_allocations(
             annotated = contract.decode_assignment(text)
         for c in pod.spec.containers:
             got = containers[c.name]
-            ids = got["deviceIDs"].get(contract.NVIDIA_GPU, [])
-            visible = got["env"].get("NVIDIA_VISIBLE_DEVICES", "")
-            assert sorted(visible.split(",")) == sorted(ids), (pod.metadata.name, c.name, visible, ids)
-            if annotated is not None and honoured:
-                want = sorted(annotated.get(c.name, {}).get(contract.NVIDIA_GPU, []))
-                assert want == sorted(ids), f"{pod.metadata.name}/{c.name}: annotated {want}, received {ids}"
-            in_use[pod.spec.node_name] += ids
+            where = f"{pod.metadata.name}/{c.name}"
+            wanted = {r: int(n) for r, n in (c.resources.limits or {}).items() if contract.is_gpu_resource(r)}
+            nvidia: set[str] = set()
+            for resource, count in wanted.items():
+                ids = got["deviceIDs"].get(resource, [])
+                assert len(ids) == count, f"{where}: asked {count} {resource}, received {ids}"
+                if resource.startswith("nvidia.com/"):
+                    nvidia |= {contract.physical_id(i) for i in ids}
+                else:
+                    renders = {d["containerPath"] for d in got["devices"] if "/renderD" in d["containerPath"]}
+                    assert len(renders) >= count, f"{where}: {count} {resource} but render nodes {sorted(renders)}"
+                if annotated is not None and honoured:
+                    want = sorted(annotated.get(c.name, {}).get(resource, []))
+                    got_ids = sorted(ids)
+                    if any(contract.replica_of(i) is not None for i in want + got_ids):
+                        # shares of one GPU are interchangeable: what must match is the GPU
+                        want = sorted(contract.physical_id(i) for i in want)
+                        got_ids = sorted(contract.physical_id(i) for i in got_ids)
+                    if want != got_ids:
+                        mismatches.append(f"{where}: annotated {want}, received {got_ids} ({resource})")
+                in_use[pod.spec.node_name] += ids
+            if nvidia:
+                visible = set(got["env"].get("NVIDIA_VISIBLE_DEVICES", "").split(","))
+                assert visible == nvidia, f"{where}: NVIDIA_VISIBLE_DEVICES {sorted(visible)}, devices {sorted(nvidia)}"
+    assert not mismatches, f"{len(mismatches)} container(s) did not receive the annotated devices:\n" + "\n".join(mismatches)
     for node, ids in in_use.items():
         twice = [i for i, n in collections.Counter(ids).items() if n > 1]
         assert not twice, f"{node}: devices given twice: {twice}"

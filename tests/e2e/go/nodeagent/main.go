@@ -543,11 +543,9 @@ func (a *agent) admit(ctx context.Context, pod *v1.Pod) error {
 		status.Message = "Allocate failed due to " + admitErr.Error()
 	} else {
 		status.Phase = v1.PodRunning
-		status.Conditions = []v1.PodCondition{
-			{Type: v1.PodScheduled, Status: v1.ConditionTrue, LastTransitionTime: now},
-			{Type: v1.PodInitialized, Status: v1.ConditionTrue, LastTransitionTime: now},
-			{Type: v1.ContainersReady, Status: v1.ConditionTrue, LastTransitionTime: now},
-			{Type: v1.PodReady, Status: v1.ConditionTrue, LastTransitionTime: now},
+		// keep the scheduler's PodScheduled condition (its time is when the pod was bound)
+		for _, t := range []v1.PodConditionType{v1.PodInitialized, v1.ContainersReady, v1.PodReady} {
+			setPodCondition(status, v1.PodCondition{Type: t, Status: v1.ConditionTrue, LastTransitionTime: now})
 		}
 		status.ContainerStatuses = nil
 		started := true
@@ -577,6 +575,16 @@ func (a *agent) admit(ctx context.Context, pod *v1.Pod) error {
 		logger.Info("pod admitted", "phase", status.Phase)
 	}
 	return err
+}
+
+func setPodCondition(status *v1.PodStatus, c v1.PodCondition) {
+	for i := range status.Conditions {
+		if status.Conditions[i].Type == c.Type {
+			status.Conditions[i] = c
+			return
+		}
+	}
+	status.Conditions = append(status.Conditions, c)
 }
 
 func containerRecordOf(opts *devicemanager.DeviceRunContainerOptions, devices devicemanager.ResourceDeviceInstances) containerRecord {
