@@ -42,7 +42,17 @@ class Decision:
     unresolvable: numpy.ndarray[Any, Any]  # bool
     level: numpy.ndarray[Any, Any]  # int64 0..10, 0 where it does not fit
     raw: numpy.ndarray[Any, Any]  # float64, -inf where it does not fit
-    texts: dict[int, tuple[str, str]]  # position -> (reason, short code), failing nodes at least
+    groups: list[Group]  # the failing nodes (and with ``detail`` the fitting ones), by shared text
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Nodes (positions in the request's list) that share one reason text."""
+
+    positions: numpy.ndarray[Any, Any]
+    text: str
+    code: str  # short reason for metrics
+    unresolvable: bool
 
 
 def _units_text(count: int, resource: str, memory_mib: int) -> str:
@@ -82,13 +92,14 @@ class Decider:
         """Every named node's answer for the pod, as arrays in the order of ``names``; reasons
         are worded for the failing nodes only (and, with ``detail``, for the fitting ones)."""
         n = len(names)
+        everyone = numpy.arange(n)
         if demand.error:
             msg = f"pod's GPU request cannot be read: {demand.error}"
             return Decision(names, numpy.zeros(n, bool), numpy.ones(n, bool), numpy.zeros(n, numpy.int64),
-                            numpy.full(n, -numpy.inf), {i: (msg, "bad-request") for i in range(n)})
+                            numpy.full(n, -numpy.inf), [Group(everyone, msg, "bad-request", True)])
         if not demand.wants_gpu:
             return Decision(names, numpy.ones(n, bool), numpy.zeros(n, bool), numpy.zeros(n, numpy.int64),
-                            numpy.zeros(n), {i: ("no GPU requested", "fits") for i in range(n)} if detail else {})
+                            numpy.zeros(n), [Group(everyone, "no GPU requested", "fits", False)] if detail else [])
         rows, pos = self.cache.select_positions(names)
         rows = self._to_xp(rows)
         totals = demand.totals()
@@ -99,9 +110,10 @@ class Decider:
         unres = numpy.zeros(n, dtype=bool)
         level = numpy.zeros(n, dtype=numpy.int64)
         raw = numpy.full(n, -numpy.inf)
-        texts: dict[int, tuple[str, str]] = {}
-        for i in numpy.nonzero(~fits)[0].tolist():
-            texts[i] = (UNKNOWN_NODE, "unknown-node")
+        groups: list[Group] = []
+        unknown = numpy.nonzero(~fits)[0]
+        if unknown.shape[0]:
+            groups.append(Group(unknown, UNKNOWN_NODE, "unknown-node", False))
         for resource in sorted(totals, key=lambda r: r != lead):
             req = self.cache.request(resource, totals[resource], demand.memory_mib)
             if resource == lead:
@@ -109,43 +121,67 @@ class Decider:
             mix = self.cache.mix() if self.policy.uses_mix else ()
             v = kernel.evaluate(rows, req, self.policy, self.xp, mix=mix, score=score and resource == lead)
             ok = kernel.xp.to_host(v.feasible)
-            reason = kernel.xp.to_host(v.reason)
             free = kernel.xp.to_host(v.free_units)
             total = kernel.xp.to_host(v.total_units)
             ask = _units_text(totals[resource], resource, demand.memory_mib)
-            worded: dict[tuple[int, int, int], tuple[str, str]] = {}  # many nodes share a text
-            bad = numpy.nonzero(~ok & fits[pos])[0] if reasons else numpy.zeros(0, dtype=numpy.int64)
-            for j, i, code, nfree, ntotal in zip(bad.tolist(), pos[bad].tolist(), reason[bad].tolist(),
-                                                 free[bad].tolist(), total[bad].tolist()):
-                r = kernel.Reason(code)
-                if r == kernel.Reason.NO_RESOURCE and self.cache.node_error(names[i]):
-                    texts[i] = (_reason_text(r, ask, nfree, ntotal, self.cache.node_error(names[i])), "no-resource")
-                else:
-                    key = (code, nfree, ntotal)
-                    if key not in worded:
-                        worded[key] = (_reason_text(r, ask, nfree, ntotal, ""), r.name.lower().replace("_", "-"))
-                    texts[i] = worded[key]
-            if reasons and bad.shape[0]:
-                unres[pos[bad]] = numpy.isin(reason[bad], [int(r) for r in kernel.Reason if r.unresolvable])
+            if reasons:
+                bad = numpy.nonzero(~ok & fits[pos])[0]
+                groups.extend(self._groups(names, pos[bad], kernel.xp.to_host(v.reason)[bad], free[bad], total[bad], ask))
             if resource == lead:
                 level[pos] = kernel.xp.to_host(v.level)
                 raw[pos] = kernel.xp.to_host(v.raw)
                 if detail:
-                    for j in numpy.nonzero(ok)[0].tolist():
-                        texts.setdefault(int(pos[j]), (_reason_text(kernel.Reason.FITS, ask, int(free[j]), int(total[j]), ""), "fits"))
+                    good = numpy.nonzero(ok)[0]
+                    for j in good.tolist():
+                        text = _reason_text(kernel.Reason.FITS, ask, int(free[j]), 0, "")
+                        groups.append(Group(pos[j : j + 1], text, "fits", False))
             fits[pos] &= ok
+        for g in groups:
+            unres[g.positions] |= g.unresolvable
         level[~fits] = 0
         raw[~fits] = -numpy.inf
-        return Decision(names, fits, unres, level, raw, texts)
+        return Decision(names, fits, unres, level, raw, groups)
+
+    def _groups(
+        self, names: Sequence[str], where: numpy.ndarray[Any, Any], reason: numpy.ndarray[Any, Any],
+        free: numpy.ndarray[Any, Any], total: numpy.ndarray[Any, Any], ask: str,
+    ) -> list[Group]:
+        """Failing nodes grouped by their reason text, worded once per group: at thousands of
+        nodes a text per node costs more than the decision."""
+        out: list[Group] = []
+        if not where.shape[0]:
+            return out
+        no_res = reason == int(kernel.Reason.NO_RESOURCE)
+        if no_res.any():
+            # a node without devices of the resource may say why (no or unreadable inventory)
+            by_error: dict[str, list[int]] = {}
+            for i in where[no_res].tolist():
+                by_error.setdefault(self.cache.node_error(names[i]), []).append(i)
+            for error, members in by_error.items():
+                text = _reason_text(kernel.Reason.NO_RESOURCE, ask, 0, 0, error)
+                out.append(Group(numpy.asarray(members), text, "no-resource", True))
+        rest = ~no_res
+        key = (reason[rest].astype(numpy.int64) << 42) | (free[rest].astype(numpy.int64) << 21) | total[rest].astype(numpy.int64)
+        distinct, inverse = numpy.unique(key, return_inverse=True)
+        members_of = where[rest]
+        for g, k in enumerate(distinct.tolist()):
+            r = kernel.Reason(k >> 42)
+            text = _reason_text(r, ask, (k >> 21) & 0x1FFFFF, k & 0x1FFFFF, "")
+            out.append(Group(members_of[inverse.reshape(-1) == g], text, r.name.lower().replace("_", "-"), r.unresolvable))
+        return out
 
     def verdicts(
         self, demand: PodDemand, names: Sequence[str], score: bool = True, detail: bool = False
     ) -> list[NodeVerdict]:
         """:meth:`decide` as one object per node (for explain and tests)."""
         d = self.decide(demand, names, score, detail)
+        text: dict[int, tuple[str, str]] = {}
+        for g in d.groups:
+            for i in g.positions.tolist():
+                text.setdefault(i, (g.text, g.code))
         return [
             NodeVerdict(name, bool(d.fits[i]), bool(d.unresolvable[i]), int(d.level[i]), float(d.raw[i]),
-                        *d.texts.get(i, ("", "fits")))
+                        *text.get(i, ("", "fits")))
             for i, name in enumerate(names)
         ]
 

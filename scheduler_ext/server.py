@@ -8,7 +8,6 @@ unknown node a per-node failure, and no exception escapes as a 500 traceback.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import http.server
 import json
@@ -167,13 +166,10 @@ class ExtenderApp:
         d = self.decider.decide(pod_demand(pod), names, score=False)
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
-        codes: collections.Counter[str] = collections.Counter()
-        for i in numpy.nonzero(~d.fits)[0].tolist():
-            text, code = d.texts[i]
-            (unresolvable if d.unresolvable[i] else failed)[names[i]] = "gpupack: " + text
-            codes[code] += 1
-        for code, count in codes.items():
-            self.metrics.failures.labels(code).inc(count)
+        for g in d.groups:
+            nodes = [names[i] for i in g.positions.tolist()]
+            (unresolvable if g.unresolvable else failed).update(dict.fromkeys(nodes, "gpupack: " + g.text))
+            self.metrics.failures.labels(g.code).inc(len(nodes))
         result: wire.ExtenderFilterResult = {
             "Nodes": None, "NodeNames": None, "FailedNodes": failed,
             "FailedAndUnresolvableNodes": unresolvable, "Error": "",
