@@ -128,6 +128,7 @@ def run(nodes: int, decisions: int, mode: str = "whole", pods: int = 0, policy: 
     resource = contract.NVIDIA_GPU if mode == "whole" else contract.NVIDIA_GPU_SHARED
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     lat: list[float] = []
+    by_verb: dict[str, list[float]] = {"/filter": [], "/prioritize": []}
     fitting = []
 
     def call(path: str, body: bytes) -> Any:
@@ -136,6 +137,7 @@ def run(nodes: int, decisions: int, mode: str = "whole", pods: int = 0, policy: 
         resp = conn.getresponse()
         data = resp.read()
         lat.append(time.perf_counter() - start)
+        by_verb[path].append(lat[-1])
         assert resp.status == 200, data[:200]
         return json.loads(data)
 
@@ -143,6 +145,8 @@ def run(nodes: int, decisions: int, mode: str = "whole", pods: int = 0, policy: 
     for i in range(decisions + 20):
         if i == 20:  # warm-up done
             lat.clear()
+            for v in by_verb.values():
+                v.clear()
             wall0 = time.perf_counter()
         pod = pending_pod(i, resource, 2 if i % 3 == 0 else 1)
         body = json.dumps({"Pod": pod, "Nodes": None, "NodeNames": names}).encode()
@@ -162,10 +166,13 @@ def run(nodes: int, decisions: int, mode: str = "whole", pods: int = 0, policy: 
     proc.kill()
     proc.join()
     lat.sort()
+    pct = {f"{verb.strip('/')}_p50_p99_ms": [round(statistics.median(v) * 1e3, 2), round(sorted(v)[int(0.99 * (len(v) - 1))] * 1e3, 2)]
+           for verb, v in by_verb.items()}
     return {
         "nodes": n_nodes, "candidates": len(names), "gpu_pods_in_cache": n_pods, "pods_fed": pods or None, "mode": mode, "policy": policy,
         "build_s": round(build_s, 1),
         "p50_ms": round(statistics.median(lat) * 1e3, 2), "p99_ms": round(lat[int(0.99 * (len(lat) - 1))] * 1e3, 2),
+        **pct,
         "server_mean_ms": round(server_s / max(server_n, 1) * 1e3, 2),  # handling only, from /metrics
         "requests_per_s": round(len(lat) / wall), "decisions_per_s": round(decisions / wall),
         "server_peak_rss_mib": round(rss), "fitting_nodes_mean": round(statistics.mean(fitting)),

@@ -33,6 +33,8 @@ from scheduler_ext.wire import KubeObject
 
 #: Shapes of recent GPU requests remembered for the fragmentation policy's mix.
 MIX_MEMORY = 1000
+#: Candidate-list lookups remembered by :meth:`ClusterCache.select_positions`.
+SELECTIONS = 4
 #: The mix keeps the most frequent shapes that together cover this fraction (FGD: 95 %).
 MIX_COVERAGE = 0.95
 
@@ -152,7 +154,7 @@ class ClusterCache:
         self._nodes: dict[str, NodeState] = {}
         self._row_of: dict[str, int] = {}  # node name -> row, for fast selection
         self._node_generation = 0  # bumped when a node is added or removed
-        self._last_selection: tuple[list[str], int, Any, Any] = ([], -1, None, None)
+        self._selections: list[tuple[list[str], int, Any, Any]] = []  # recent lookups, newest first
         self._free_rows: list[int] = []
         self._rows_used = 0
         self._pods: dict[str, PodRecord] = {}
@@ -185,14 +187,16 @@ class ClusterCache:
     def select_positions(self, names: Sequence[str]) -> tuple[kslots.Slots, numpy.ndarray[Any, Any]]:
         """A copy of the rows of the known ``names``, and their positions in ``names``."""
         with self._lock:
-            last_names, last_gen, idx, pos = self._last_selection
-            # kube-scheduler sends the same candidate list to filter and prioritize, and often
-            # for pod after pod: reuse the lookup while the node set is unchanged
-            if last_gen != self._node_generation or last_names != names:
+            # kube-scheduler sends the same few candidate lists (all nodes to filter, the fitting
+            # ones to prioritize) pod after pod: reuse their lookups while the node set is unchanged
+            for last_names, last_gen, idx, pos in self._selections:
+                if last_gen == self._node_generation and last_names == names:
+                    break
+            else:
                 idx = numpy.array(list(map(self._row_of.get, names, itertools.repeat(-1))), dtype=numpy.int64)
                 pos = numpy.nonzero(idx >= 0)[0]
                 idx = idx[pos]
-                self._last_selection = (list(names), self._node_generation, idx, pos)
+                self._selections = [(list(names), self._node_generation, idx, pos), *self._selections[: SELECTIONS - 1]]
             return self._arrays.rows(idx), pos
 
     def all_rows(self) -> tuple[kslots.Slots, list[str]]:
