@@ -86,7 +86,10 @@ def console_script(name: str) -> str:
 def plugin_publishes() -> bool:
     """Whether gpupack-device-plugin publishes the node inventory itself (issue 3 adds it,
     together with its ``--no-publish`` switch)."""
-    out = subprocess.run([console_script("gpupack-device-plugin"), "--help"], capture_output=True, text=True, check=False)
+    try:
+        out = subprocess.run([console_script("gpupack-device-plugin"), "--help"], capture_output=True, text=True, check=False)
+    except E2EError:
+        return False
     return "--no-publish" in out.stdout
 
 
@@ -601,6 +604,8 @@ class SimNode:
         self.plugin_dir = self.folder / "device-plugins"
         self.record_dir = self.folder / "records"
         self.inventory_file = self.folder / "inventory.json"
+        self.pod_resources_socket = self.folder / "pod-resources" / "kubelet.sock"
+        self.metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
         for d in (self.plugin_dir, self.record_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.machine = {k: v for k, v in inventory.items() if k != "gpus"}
@@ -614,6 +619,7 @@ class SimNode:
                 f"--node-name={name}",
                 f"--plugin-dir={self.plugin_dir}",
                 f"--record-dir={self.record_dir}",
+                f"--pod-resources-socket={self.pod_resources_socket}",
                 "--v=2",
             ],
             cluster.logs,
@@ -627,6 +633,8 @@ class SimNode:
                 f"--plugin-dir={self.plugin_dir}",
                 f"--node-name={name}",
                 f"--kubeconfig={cluster.admin_kubeconfig}",
+                f"--pod-resources-socket={self.pod_resources_socket}",
+                f"--metrics-addr={self.metrics_url.removeprefix('http://').removesuffix('/metrics')}",
                 *plugin_args,
             ],
             cluster.logs,

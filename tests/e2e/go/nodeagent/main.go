@@ -17,6 +17,8 @@
 //     CDI devices, device ids per resource) as <record-dir>/pods/<pod uid>.json, and the
 //     node's device state as <record-dir>/node.json, each written atomically, and its own pid
 //     with the device counts as the Node condition GpupackNodeAgent (tests watch for it);
+//   - serves the kubelet's PodResources API with the kubelet's own server code when asked
+//     (--pod-resources-socket), so a plugin can learn which container holds which device;
 //   - marks the pod Running (or Failed with reason UnexpectedAdmissionError, as the kubelet
 //     does when the device manager refuses it), and deletes pods whose deletion was requested
 //     (no containers to stop), which frees their devices in the device manager.
@@ -79,6 +81,7 @@ type options struct {
 	pluginDir      string
 	recordDir      string
 	statusInterval time.Duration
+	podResources   string
 	cpu            string
 	memory         string
 	pods           string
@@ -171,6 +174,7 @@ func main() {
 	flag.StringVar(&o.recordDir, "record-dir", "", "folder for node.json and pods/<uid>.json (required)")
 	flag.DurationVar(&o.statusInterval, "status-interval", 100*time.Millisecond,
 		"how often the device manager's capacity is compared with what the Node shows (the kubelet's nodeStatusUpdateFrequency, shortened for tests)")
+	flag.StringVar(&o.podResources, "pod-resources-socket", "", "serve the kubelet's PodResources API (v1) on this socket; empty: off")
 	flag.StringVar(&o.cpu, "cpu", "64", "cpu capacity of the Node")
 	flag.StringVar(&o.memory, "memory", "512Gi", "memory capacity of the Node")
 	flag.StringVar(&o.pods, "pods", "250", "pod capacity of the Node")
@@ -279,6 +283,11 @@ func run(o options) error {
 		return fmt.Errorf("device manager start: %w", err)
 	}
 	logger.Info("device manager serving", "socket", filepath.Join(o.pluginDir, "kubelet.sock"))
+	if o.podResources != "" {
+		if err := a.servePodResources(ctx, o.podResources); err != nil {
+			return fmt.Errorf("pod resources API: %w", err)
+		}
+	}
 
 	var wg sync.WaitGroup
 	wg.Add(2)
