@@ -156,6 +156,16 @@ def test_cupy_refused_when_absent_or_asked_wrongly() -> None:
         pytest.param([S(resource=SHARED, cap=4, free=4), S(resource=SHARED, cap=4, free=1)], Request(SHARED, 1),
                      ((1, 1),), id="share-best-fit"),
         pytest.param([USED, USED], Request(GPU, 1), (), id="none-free"),
+        # NVSwitch: one NVLink group of 8, NUMA 0 = GPUs 0-3, NUMA 1 = 4-7; 0-2 in use.
+        # 2 GPUs: NUMA 0 has only GPU 3 free -> both from NUMA 1, not 3+4 across sockets
+        pytest.param([S(free=0, nvgroup=0, numa=0)] * 3 + [S(nvgroup=0, numa=0)] + [S(nvgroup=0, numa=1)] * 4,
+                     Request(GPU, 2), ((4, 1), (5, 1)), id="nvswitch-numa-local-within-group"),
+        # 4 GPUs with 1 + 4 free: NUMA 1 holds all four
+        pytest.param([S(free=0, nvgroup=0, numa=0)] * 3 + [S(nvgroup=0, numa=0)] + [S(nvgroup=0, numa=1)] * 4,
+                     Request(GPU, 4), ((4, 1), (5, 1), (6, 1), (7, 1)), id="nvswitch-4-on-one-socket"),
+        # 5 GPUs: no NUMA node holds them: the fuller NUMA 1 (4 free) first, then GPU 3
+        pytest.param([S(free=0, nvgroup=0, numa=0)] * 3 + [S(nvgroup=0, numa=0)] + [S(nvgroup=0, numa=1)] * 4,
+                     Request(GPU, 5), ((3, 1), (4, 1), (5, 1), (6, 1), (7, 1)), id="nvswitch-5-spans-two"),
         # one GPU: from the group already broken (group 0: 3 free) rather than the whole group 1
         pytest.param([S(free=0, nvgroup=0)] + [S(nvgroup=0)] * 3 + [S(nvgroup=1)] * 4, Request(GPU, 1), ((1, 1),),
                      id="single-gpu-from-broken-group"),
