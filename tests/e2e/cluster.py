@@ -620,6 +620,8 @@ class SimNode:
                 f"--plugin-dir={self.plugin_dir}",
                 f"--record-dir={self.record_dir}",
                 f"--pod-resources-socket={self.pod_resources_socket}",
+                "--cpu=128",  # room for the host share of every GPU pod a test puts here
+                "--memory=1Ti",
                 "--v=2",
             ],
             cluster.logs,

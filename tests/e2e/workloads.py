@@ -43,6 +43,18 @@ def nvswitch_machine(node: str, model: str = "NVIDIA A100-SXM4-40GB", memory_mib
     return {"version": contract.INVENTORY_VERSION, "nvswitch": 12, "gpus": gpus}
 
 
+def host_share(resources: Mapping[str, int]) -> dict[str, str]:
+    """CPU and memory as inference pods ask them: 4 cores and 16 GiB per whole GPU, 1 core and
+    4 GiB per MIG slice or time-sliced share (100m and 64Mi without GPUs). kube-scheduler's
+    MostAllocated score sees pods it has placed but not yet bound through these; the extender
+    learns of a placement only at bind."""
+    cores = sum(n * (1 if contract.mig_profile_of(r) or r.endswith(contract.SHARED_SUFFIX) else 4)
+                for r, n in resources.items())
+    if cores == 0:
+        return {"cpu": "100m", "memory": "64Mi"}
+    return {"cpu": str(cores), "memory": f"{4 * cores}Gi"}
+
+
 def gpu_pod(
     name: str,
     group: str,
@@ -60,7 +72,7 @@ def gpu_pod(
                 "name": f"c{i}" if containers > 1 else "main",
                 "image": PAUSE_IMAGE,
                 "resources": {
-                    "requests": {"cpu": "100m", "memory": "64Mi", **{r: str(n) for r, n in resources.items()}},
+                    "requests": {**host_share(resources), **{r: str(n) for r, n in resources.items()}},
                     "limits": {r: str(n) for r, n in resources.items()},
                 },
             }
@@ -158,3 +170,17 @@ def check_allocations(
         twice = [i for i, n in collections.Counter(ids).items() if n > 1]
         assert not twice, f"{node}: devices given twice: {twice}"
     return dict(in_use)
+
+
+def annotated_by_node(pods: Iterable[Any]) -> dict[str, dict[str, list[str]]]:
+    """node -> resource -> device ids, as the extender placed them (``gpupack.io/devices``).
+    Packing is judged on this: it is the kernel's placement; whether containers received
+    exactly it is checked by :func:`check_allocations`."""
+    out: dict[str, dict[str, list[str]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    for pod in pods:
+        text = (pod.metadata.annotations or {}).get(contract.DEVICES_ANNOTATION)
+        assert text, f"{pod.metadata.name}: no {contract.DEVICES_ANNOTATION} annotation"
+        for resources in contract.decode_assignment(text).values():
+            for resource, ids in resources.items():
+                out[pod.spec.node_name][resource] += ids
+    return out
