@@ -53,5 +53,12 @@ def test_manifest_is_accepted(cluster: harness.Cluster, path: pathlib.Path, tmp_
         names = [r["name"] for r in config["extenders"][0]["managedResources"]]
         assert [r["name"] for r in effective["extenders"][0]["managedResources"]] == names
         return
+    # A dry run stores nothing, so objects in a namespace the same file creates would be refused:
+    # create the namespaces the manifests name first, for real (an operator's first apply does).
+    for doc in yaml.safe_load_all(path.read_text()):
+        if isinstance(doc, dict):
+            ns = doc["metadata"]["name"] if doc.get("kind") == "Namespace" else doc.get("metadata", {}).get("namespace")
+            if ns:
+                cluster.kubectl("create", "namespace", ns, check=False)
     out = cluster.kubectl("apply", "--dry-run=server", "-f", str(path))
     assert out.returncode == 0

@@ -20,6 +20,11 @@ from . import workloads
 pytestmark = pytest.mark.e2e
 
 
+def gpu_healthy(node: object, gpu_id: str) -> bool:
+    text = (node.metadata.annotations or {}).get(contract.INVENTORY_ANNOTATION)  # type: ignore[attr-defined]
+    return text is not None and any(g.healthy for g in contract.decode_inventory(text).gpus if g.id == gpu_id)
+
+
 def test_faulty_gpu_is_avoided_and_used_again_after_recovery(
     cluster: harness.Cluster, group: str, namespace: str, tmp_path: pathlib.Path
 ) -> None:
@@ -35,6 +40,7 @@ def test_faulty_gpu_is_avoided_and_used_again_after_recovery(
     node.wait_allocatable({contract.NVIDIA_GPU: 7}, "the faulty GPU leaves allocatable")
     assert node.cluster.core.read_node(name).status.capacity[contract.NVIDIA_GPU] == "8"  # still there, Unhealthy
     assert faulty not in node.node_record()["healthy"][contract.NVIDIA_GPU]
+    cluster.wait_node(name, lambda n: not gpu_healthy(n, faulty), "the inventory annotation shows the fault")
 
     cluster.core.create_namespaced_pod(namespace, workloads.gpu_pod("seven", group, {contract.NVIDIA_GPU: 7}))
     pods = cluster.wait_pods(namespace, workloads.all_running(namespace, ["seven"]), "seven Running")
@@ -44,6 +50,7 @@ def test_faulty_gpu_is_avoided_and_used_again_after_recovery(
     cluster.wait_event(namespace, "one-more", "FailedScheduling")  # the only GPU left is the faulty one
 
     node.set_healthy(faulty, True)
+    cluster.wait_node(name, lambda n: gpu_healthy(n, faulty), "the inventory annotation shows the recovery")
     pods = cluster.wait_pods(namespace, workloads.all_running(namespace, ["seven", "one-more"]), "recovered GPU used")
     in_use = workloads.check_allocations(cluster, pods.values())
     assert sorted(in_use[name]) == sorted(g["id"] for g in node.gpus)
