@@ -4,8 +4,11 @@ The kubelet's GetPreferredAllocation names neither pod nor container, only the r
 available ids and the count. The extender wrote its choice into the pod's
 ``gpupack.io/devices`` annotation at bind time, so the plugin looks among the pods bound to
 this node for a container that asked for this resource and this count, whose annotated ids
-are all still available, earliest bind first, skipping containers it already answered for.
-Two pending pods of the same size thus get their own annotated devices, in bind order.
+are all still available, skipping containers it already answered for, in the order the
+kubelet admits pods: creation time (the kubelet sorts each batch of new pods by it), then
+the order the plugin's own watch saw the pods arrive on the node (the order the kubelet's
+watch delivers them). Two pending pods of the same size thus get their own annotated
+devices even when bound within the same second.
 Pure: the pods come in as :class:`PodClaim` s from whatever watches them.
 """
 
@@ -25,7 +28,8 @@ class PodClaim:
     container: str
     resource: str
     ids: tuple[str, ...]
-    bound_at: str  # RFC 3339 time the pod was bound (or created); sorts in time order
+    created: str  # RFC 3339 creation time; sorts in time order (1 s resolution)
+    arrival: int = 0  # the order the pod was first seen on this node
 
 
 def match(
@@ -46,7 +50,7 @@ def match(
         and set(must_include) <= set(c.ids)
         and (c.pod_uid, c.container, c.resource) not in answered
     ]
-    return min(fits, key=lambda c: (c.bound_at, c.pod, c.container), default=None)
+    return min(fits, key=lambda c: (c.created, c.arrival, c.pod, c.container), default=None)
 
 
 class ClaimBook:

@@ -71,7 +71,7 @@ def _reason(err: Exception) -> str:
     return f"HTTP {status}: {getattr(err, 'reason', '')}" if status else str(err)
 
 
-def claims_of(pod: Mapping[str, Any]) -> list[PodClaim]:
+def claims_of(pod: Mapping[str, Any], arrival: int = 0) -> list[PodClaim]:
     """The claims in one pod's ``gpupack.io/devices`` annotation (none when absent or bad)."""
     meta = pod.get("metadata") or {}
     text = (meta.get("annotations") or {}).get(contract.DEVICES_ANNOTATION)
@@ -83,13 +83,10 @@ def claims_of(pod: Mapping[str, Any]) -> list[PodClaim]:
     except contract.ContractError as err:
         log.warning("ignoring pod %s/%s: %s", meta.get("namespace"), meta.get("name"), err)
         return []
-    bound = meta.get("creationTimestamp") or ""
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "True":
-            bound = cond.get("lastTransitionTime") or bound
+    created = str(meta.get("creationTimestamp") or "")
     name = f"{meta.get('namespace')}/{meta.get('name')}"
     return [
-        PodClaim(str(meta.get("uid")), name, container, resource, tuple(ids), str(bound))
+        PodClaim(str(meta.get("uid")), name, container, resource, tuple(ids), created, arrival)
         for container, res in assignment.items()
         for resource, ids in res.items()
     ]
@@ -102,6 +99,7 @@ class PodClaims:
         self.api = api
         self.node_name = node_name
         self._pods: dict[str, list[PodClaim]] = {}
+        self._arrival: dict[str, int] = {}  # uid -> order first seen on this node
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -115,12 +113,39 @@ class PodClaims:
         with self._lock:
             if kind == "DELETED":
                 self._pods.pop(uid, None)
+                self._arrival.pop(uid, None)
             else:
-                self._pods[uid] = claims_of(pod)
+                self._pods[uid] = claims_of(pod, self._arrive(uid))
+
+    def _arrive(self, uid: str) -> int:
+        if uid not in self._arrival:
+            self._arrival[uid] = max(self._arrival.values(), default=0) + 1
+        return self._arrival[uid]
 
     def replace(self, pods: list[Mapping[str, Any]]) -> None:
+        """A full list: pods not seen before arrive in resourceVersion order (the order of
+        their last change, for a just-bound pod its binding)."""
+
+        def version(p: Mapping[str, Any]) -> int:
+            rv = str((p.get("metadata") or {}).get("resourceVersion") or "0")
+            return int(rv) if rv.isdigit() else 0
+
         with self._lock:
-            self._pods = {str((p.get("metadata") or {}).get("uid")): claims_of(p) for p in pods}
+            uids = {str((p.get("metadata") or {}).get("uid")) for p in pods}
+            self._arrival = {u: n for u, n in self._arrival.items() if u in uids}
+            self._pods = {}
+            for p in sorted(pods, key=version):
+                uid = str((p.get("metadata") or {}).get("uid"))
+                self._pods[uid] = claims_of(p, self._arrive(uid))
+
+    def refresh(self) -> None:
+        """Lists the node's pods now: a GetPreferredAllocation can arrive before the watch has
+        delivered the pod being admitted. Errors leave the watched state as it was."""
+        try:
+            resp = self.api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node_name}", _preload_content=False)
+            self.replace(json.loads(resp.data).get("items") or [])
+        except Exception as err:
+            log.warning("could not list the pods on %s (%s); using the watched state", self.node_name, _reason(err))
 
     def run(self) -> None:
         """List, then watch from the list's resourceVersion; relist on 410 Gone or errors."""

@@ -97,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("metrics on http://%s/metrics", settings.metrics_addr)
     publisher: Publisher = NoPublisher()
     claims = no_claims
+    refresh: Callable[[], None] = lambda: None
     pods: kube.PodClaims | None = None
     if settings.publish and settings.node_name:
         api = kube_api(settings)
@@ -104,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             publisher = kube.NodePublisher(api, settings.node_name)
             pods = kube.PodClaims(api, settings.node_name)
             claims = pods
+            refresh = pods.refresh
     elif settings.publish:
         log.warning("NODE_NAME is not set: the inventory is not published (set --node-name, or --no-publish)")
     try:
@@ -117,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             node_name=settings.node_name,
             layout=settings.layout,
             claims=claims,
+            refresh_claims=refresh,
         )
     except resources.StrategyError as err:
         log.error("cannot start: %s", err)

@@ -32,6 +32,7 @@ from gpupack import contract
 from device_plugin import allocate as allocate_mod
 from device_plugin import preferred as preferred_mod
 from device_plugin import resources
+from scheduler_ext.preferred import NodeChooser
 from device_plugin.claims import ClaimBook, PodClaim
 from device_plugin.discovery import Backend, ContainerEdits, HealthEvent
 from device_plugin.fswatch import DirWatcher
@@ -76,6 +77,7 @@ class Manager:
         node_name: str = "",
         layout: resources.Layout = resources.Layout(),
         claims: Callable[[], list[PodClaim]] = no_claims,
+        refresh_claims: Callable[[], None] = lambda: None,
     ) -> None:
         self.backend = backend
         self.plugin_dir = plugin_dir
@@ -85,6 +87,7 @@ class Manager:
         self.node_name = node_name
         self.layout = layout
         self.claims = claims
+        self.refresh_claims = refresh_claims
         self._book = ClaimBook()
         self._cond = threading.Condition()
         self._version = 0
@@ -120,8 +123,10 @@ class Manager:
         found = tuple(dataclasses.replace(g, healthy=self.tracker.healthy(g.id)) for g in self._found)
         planned = resources.plan(found, self.layout.mig_strategy, self.layout.sharing)
         devices = resources.advertise(planned)
+        chooser = NodeChooser(contract.Inventory(self.node_name, planned))
         with self._cond:
             self._gpus = planned
+            self._chooser = chooser
             self._devices = devices
             self._index = resources.index(devices)
             self._version += 1
@@ -208,18 +213,27 @@ class Manager:
         if foreign:
             raise preferred_mod.PreferenceError(f"unknown device ids: {', '.join(foreign)}")
         claim = self._book.take(self.claims(), resource, available, must_include, size)
+        if claim is None and self.claims is not no_claims:
+            self.refresh_claims()  # the watch may not have delivered the pod being admitted yet
+            claim = self._book.take(self.claims(), resource, available, must_include, size)
         if claim is not None:
             log.info("preferring the extender's choice for %s container %s: %s", claim.pod, claim.container, ", ".join(claim.ids))
             return list(claim.ids)
-        if any(own[d].replicas > 1 for d in available):
+        if self.layout.sharing.distinct_gpus and any(own[d].replicas > 1 for d in available):
+            # one container's shares on distinct GPUs: a node setting the extender does not model
             return preferred_mod.choose_shares(
-                available,
-                must_include,
-                size,
-                {d: own[d].visible_id for d in available},
-                {own[d].visible_id: own[d].replicas for d in available},
-                distinct=self.layout.sharing.distinct_gpus,
+                available, must_include, size,
+                {d: own[d].visible_id for d in available}, {own[d].visible_id: own[d].replicas for d in available},
+                distinct=True,
             )
+        # No annotation: the extender's own rule (the kernel), so its guess for pods it did not
+        # place matches what this node really gives them.
+        with self._cond:
+            chooser = self._chooser
+        chosen = chooser.choose(resource, available, must_include, size)
+        if len(chosen) == size:
+            return chosen
+        log.info("the packing rule found no %d of the offered %s devices; using the topology rule", size, resource)
         gpu_of = {i: self._topology.gpu_of[own[i].gpu_id] for i in available}
         return preferred_mod.choose(available, must_include, size, dataclasses.replace(self._topology, gpu_of=gpu_of))
 

@@ -9,6 +9,7 @@ kernel chooses among the rest.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 from gpupack import contract
@@ -17,6 +18,53 @@ from scheduler_ext.cache import ClusterCache
 from scheduler_ext.requests import ContainerAsk, PodDemand
 
 _NODE = "local"
+
+
+class NodeChooser:
+    """The packing rule for one node's inventory, built once and asked many times (the device
+    plugin keeps one per inventory version: building the one-row cache is the costly part)."""
+
+    def __init__(self, inventory: contract.Inventory, policy: str = kernel.DEFAULT_POLICY) -> None:
+        self.cache = ClusterCache(rows=1)
+        self.policy = kernel.get_policy(policy)
+        node = {"metadata": {"name": _NODE, "annotations": {contract.INVENTORY_ANNOTATION: contract.encode_inventory(inventory)}}}
+        self.cache.upsert_node(node)
+        self._lock = threading.Lock()
+
+    def choose(
+        self, resource: str, available: Sequence[str], must_include: Sequence[str], size: int, memory_mib: int = 0
+    ) -> list[str]:
+        """``size`` device ids of ``resource`` from ``available`` (kubelet ids: UUIDs or share
+        ids), ``must_include`` first, the rest chosen by the extender's kernel; fewer when they
+        do not fit (the kubelet then falls back to its own choice)."""
+        st = self.cache.node(_NODE)
+        if st is None:
+            return list(must_include)[:size]
+        want = size - len(must_include)
+        if want <= 0:
+            return list(must_include)[:size]
+        offered = set(available) | set(must_include)
+        held: list[str] = []
+        for s in st.slots:
+            if s.resource != resource:
+                continue
+            ids = [s.device_id] if s.replicas <= 1 else [contract.share_id(s.device_id, r) for r in range(s.replicas)]
+            held.extend(i for i in ids if i not in offered or i in must_include)
+        with self._lock:
+            if held:
+                holder = PodDemand("held", "", "held", _NODE, (ContainerAsk("c", resource, len(held)),), memory_mib, 0, False,
+                                   {"c": {resource: held}})
+                self.cache.put_pod(holder)
+            demand = PodDemand("want", "", "want", "", (ContainerAsk("c", resource, want),), memory_mib, 0, False, None)
+            try:
+                chosen = self.cache.assign(demand, _NODE, self.policy)
+            finally:
+                self.cache.release("want")
+                if held:
+                    self.cache.delete_pod("held")
+        if chosen is None:
+            return list(must_include)
+        return list(must_include) + chosen["c"][resource]
 
 
 def preferred_devices(
@@ -28,31 +76,5 @@ def preferred_devices(
     memory_mib: int = 0,
     policy: str = kernel.DEFAULT_POLICY,
 ) -> list[str]:
-    """``size`` device ids of ``resource`` from ``available`` (kubelet ids: UUIDs or share ids),
-    ``must_include`` first, the rest chosen by the extender's kernel; fewer when they do not
-    fit (the kubelet then falls back to its own choice)."""
-    cache = ClusterCache(rows=1)
-    node = {"metadata": {"name": _NODE, "annotations": {contract.INVENTORY_ANNOTATION: contract.encode_inventory(inventory)}}}
-    cache.upsert_node(node)
-    st = cache.node(_NODE)
-    if st is None:
-        return list(must_include)[:size]
-    offered = set(available) | set(must_include)
-    held: list[str] = []
-    for s in st.slots:
-        if s.resource != resource:
-            continue
-        ids = [s.device_id] if s.replicas <= 1 else [contract.share_id(s.device_id, r) for r in range(s.replicas)]
-        held.extend(i for i in ids if i not in offered or i in must_include)
-    holder = PodDemand("held", "", "held", _NODE, (ContainerAsk("c", resource, max(len(held), 1)),), memory_mib, 0, False,
-                       {"c": {resource: held}})
-    if held:
-        cache.put_pod(holder)
-    want = size - len(must_include)
-    if want <= 0:
-        return list(must_include)[:size]
-    demand = PodDemand("want", "", "want", "", (ContainerAsk("c", resource, want),), memory_mib, 0, False, None)
-    chosen = cache.assign(demand, _NODE, kernel.get_policy(policy))
-    if chosen is None:
-        return list(must_include)
-    return list(must_include) + chosen["c"][resource]
+    """One-off :meth:`NodeChooser.choose`."""
+    return NodeChooser(inventory, policy).choose(resource, available, must_include, size, memory_mib)

@@ -81,18 +81,19 @@ def test_publisher_patches_only_on_change_and_retries_after_a_failure(kubelet: K
     assert [g.healthy for g in published.gpus] == [True, True, True, False, True, True, True, True]
 
 
-def pod(uid: str, name: str, bound: str, ids: list[str], resource: str = "nvidia.com/gpu", phase: str = "Pending") -> dict[str, Any]:
+def pod(uid: str, name: str, rv: str, ids: list[str], resource: str = "nvidia.com/gpu", phase: str = "Pending") -> dict[str, Any]:
     return {
         "metadata": {"uid": uid, "name": name, "namespace": "ml", "creationTimestamp": "2026-01-01T00:00:00Z",
+                     "resourceVersion": rv,
                      "annotations": {contract.DEVICES_ANNOTATION: contract.encode_assignment({"server": {resource: ids}})}},
-        "status": {"phase": phase, "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": bound}]},
+        "status": {"phase": phase},
     }
 
 
 def test_claims_are_read_from_pod_annotations() -> None:
-    claims = kube.claims_of(pod("u1", "llm", "2026-01-01T00:00:05Z", ["GPU-a", "GPU-b"]))
-    assert [(c.pod, c.container, c.resource, c.ids, c.bound_at) for c in claims] == [
-        ("ml/llm", "server", "nvidia.com/gpu", ("GPU-a", "GPU-b"), "2026-01-01T00:00:05Z")
+    claims = kube.claims_of(pod("u1", "llm", "7", ["GPU-a", "GPU-b"]))
+    assert [(c.pod, c.container, c.resource, c.ids, c.created) for c in claims] == [
+        ("ml/llm", "server", "nvidia.com/gpu", ("GPU-a", "GPU-b"), "2026-01-01T00:00:00Z")
     ]
     assert kube.claims_of(pod("u2", "done", "t", ["GPU-a"], phase="Succeeded")) == []
     bad = pod("u3", "bad", "t", [])
@@ -106,11 +107,12 @@ def test_preferred_allocation_honours_the_annotation_for_two_pending_pods_of_one
     nvml = fake_nvml.a100_sxm4_8x("claim-node")
     u = [g.uuid for g in nvml.gpus]
     pods = kube.PodClaims(api=None, node_name="claim-node")
-    # The extender bound "second" later than "first"; both asked for 2 GPUs on NUMA node 1,
-    # a choice the plugin would not make by itself (it would pick GPUs 0 and 1).
+    # Created in the same second; the extender bound "first" (resourceVersion 105) before
+    # "second" (109), and the kubelet admits them in that order. Both asked for 2 GPUs on NUMA
+    # node 1, a choice the plugin would not make by itself (it would pick GPUs 0 and 1).
     pods.replace([
-        pod("u-second", "second", "2026-01-01T00:00:09Z", [u[6], u[7]]),
-        pod("u-first", "first", "2026-01-01T00:00:03Z", [u[4], u[5]]),
+        pod("u-second", "second", "109", [u[6], u[7]]),
+        pod("u-first", "first", "105", [u[4], u[5]]),
     ])
     start_manager(nvml, kubelet.folder, claims=pods)
     channel, stub = kubelet.plugin(kubelet.next_registration().endpoint)
@@ -121,9 +123,39 @@ def test_preferred_allocation_honours_the_annotation_for_two_pending_pods_of_one
         ]))
         return list(resp.container_responses[0].deviceIDs)
 
-    assert ask(u) == [u[4], u[5]]  # earliest bind first
+    assert ask(u) == [u[4], u[5]]  # earliest arrival first
     assert ask([d for d in u if d not in (u[4], u[5])]) == [u[6], u[7]]
     pods.apply("DELETED", {"metadata": {"uid": "u-first"}})
     pods.apply("DELETED", {"metadata": {"uid": "u-second"}})
     assert ask(u) == [u[0], u[1]]  # no annotation: the plugin's own topology choice
+    channel.close()
+
+
+class FakePodsApi:
+    """Answers the plugin's pod list like the API server: the pods bound to the node."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+        self.lists = 0
+
+    def list_pod_for_all_namespaces(self, field_selector: str, _preload_content: bool) -> Any:
+        self.lists += 1
+        assert field_selector == "spec.nodeName=lag-node"
+        return type("Resp", (), {"data": json.dumps({"items": self.items, "metadata": {"resourceVersion": "1"}}).encode()})()
+
+
+def test_a_pod_the_watch_has_not_delivered_yet_is_found_by_a_fresh_list(
+    kubelet: KubeletStandIn, start_manager: Callable[..., Manager]
+) -> None:
+    nvml = fake_nvml.a100_sxm4_8x("lag-node")
+    u = [g.uuid for g in nvml.gpus]
+    api = FakePodsApi([pod("u-new", "new", "200", [u[5], u[7]])])
+    pods = kube.PodClaims(api, "lag-node")  # the watch has delivered nothing yet
+    start_manager(nvml, kubelet.folder, claims=pods, refresh_claims=pods.refresh)
+    channel, stub = kubelet.plugin(kubelet.next_registration().endpoint)
+    resp = stub.GetPreferredAllocation(pb.PreferredAllocationRequest(container_requests=[
+        pb.ContainerPreferredAllocationRequest(available_deviceIDs=u, allocation_size=2)
+    ]))
+    assert list(resp.container_responses[0].deviceIDs) == [u[5], u[7]]
+    assert api.lists == 1
     channel.close()
