@@ -215,6 +215,16 @@ def write_kubeconfig(path: pathlib.Path, server: str, pki: Pki, client: str) -> 
 # --- processes --------------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when pytest itself dies (Linux), so no program of a
+    killed test run is left behind; teardown covers every other way out."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class Process:
     """One program of the cluster, with its log file; stopped with SIGTERM, then SIGKILL."""
 
@@ -232,7 +242,13 @@ class Process:
         log.write(f"\n=== start: {' '.join(self.argv)}\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         return self
@@ -744,7 +760,8 @@ class SimNode:
 def running_cluster(keep: bool = False) -> Iterator[Cluster]:
     """Builds (cached) and starts a cluster in a temporary folder; always tears it down."""
     bin_dir = build_binaries()
-    work = pathlib.Path(tempfile.mkdtemp(prefix="gpupack-e2e-"))
+    # Unix socket paths are limited to 107 bytes: stay in /tmp whatever TMPDIR says.
+    work = pathlib.Path(tempfile.mkdtemp(prefix="gpupack-e2e-", dir="/tmp" if os.access("/tmp", os.W_OK) else None))
     cluster = Cluster(bin_dir, work)
     try:
         cluster.start()
