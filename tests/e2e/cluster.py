@@ -481,7 +481,7 @@ class Cluster:
         if self._core is None:
             from kubernetes import client, config
 
-            api_client = config.new_client_from_config(config_file=str(self.admin_kubeconfig))
+            api_client = config.new_client_from_config(config_file=str(self.admin_kubeconfig))  # type: ignore[no-untyped-call]
             self._core = client.CoreV1Api(api_client)
         return self._core
 
@@ -530,10 +530,10 @@ class Cluster:
             if left <= 0:
                 raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{self.tails()}")
             self.check_processes()
-            w = watch.Watch()
+            w = watch.Watch()  # type: ignore[no-untyped-call]
             try:
                 # watch in slices of a few seconds, so a program that died fails the test at once
-                for event in w.stream(
+                for event in w.stream(  # type: ignore[no-untyped-call]
                     list_fn, resource_version=version, timeout_seconds=max(1, min(5, int(left))),
                     allow_watch_bookmarks=False, **list_kwargs
                 ):
@@ -547,7 +547,7 @@ class Cluster:
                     if result:
                         break
             finally:
-                w.stop()
+                w.stop()  # type: ignore[no-untyped-call]
         return result
 
     def wait_pods(

@@ -149,8 +149,8 @@ def test_a_hundred_inference_pods(
     a100, h100 = (inventory_of(cluster, fleet[k]) for k in ("a100", "h100"))
     parent = {m.id: g.id for g in a100.gpus for m in g.mig}
     by_resource: dict[str, list[str]] = collections.defaultdict(list)
-    for resources in workloads.annotated_by_node(running.values()).values():
-        for resource, ids in resources.items():
+    for placed in workloads.annotated_by_node(running.values()).values():
+        for resource, ids in placed.items():
             by_resource[resource] += ids
     touched = {r: physical_gpus_touched(ids, fleet["a100"], parent) for r, ids in by_resource.items()}
     assert len(touched[MIG_1G]) == 3, touched[MIG_1G]

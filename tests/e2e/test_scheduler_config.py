@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import yaml
 
@@ -13,7 +14,7 @@ from . import cluster as harness
 _RESOURCE_NAME = re.compile(r"^[a-z0-9.-]+/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
-def extender() -> dict:
+def extender() -> dict[str, Any]:
     config = yaml.safe_load(harness.SCHEDULER_CONFIG.read_text())
     (ext,) = config["extenders"]
     return dict(ext)
