@@ -10,6 +10,7 @@ USAGE = """usage: gpupack <command> [options]
 commands:
   demo       run the device plugin on a built-in fake 8-GPU node with a kubelet stand-in
   explain    each node's verdict, score and reason for a pod, as the extender decides
+  simulate   replay a workload with gpupack's policies and the baselines, side by side
 """
 
 
@@ -27,6 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from scheduler_ext import explain
 
         return explain.main(rest)
+    if command == "simulate":
+        from gpupack.sim import main as simulate
+
+        return simulate.main(rest)
     print(f"gpupack: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -1,0 +1,180 @@
+"""Placers: the rule that picks a node and devices for one task. gpupack policies, and the registry.
+
+A placer sees the state and the candidate nodes (those passing the node filters, in the run's
+seeded random node order) and answers ``(row, devices)`` or ``None``. Ties go to the first
+candidate in that order, which is what kube-scheduler's random choice among equal scores
+amounts to.
+
+A gpupack policy is placed exactly as the extender does it: :func:`evaluate` on the
+candidates' rows with the policy from ``POLICIES`` and the workload's mix of shapes, the best
+node, then :func:`choose_devices` on it. ``select="deployed"`` adds the
+extender's 0..10 level, weighted, to kube-scheduler's own scores, as a cluster does;
+``select="raw"`` takes the extender's raw ranking alone. kube-scheduler runs
+with the profile gpupack deploys (``deploy/scheduler/kube-scheduler-config.yaml``:
+NodeResourcesFit MostAllocated over CPU and memory, BalancedAllocation off, the extender at
+weight 5), so CPU-only pods, which the extender is not asked about, are packed by
+NodeResourcesFit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+import numpy
+
+from gpupack.sim.model import Devices, FloatArray, IntArray, State, Task
+from scheduler_ext import kernel
+from scheduler_ext.kernel.usage import node_utilisation
+from scheduler_ext.kernel.xp import to_host
+
+Choice = tuple[int, Devices] | None
+
+
+class Placer(Protocol):
+    name: str
+
+    def choose(self, st: State, task: Task, rows: IntArray) -> Choice: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What a placer may know of the workload as a whole: its mix of shapes (FGD's "typical
+    pods"), the shapes that cover :data:`MIX_COVERAGE` of tasks, with CPU for FGD."""
+
+    mix: kernel.Mix  # GPU request shapes, for gpupack's ``fragmentation``
+    shapes: tuple[tuple[Task, float], ...]  # representative tasks with CPU, for FGD
+    seed: int = 0
+
+
+#: FGD keeps the most frequent shapes that together cover this fraction of tasks.
+MIX_COVERAGE = 0.95
+
+
+def _top(counts: dict[object, int], total: int) -> list[tuple[object, int]]:
+    out: list[tuple[object, int]] = []
+    covered = 0
+    for key, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        if covered >= MIX_COVERAGE * total:
+            break
+        out.append((key, n))
+        covered += n
+    return out
+
+
+def workload(tasks: list[Task], seed: int = 0) -> Workload:
+    """The mix of shapes of ``tasks`` (most frequent first, covering 95 %, renormalised)."""
+    gpu = [t for t in tasks if t.wants_gpu]
+    req_counts: dict[object, int] = {}
+    for t in gpu:
+        req_counts[t.request] = req_counts.get(t.request, 0) + 1
+    top = _top(req_counts, len(gpu))
+    covered = sum(n for _, n in top) or 1
+    mix = tuple((r, n / covered) for r, n in top if isinstance(r, kernel.Request))
+    task_counts: dict[object, int] = {}
+    first: dict[object, Task] = {}
+    for t in tasks:
+        key = (t.cpu_milli, t.resource, t.count, t.gpu_memory_mib, t.models)
+        task_counts[key] = task_counts.get(key, 0) + 1
+        first.setdefault(key, t)
+    top_t = _top(task_counts, len(tasks))
+    covered_t = sum(n for _, n in top_t) or 1
+    shapes = tuple((first[k], n / covered_t) for k, n in top_t)
+    return Workload(mix, shapes, seed)
+
+
+#: The extender's weight in the deployed kube-scheduler configuration
+#: (deploy/scheduler/kube-scheduler-config.yaml): its 0..10 level counts ``10 * EXTENDER_WEIGHT``
+#: points per level against NodeResourcesFit's 0..100.
+EXTENDER_WEIGHT = 5
+
+
+def node_fit_most_allocated(st: State, task: Task, rows: IntArray) -> FloatArray:
+    """NodeResourcesFit with MostAllocated over CPU and memory, as the deployed profile has it:
+    ``floor(mean(100 * used_cpu, 100 * used_memory))`` once placed."""
+    c = st.cluster
+    cpu = (c.cpu_milli[rows] - st.cpu_free[rows] + task.cpu_milli) / numpy.maximum(c.cpu_milli[rows], 1)
+    mem = (c.memory_mib[rows] - st.memory_free[rows] + task.memory_mib) / numpy.maximum(c.memory_mib[rows], 1)
+    return numpy.floor(50.0 * (numpy.clip(cpu, 0, 1) + numpy.clip(mem, 0, 1)))
+
+
+@dataclasses.dataclass
+class KernelPlacer:
+    """A gpupack policy, through the extender's kernel, inside the deployed kube-scheduler profile.
+
+    ``select="deployed"``: kube-scheduler's sum, ``10 * EXTENDER_WEIGHT * level`` plus
+    NodeResourcesFit MostAllocated (CPU, memory); ``select="raw"``: the extender's raw ranking
+    alone. CPU-only pods (the extender is not asked) by NodeResourcesFit alone."""
+
+    name: str
+    policy: kernel.Policy
+    wl: Workload
+    select: str = "deployed"
+    steer_cpu_only: bool = False
+
+    def choose(self, st: State, task: Task, rows: IntArray) -> Choice:
+        if rows.shape[0] == 0:
+            return None
+        xp = st.xp
+        if not task.wants_gpu:
+            key = node_fit_most_allocated(st, task, rows)
+            if self.steer_cpu_only:
+                # proposed: the extender scores CPU-only pods too, busiest GPUs first, so
+                # their CPU does not strand the idle GPUs of emptier nodes
+                sub = st.slots.rows(xp.asarray(rows))
+                busy = to_host(node_utilisation(sub, sub.free, sub.free_memory_mib, xp))
+                key = key + 10.0 * EXTENDER_WEIGHT * numpy.floor(10.0 * busy)
+            return int(rows[int(numpy.argmax(key))]), ()
+        sub = st.slots.rows(xp.asarray(rows))
+        v = kernel.evaluate(sub, task.request, self.policy, xp, mix=self.wl.mix)
+        feasible = to_host(v.feasible)
+        if not feasible.any():
+            return None
+        if self.select == "raw":
+            key = to_host(v.raw)
+        else:
+            key = 10.0 * EXTENDER_WEIGHT * to_host(v.level) + node_fit_most_allocated(st, task, rows)
+        i = int(numpy.argmax(numpy.where(feasible, key, -numpy.inf)))
+        row = int(rows[i])
+        devices = kernel.choose_devices(st.slots, row, task.request, xp)
+        return (row, devices) if devices else None
+
+
+PlacerFactory = Callable[[Workload], Placer]
+
+
+def registry() -> Mapping[str, PlacerFactory]:
+    """Every placer by name: the baselines, then each gpupack policy as deployed
+    (``gpupack-<name>``), by its raw ranking alone (``gpupack-<name>@raw``), and with CPU-only
+    pods steered to the nodes with the busiest GPUs (``gpupack-<name>+steer``, a proposal: the
+    extender does not score CPU-only pods today)."""
+    from gpupack.sim import baselines
+
+    out: dict[str, PlacerFactory] = dict(baselines.BASELINES)
+    for name, policy in kernel.POLICIES.items():
+        for suffix, select, steer in (("", "deployed", False), ("@raw", "raw", False), ("+steer", "deployed", True)):
+            label = f"gpupack-{name}{suffix}"
+
+            def make(wl: Workload, label: str = label, policy: kernel.Policy = policy, select: str = select,
+                     steer: bool = steer) -> Placer:
+                return KernelPlacer(label, policy, wl, select, steer)
+
+            out[label] = make
+    return out
+
+
+def default_names() -> list[str]:
+    """The placers a run compares unless told otherwise."""
+    from gpupack.sim import baselines
+
+    return list(baselines.BASELINES) + [f"gpupack-{n}" for n in kernel.POLICIES]
+
+
+def make(names: list[str], wl: Workload) -> list[Placer]:
+    """Placers by name; ``ValueError`` naming the known ones for an unknown name."""
+    known = registry()
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ValueError(f"unknown policies {', '.join(bad)}; choose from {', '.join(known)}")
+    return [known[n](wl) for n in names]
