@@ -54,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--xp", choices=kernel.xp.XP_NAMES, default="numpy", help="array namespace for the kernel")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     p.add_argument("--scale", type=int, default=1, help="built-in example: multiply nodes and services")
+    p.add_argument("--max-pods", type=int, default=0, help="keep only the first N pods (0: all), for quick or huge runs")
     p.add_argument("--no-placements", action="store_true", help="skip the per-pod placements files")
     p.add_argument("--progress", choices=("auto", "always", "never"), default="auto")
     return p
@@ -96,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             cluster, tasks = example.fleet(args.scale), example.workload(scale=args.scale)
             source = f"built-in example (scale {args.scale})"
+        if args.max_pods > 0:
+            tasks = tasks[: args.max_pods]
         protocol = args.protocol or ("fgd" if args.trace_nodes else "replay")
         seeds = parse_seeds(args.seeds or ("42-51" if protocol == "fgd" else "42"))
         names = [n.strip() for n in args.policies.split(",")] if args.policies else placers.default_names()
