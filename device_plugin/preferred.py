@@ -24,7 +24,7 @@ import itertools
 import math
 
 import numpy as np
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 EXHAUSTIVE_LIMIT = 300
@@ -100,20 +100,26 @@ class _Free:
         return _Free(group, numa, sum(v * v for v in group.values()), sum(v * v for v in numa.values()))
 
 
-def choose(available: Sequence[str], must_include: Sequence[str], size: int, topo: Topology) -> list[str]:
-    """The preferred ``size`` devices out of ``available``, always containing ``must_include``."""
+def _checked(
+    available: Sequence[str], must_include: Sequence[str], size: int, known: Mapping[str, object]
+) -> tuple[list[str], list[str]]:
+    """Available and must-include ids without repeats; refuses ids and sizes that do not fit."""
     avail = list(dict.fromkeys(available))
     must = list(dict.fromkeys(must_include))
-    unknown = [d for d in avail if d not in topo.gpu_of]
+    unknown = [d for d in avail if d not in known]
     if unknown:
         raise PreferenceError(f"unknown device ids: {', '.join(unknown)}")
     missing = [d for d in must if d not in avail]
     if missing:
         raise PreferenceError(f"must-include devices not available: {', '.join(missing)}")
     if size < len(must) or size > len(avail):
-        raise PreferenceError(
-            f"cannot choose {size} devices from {len(avail)} available with {len(must)} required"
-        )
+        raise PreferenceError(f"cannot choose {size} devices from {len(avail)} available with {len(must)} required")
+    return avail, must
+
+
+def choose(available: Sequence[str], must_include: Sequence[str], size: int, topo: Topology) -> list[str]:
+    """The preferred ``size`` devices out of ``available``, always containing ``must_include``."""
+    avail, must = _checked(available, must_include, size, topo.gpu_of)
     order = {d: i for i, d in enumerate(avail)}
     pool = [d for d in avail if d not in must]
     need = size - len(must)
@@ -229,16 +235,7 @@ def choose_shares(
     its available shares; taking from the busiest device first keeps whole devices whole. With
     ``distinct``, a container's shares come from distinct devices while there are enough.
     """
-    avail = list(dict.fromkeys(available))
-    must = list(dict.fromkeys(must_include))
-    unknown = [d for d in avail if d not in device_of]
-    if unknown:
-        raise PreferenceError(f"unknown device ids: {', '.join(unknown)}")
-    missing = [d for d in must if d not in avail]
-    if missing:
-        raise PreferenceError(f"must-include devices not available: {', '.join(missing)}")
-    if size < len(must) or size > len(avail):
-        raise PreferenceError(f"cannot choose {size} shares from {len(avail)} available with {len(must)} required")
+    avail, must = _checked(available, must_include, size, device_of)
     free: dict[str, list[str]] = {}
     for d in avail:
         if d not in must:
