@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import functools
 import ipaddress
 import json
 import os
@@ -40,8 +39,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-
-from gpupack import contract
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -80,17 +77,6 @@ def console_script(name: str) -> str:
     if found is None:
         raise E2EError(f"{name} is not installed (pip install -e .)")
     return found
-
-
-@functools.cache
-def plugin_publishes() -> bool:
-    """Whether gpupack-device-plugin publishes the node inventory itself (issue 3 adds it,
-    together with its ``--no-publish`` switch)."""
-    try:
-        out = subprocess.run([console_script("gpupack-device-plugin"), "--help"], capture_output=True, text=True, check=False)
-    except E2EError:
-        return False
-    return "--no-publish" in out.stdout
 
 
 def free_port() -> int:
@@ -581,13 +567,11 @@ class Cluster:
     # -- nodes
 
     def add_node(
-        self, name: str, group: str, inventory: Mapping[str, Any], plugin_args: Sequence[str] = (),
-        standin: bool = True,
+        self, name: str, group: str, inventory: Mapping[str, Any], plugin_args: Sequence[str] = ()
     ) -> SimNode:
         """Starts a node agent and a device plugin with the fake ``inventory`` (the fake
-        backend's file format: ``{"gpus": [...], ...}``); ``standin=False`` never publishes the
-        inventory on the plugin's behalf (see :meth:`SimNode.publish_standin`)."""
-        node = SimNode(self, name, group, inventory, plugin_args, standin)
+        backend's file format: ``{"gpus": [...], ...}``)."""
+        node = SimNode(self, name, group, inventory, plugin_args)
         self.nodes[name] = node
         node.start()
         return node
@@ -609,11 +593,9 @@ class SimNode:
     with the fake backend, in a folder of their own."""
 
     def __init__(
-        self, cluster: Cluster, name: str, group: str, inventory: Mapping[str, Any], plugin_args: Sequence[str],
-        standin: bool = True,
+        self, cluster: Cluster, name: str, group: str, inventory: Mapping[str, Any], plugin_args: Sequence[str]
     ):
         self.cluster = cluster
-        self.standin = standin and not plugin_publishes()
         self.name = name
         self.group = group
         self.folder = cluster.work / "nodes" / name
@@ -669,39 +651,12 @@ class SimNode:
             if g["id"] == gpu_id:
                 g["healthy"] = healthy
         self.write_inventory()
-        if self.standin:
-            self.publish_standin()
-
-    def publish_standin(self) -> None:
-        """STAND-IN until the plugin publishes its inventory (issue 3): patches the Node's
-        ``gpupack.io/inventory`` annotation and labels from the fake inventory file, through the
-        contract's own encoder, as the plugin will. Used only while ``gpupack-device-plugin
-        --help`` has no ``--no-publish`` (the flag issue 3 adds with publishing)."""
-        gpus = [dict(g) for g in self.gpus]
-        if self.machine.get("nvswitch"):  # every pair joined through the switches
-            for g in gpus:
-                g["links"] = [{"peer": o["index"], "nvlinks": self.machine["nvswitch"]} for o in gpus if o is not g]
-        inventory = contract.inventory_from_json({"version": contract.INVENTORY_VERSION, "node": self.name, "gpus": gpus})
-        inventory = dataclasses.replace(
-            inventory, gpus=tuple(dataclasses.replace(g, resource=g.resource or contract.NVIDIA_GPU) for g in inventory.gpus)
-        )
-        self.cluster.core.patch_node(
-            self.name,
-            {
-                "metadata": {
-                    "annotations": {contract.INVENTORY_ANNOTATION: contract.encode_inventory(inventory)},
-                    "labels": contract.inventory_labels(inventory),
-                }
-            },
-        )
 
     def start(self) -> None:
         self.start_agent()
         self.cluster.wait_node(self.name, lambda n: True, "created by the node agent")
         self.cluster.core.patch_node(self.name, {"metadata": {"labels": {GROUP_LABEL: self.group}}})
         self.plugin.start()
-        if self.standin:
-            self.publish_standin()
 
     def start_agent(self) -> None:
         """Starts the node agent and waits until this very process has published its state."""

@@ -142,8 +142,7 @@ def test_a_hundred_inference_pods(
             namespace, workloads.gpu_pod(name, group, resources, containers=containers, annotations=annotations))
     running = cluster.wait_pods(namespace, workloads.all_running(namespace, [p[0] for p in pods]),
                                 "81 pods Running", timeout_s=400)
-    # received == annotated is checked in a burst of its own below (a known failure for now)
-    in_use = workloads.check_allocations(cluster, running.values(), honoured=False)
+    in_use = workloads.check_allocations(cluster, running.values())
 
     # every class packed as computed in the module docstring (judged on the extender's placement)
     a100, h100 = (inventory_of(cluster, fleet[k]) for k in ("a100", "h100"))
@@ -166,18 +165,13 @@ def test_a_hundred_inference_pods(
     assert sum(len(v) for v in in_use.values()) == 4 + 2 + 21 + 2 + 48 + 7 + 3
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "found by e2e: the plugin matches a GetPreferredAllocation call to an annotated pod by the "
-    "PodScheduled time (1 s resolution), ties broken by pod name, so pods bound within the same second "
-    "get each other's devices; and its pod watch can lag the kubelet (see test_extender_outage). The "
-    "kubelet admits in arrival order; the plugin needs an order that follows it, e.g. the order its "
-    "own watch saw the pods arrive on the node, and a fresh read of the pods on a miss"))
 def test_a_burst_of_same_size_pods_gets_the_annotated_devices(
     cluster: harness.Cluster, fleet: dict[str, harness.SimNode], group: str, namespace: str
 ) -> None:
-    # created in the reverse of name order: pods bound in the same second are matched by name
+    # Created in the reverse of name order: a plugin that orders pods bound in the same second
+    # by name (as it once did, with 1 s bind times) hands them each other's devices.
     names = [f"burst-{chr(ord('z') - i)}" for i in range(12)]
     for name in names:
         cluster.core.create_namespaced_pod(namespace, workloads.gpu_pod(name, group, {MIG_1G: 1}))
     running = cluster.wait_pods(namespace, workloads.all_running(namespace, names), "burst Running")
-    workloads.check_allocations(cluster, running.values(), honoured=True)
+    workloads.check_allocations(cluster, running.values())

@@ -26,11 +26,9 @@ def test_nodes_advertise_gpus(cluster: harness.Cluster, group: str) -> None:
         assert got.status.capacity[contract.NVIDIA_GPU] == "8"
 
 
-@pytest.mark.xfail(not harness.plugin_publishes(), strict=True,
-                   reason="issue 3: the plugin does not publish gpupack.io/inventory and labels yet")
 def test_nodes_publish_inventory_and_labels(cluster: harness.Cluster, group: str) -> None:
     name = f"{group}-a100"
-    node = cluster.add_node(name, group, workloads.nvswitch_machine(name), standin=False)
+    node = cluster.add_node(name, group, workloads.nvswitch_machine(name))
 
     def published(n: object) -> object:
         meta = n.metadata  # type: ignore[attr-defined]
@@ -66,9 +64,7 @@ def test_pods_are_placed_packed_and_get_their_annotated_devices(
         )
     pods = cluster.wait_pods(namespace, workloads.all_running(namespace, [p for p, _, _ in WAVE]), "the wave Running")
 
-    # received == annotated for pods bound in a burst is a known failure (test_mixed_fleet's burst
-    # test); here: valid, disjoint, packed. Single pods are held to their annotation elsewhere.
-    in_use = workloads.check_allocations(cluster, pods.values(), honoured=False)
+    in_use = workloads.check_allocations(cluster, pods.values())
     assert sum(len(ids) for ids in in_use.values()) == 16
     placed = workloads.annotated_by_node(pods.values())
     untouched = [n for n in names if not placed.get(n)]
@@ -81,8 +77,6 @@ def test_pods_are_placed_packed_and_get_their_annotated_devices(
     assert cluster.core.read_namespaced_pod("too-big", namespace).spec.node_name is None
 
 
-@pytest.mark.xfail(not harness.plugin_publishes(), strict=True,
-                   reason="issue 3: GetPreferredAllocation does not honour gpupack.io/devices yet")
 def test_plugin_prefers_the_annotated_devices(cluster: harness.Cluster, group: str, namespace: str) -> None:
     """A pod bound straight to a node (no scheduler) with an annotation naming GPUs 5 and 7,
     which the plugin's own packing would not pick on an empty node, gets exactly those."""
@@ -94,4 +88,4 @@ def test_plugin_prefers_the_annotated_devices(cluster: harness.Cluster, group: s
     cluster.core.create_namespaced_pod(namespace, workloads.gpu_pod(
         "pinned", group, {contract.NVIDIA_GPU: 2}, annotations={contract.DEVICES_ANNOTATION: annotation}, node_name=name))
     pods = cluster.wait_pods(namespace, workloads.all_running(namespace, ["pinned"]), "pinned Running")
-    workloads.check_allocations(cluster, pods.values(), honoured=True)
+    workloads.check_allocations(cluster, pods.values())

@@ -113,22 +113,19 @@ def received(cluster: harness.Cluster, pod: Any) -> dict[str, Any]:
 
 
 def check_allocations(
-    cluster: harness.Cluster, pods: Iterable[Any], expect_annotation: bool = True, honoured: bool | None = None
+    cluster: harness.Cluster, pods: Iterable[Any], expect_annotation: bool = True
 ) -> dict[str, list[str]]:
     """For Running pods, per container and GPU resource it asks for:
 
     - the device manager gave exactly the requested number of device ids;
     - NVIDIA: ``NVIDIA_VISIBLE_DEVICES`` names exactly the physical GPU or MIG UUIDs behind
       them (a share ``<uuid>::<n>`` shows as its GPU); AMD and Intel: one render node each;
-    - with ``expect_annotation`` the pod carries ``gpupack.io/devices`` and, when the plugin
-      honours it (``honoured``; by default once the plugin publishes inventories, issue 3),
-      the ids received are exactly those annotated (for time-sliced shares: the same GPUs,
-      as the replica numbers of one GPU are interchangeable);
+    - with ``expect_annotation`` the pod carries ``gpupack.io/devices``; where a pod has one,
+      the ids received are exactly those annotated (for time-sliced shares: the same GPUs, as
+      the replica numbers of one GPU are interchangeable);
     - no device id is given twice on a node.
 
     Returns node -> device ids in use."""
-    if honoured is None:
-        honoured = harness.plugin_publishes()
     in_use: dict[str, list[str]] = collections.defaultdict(list)
     mismatches: list[str] = []
     for pod in sorted(pods, key=lambda p: p.metadata.creation_timestamp):
@@ -152,7 +149,7 @@ def check_allocations(
                 else:
                     renders = {d["containerPath"] for d in got["devices"] if "/renderD" in d["containerPath"]}
                     assert len(renders) >= count, f"{where}: {count} {resource} but render nodes {sorted(renders)}"
-                if annotated is not None and honoured:
+                if annotated is not None:
                     want = sorted(annotated.get(c.name, {}).get(resource, []))
                     got_ids = sorted(ids)
                     if any(contract.replica_of(i) is not None for i in want + got_ids):
