@@ -557,7 +557,7 @@ class Cluster:
 
         def found(events: dict[str, Any]) -> Any:
             hits = [e for e in events.values() if e.reason == reason]
-            return max(hits, key=lambda e: e.metadata.resource_version) if hits else None
+            return max(hits, key=lambda e: int(e.metadata.resource_version)) if hits else None
 
         return self.watch_until(
             self.core.list_namespaced_event, found, timeout_s, f"event {reason} for {namespace}/{pod}",
