@@ -1,0 +1,51 @@
+{{/* Names: <fullname>-device-plugin, <fullname>-extender, <fullname>-scheduler. */}}
+{{- define "gpupack.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gpupack.labels" -}}
+app.kubernetes.io/name: {{ default .Chart.Name .Values.nameOverride }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels of one component: include "gpupack.selector" (list . "extender") */}}
+{{- define "gpupack.selector" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ default $root.Chart.Name $root.Values.nameOverride }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "gpupack.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "gpupack.extenderScheme" -}}
+{{ if .Values.tls.enabled }}https{{ else }}http{{ end }}
+{{- end -}}
+
+{{/* Where kube-scheduler reaches the extender. */}}
+{{- define "gpupack.extenderURL" -}}
+{{ include "gpupack.extenderScheme" . }}://{{ include "gpupack.fullname" . }}-extender.{{ .Release.Namespace }}.svc:{{ .Values.extender.port }}
+{{- end -}}
+
+{{/* The device plugin's --config file (format: device_plugin/config.py docstring). */}}
+{{- define "gpupack.devicePluginConfig" -}}
+{{- $dp := .Values.devicePlugin -}}
+{{- $cfg := dict "version" "v1" "flags" (dict "migStrategy" $dp.migStrategy "passDeviceSpecs" $dp.passDeviceSpecs) -}}
+{{- $health := dict "disabled" $dp.health.disabled "probeIntervalSeconds" $dp.health.probeIntervalSeconds "recoveryProbes" $dp.health.recoveryProbes -}}
+{{- if $dp.health.extraSkipXids }}{{ $_ := set $health "extraSkipXids" $dp.health.extraSkipXids }}{{ end -}}
+{{- $_ := set $cfg "health" $health -}}
+{{- if $dp.timeSlicing.enabled -}}
+{{- $ts := dict "renameByDefault" $dp.timeSlicing.renameByDefault "failRequestsGreaterThanOne" $dp.timeSlicing.failRequestsGreaterThanOne "distinctGpus" $dp.timeSlicing.distinctGpus "resources" $dp.timeSlicing.resources -}}
+{{- $_ := set $cfg "sharing" (dict "timeSlicing" $ts) -}}
+{{- end -}}
+{{- toYaml (mustMergeOverwrite $cfg $dp.extraConfig) -}}
+{{- end -}}
