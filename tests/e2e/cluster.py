@@ -498,6 +498,7 @@ class Cluster:
         Returns what ``done`` returned; raises AssertionError with the last state on timeout.
         """
         from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
 
         deadline = time.monotonic() + timeout_s
         objects: dict[str, Any] = {}
@@ -523,6 +524,12 @@ class Cluster:
                     list_fn, resource_version=version, timeout_seconds=max(1, min(5, int(left))),
                     allow_watch_bookmarks=False, **list_kwargs
                 ):
+                    if event["type"] == "ERROR":  # e.g. 410 Gone: list again
+                        listed = list_fn(**list_kwargs)
+                        objects = {key(o): o for o in listed.items}
+                        version = listed.metadata.resource_version
+                        result = done(objects)
+                        break
                     obj = event["object"]
                     version = obj.metadata.resource_version
                     if event["type"] == "DELETED":
@@ -532,6 +539,13 @@ class Cluster:
                     result = done(objects)
                     if result:
                         break
+            except ApiException as err:
+                if err.status != 410:
+                    raise
+                listed = list_fn(**list_kwargs)
+                objects = {key(o): o for o in listed.items}
+                version = listed.metadata.resource_version
+                result = done(objects)
             finally:
                 w.stop()  # type: ignore[no-untyped-call]
         return result
