@@ -35,21 +35,29 @@ Vendor = Literal["nvidia", "amd", "intel"]
 VENDORS: tuple[Vendor, ...] = ("nvidia", "amd", "intel")
 
 _MIG_PROFILE = re.compile(r"^([1-9][0-9]*c\.)?[1-9][0-9]*g\.[0-9]+gb(\+[a-z0-9]+)*$")
+_MIG_IN_RESOURCE = re.compile(r"^(?P<base>([1-9][0-9]*c\.)?[1-9][0-9]*g\.[0-9]+gb)(?P<attrs>(\.[a-z0-9]+)*)$")
 
 
 def mig_resource(profile: str) -> str:
-    """``1g.10gb`` -> ``nvidia.com/mig-1g.10gb`` (the mixed-strategy resource of a profile)."""
+    """``1g.10gb`` -> ``nvidia.com/mig-1g.10gb`` (the mixed-strategy resource of a profile).
+
+    ``+`` may not appear in a resource name, so attribute suffixes become dots:
+    ``1g.10gb+me`` -> ``nvidia.com/mig-1g.10gb.me``, a resource of its own (NVIDIA's plugin
+    folds such slices into ``1g.10gb``; users ask to tell them apart).
+    """
     if not _MIG_PROFILE.match(profile):
         raise ContractError(f"not a MIG profile name: {profile!r} (expected e.g. '1g.10gb')")
-    return MIG_RESOURCE_PREFIX + profile
+    return MIG_RESOURCE_PREFIX + profile.replace("+", ".")
 
 
 def mig_profile_of(resource: str) -> str | None:
     """The MIG profile a resource name stands for, or None when it is not a MIG resource."""
-    if resource.startswith(MIG_RESOURCE_PREFIX):
-        profile = resource.removeprefix(MIG_RESOURCE_PREFIX).removesuffix(SHARED_SUFFIX)
-        return profile if _MIG_PROFILE.match(profile) else None
-    return None
+    if not resource.startswith(MIG_RESOURCE_PREFIX):
+        return None
+    match = _MIG_IN_RESOURCE.match(resource.removeprefix(MIG_RESOURCE_PREFIX).removesuffix(SHARED_SUFFIX))
+    if not match:
+        return None
+    return match["base"] + match["attrs"].replace(".", "+")
 
 
 def is_gpu_resource(resource: str) -> bool:
