@@ -1,10 +1,10 @@
-# Two entry points for a fresh clone: `make demo` (the main job on a built-in example) and
+# Two entry points for a fresh clone: `make demo` (the packing simulator on the built-in fleet) and
 # `make test` (the whole test suite). Each creates .venv and installs what it needs.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast typecheck clean
+.PHONY: demo plugin-demo test test-fast typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(VENV)/bin/gpupack simulate --out sim-out
+
+plugin-demo: $(STAMP)
 	$(VENV)/bin/gpupack demo
 
 test: $(STAMP)
