@@ -11,6 +11,11 @@ conservatively from the slots the packing rule would have used (``phantom`` unit
 replica ids are unknown). Pods bound but not yet running count; finished pods do not.
 A bind in flight holds a *reservation* under the pod's uid, so two binds cannot take the
 same device.
+
+Each node's free CPU and memory (``Slots.node_cpu_free``/``node_memory_free``) are its
+``status.allocatable`` less the requests of every pod bound to it that has not finished, GPU
+or not (and of reservations), kept per event like the slots. They only feed the
+``fragmentation`` score: kube-scheduler's NodeResourcesFit filters CPU and memory.
 """
 
 from __future__ import annotations
@@ -26,17 +31,20 @@ from typing import Any
 import numpy
 
 from gpupack import contract
-from scheduler_ext import kernel
+from scheduler_ext import kernel, requests
 from scheduler_ext.kernel import slots as kslots
 from scheduler_ext.requests import PodDemand, pod_demand
 from scheduler_ext.wire import KubeObject
 
-#: Shapes of recent GPU requests remembered for the fragmentation policy's mix.
+#: Shapes of recent requests (GPU part, CPU, memory; CPU-only pods too) remembered for the
+#: fragmentation policy's mix.
 MIX_MEMORY = 1000
 #: Candidate-list lookups remembered by :meth:`ClusterCache.select_positions`.
 SELECTIONS = 4
 #: The mix keeps the most frequent shapes that together cover this fraction (FGD: 95 %).
 MIX_COVERAGE = 0.95
+#: ... and at most this many shapes (each costs one comparison per node and evaluation).
+MIX_MAX_SHAPES = 128
 
 
 class Interner:
@@ -94,6 +102,8 @@ class NodeState:
     used: list[set[int]] = dataclasses.field(default_factory=list)
     phantom: list[int] = dataclasses.field(default_factory=list)
     memory_used: list[int] = dataclasses.field(default_factory=list)
+    cpu_allocatable: int = kslots.UNLIMITED  # millicores; UNLIMITED when the node does not say
+    memory_allocatable: int = kslots.UNLIMITED  # MiB
 
 
 @dataclasses.dataclass
@@ -159,6 +169,10 @@ class ClusterCache:
         self._rows_used = 0
         self._pods: dict[str, PodRecord] = {}
         self._node_pods: dict[str, set[str]] = collections.defaultdict(set)
+        # CPU and memory requests of bound pods (and reservations): uid -> (node, cpu, memory),
+        # and their totals per node name (kept for nodes not seen yet)
+        self._node_requests: dict[str, tuple[str, int, int]] = {}
+        self._requested: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
         self._recent: collections.deque[kernel.Request] = collections.deque(maxlen=MIX_MEMORY)
         self._seen_shapes: set[str] = set()
         self._mix: kernel.Mix | None = None
@@ -226,10 +240,19 @@ class ClusterCache:
         with self._lock:
             return len(self._nodes), len(self._pods)
 
-    def request(self, resource: str, count: int, memory_mib: int) -> kernel.Request:
+    def request(self, resource: str, count: int, memory_mib: int, cpu_milli: int = 0,
+                node_memory_mib: int = 0) -> kernel.Request:
         """The kernel's request for a resource name (interning it)."""
         with self._lock:
-            return kernel.Request(self.resources.id(resource), count, memory_mib)
+            return kernel.Request(self.resources.id(resource), count, memory_mib, cpu_milli, node_memory_mib)
+
+    def node_free(self, name: str) -> tuple[int, int]:
+        """``(free CPU millicores, free memory MiB)`` of a node (UNLIMITED when not tracked)."""
+        with self._lock:
+            st = self._nodes.get(name)
+            if st is None:
+                return kslots.UNLIMITED, kslots.UNLIMITED
+            return self._free_cpu_memory(st)
 
     def note_shape(self, uid: str, req: kernel.Request) -> None:
         """Remember a request shape for the mix, once per pod."""
@@ -250,7 +273,7 @@ class ClusterCache:
                 total = sum(counts.values())
                 chosen: list[tuple[kernel.Request, int]] = []
                 covered = 0
-                for shape, n in counts.most_common():
+                for shape, n in counts.most_common(MIX_MAX_SHAPES):
                     if total and covered >= MIX_COVERAGE * total:
                         break
                     chosen.append((shape, n))
@@ -296,7 +319,7 @@ class ClusterCache:
         demands = [pod_demand(p) for p in pods]
         with self._lock:
             uids = {d.uid for d in demands}
-            for uid in list(self._pods):
+            for uid in list(self._pods) + list(self._node_requests):
                 if uid not in uids:
                     self.delete_pod(uid)
             for d in demands:
@@ -322,16 +345,23 @@ class ClusterCache:
                 slots = inventory_slots(contract.decode_inventory(str(raw)))
             except contract.ContractError as err:
                 error = f"unreadable {contract.INVENTORY_ANNOTATION} annotation: {err}"
+        allocatable = _dict((obj.get("status") or {}).get("allocatable"))
+        cpu = requests.cpu_milli(allocatable["cpu"]) if "cpu" in allocatable else kslots.UNLIMITED
+        mem = requests.memory_mib(allocatable["memory"]) if "memory" in allocatable else kslots.UNLIMITED
         with self._lock:
             st = self._nodes.get(name)
             if st is not None and st.slots == slots and st.error == error:
-                return  # status-only update: nothing the kernel sees changed
+                if (st.cpu_allocatable, st.memory_allocatable) != (cpu, mem):
+                    st.cpu_allocatable, st.memory_allocatable = cpu, mem
+                    self._write_row(st)
+                return  # status-only update: nothing else the kernel sees changed
             if st is None:
                 st = NodeState(name, self._new_row())
                 self._nodes[name] = st
                 self._row_of[name] = st.row
                 self._node_generation += 1
             st.slots, st.error = slots, error
+            st.cpu_allocatable, st.memory_allocatable = cpu, mem
             st.col_of = {s.device_id: i for i, s in enumerate(slots)}
             self._ensure_width(len(slots))
             self._reapply(st)
@@ -357,9 +387,11 @@ class ClusterCache:
             old = self._pods.get(demand.uid)
             if old is not None and old.reserved and not demand.node:
                 return  # our own annotation patch, before the Binding: keep the reservation
+            self._account(demand.uid, "" if demand.finished else demand.node, demand.cpu_milli,
+                          demand.node_memory_mib)
             if not demand.wants_gpu or demand.finished or not demand.node:
                 if old is not None:
-                    self.delete_pod(demand.uid)
+                    self._release(demand.uid)
                 return
             if old is not None and not old.reserved and old.demand == demand:
                 return
@@ -374,6 +406,7 @@ class ClusterCache:
 
     def delete_pod(self, uid: str) -> None:
         with self._lock:
+            self._account(uid, "", 0, 0)
             self._release(uid)
 
     # --- reservations (bind) ---------------------------------------------------------------
@@ -382,6 +415,7 @@ class ClusterCache:
         """Holds ``assignment`` for ``demand`` on ``node`` until the pod's event or :meth:`release`."""
         with self._lock:
             self._release(demand.uid)
+            self._account(demand.uid, node, demand.cpu_milli, demand.node_memory_mib)
             held = dataclasses.replace(demand, node=node, assignment=assignment)
             rec = PodRecord(held, reserved=True)
             self._pods[demand.uid] = rec
@@ -396,6 +430,7 @@ class ClusterCache:
         with self._lock:
             rec = self._pods.get(uid)
             if rec is not None and rec.reserved:
+                self._account(uid, "", 0, 0)
                 self._release(uid)
 
     def assign(self, demand: PodDemand, node: str, policy: kernel.Policy) -> contract.Assignment | None:
@@ -471,7 +506,11 @@ class ClusterCache:
         old = self._arrays
         r, w = old.shape
         for f in dataclasses.fields(new):
-            getattr(new, f.name)[:r, :w] = getattr(old, f.name)
+            dst, src = getattr(new, f.name), getattr(old, f.name)
+            if src.ndim == 1:
+                dst[:r] = src
+            else:
+                dst[:r, :w] = src
         return new
 
     def _clear_row(self, row: int) -> None:
@@ -512,7 +551,40 @@ class ClusterCache:
         for i, s in enumerate(st.slots):
             a.free[row, i] = max(s.replicas - len(st.used[i]) - st.phantom[i], 0)
             a.free_memory_mib[row, i] = max(s.memory_mib - st.memory_used[i], 0)
+        a.node_cpu_free[row], a.node_memory_free[row] = self._free_cpu_memory(st)
         self.generation += 1
+
+    def _free_cpu_memory(self, st: NodeState) -> tuple[int, int]:
+        cpu_used, mem_used = self._requested.get(st.name, (0, 0))
+        cpu = st.cpu_allocatable - cpu_used if st.cpu_allocatable != kslots.UNLIMITED else kslots.UNLIMITED
+        mem = st.memory_allocatable - mem_used if st.memory_allocatable != kslots.UNLIMITED else kslots.UNLIMITED
+        return cpu, mem
+
+    def _account(self, uid: str, node: str, cpu: int, mem: int) -> None:
+        """Records that pod ``uid`` requests ``cpu``/``mem`` on ``node`` ("" = on none now)
+        and rewrites the free CPU and memory of the nodes it left and joined."""
+        new = (node, cpu, mem) if node else None
+        old = self._node_requests.get(uid)
+        if old == new:
+            return
+        if old is not None:
+            del self._node_requests[uid]
+            used = self._requested[old[0]]
+            used[0] -= old[1]
+            used[1] -= old[2]
+            if used == [0, 0]:
+                del self._requested[old[0]]
+        if new is not None:
+            self._node_requests[uid] = new
+            used = self._requested[node]
+            used[0] += cpu
+            used[1] += mem
+        for name in {old[0] if old else "", node} - {""}:
+            st = self._nodes.get(name)
+            if st is not None:
+                a = self._arrays
+                a.node_cpu_free[st.row], a.node_memory_free[st.row] = self._free_cpu_memory(st)
+                self.generation += 1
 
     def _unit_memory(self, s: SlotInfo, hint: int) -> int:
         if s.replicas <= 1:
@@ -577,6 +649,10 @@ class ClusterCache:
                 st.phantom[use.col] = max(st.phantom[use.col] - 1, 0)
             st.memory_used[use.col] = max(st.memory_used[use.col] - use.memory_mib, 0)
         self._write_row(st)
+
+
+def _dict(obj: Any) -> dict[str, Any]:
+    return obj if isinstance(obj, dict) else {}
 
 
 def from_snapshot(path: str) -> ClusterCache:

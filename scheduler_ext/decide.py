@@ -98,8 +98,7 @@ class Decider:
             return Decision(names, numpy.zeros(n, bool), numpy.ones(n, bool), numpy.zeros(n, numpy.int64),
                             numpy.full(n, -numpy.inf), [Group(everyone, msg, "bad-request", True)])
         if not demand.wants_gpu:
-            return Decision(names, numpy.ones(n, bool), numpy.zeros(n, bool), numpy.zeros(n, numpy.int64),
-                            numpy.zeros(n), [Group(everyone, "no GPU requested", "fits", False)] if detail else [])
+            return self._cpu_only(demand, names, score, detail)
         rows, pos = self.cache.select_positions(names)
         rows = self._to_xp(rows)
         totals = demand.totals()
@@ -115,7 +114,9 @@ class Decider:
         if unknown.shape[0]:
             groups.append(Group(unknown, UNKNOWN_NODE, "unknown-node", False))
         for resource in sorted(totals, key=lambda r: r != lead):
-            req = self.cache.request(resource, totals[resource], demand.memory_mib)
+            req = self.cache.request(resource, totals[resource], demand.memory_mib,
+                                     demand.cpu_milli if resource == lead else 0,
+                                     demand.node_memory_mib if resource == lead else 0)
             if resource == lead:
                 self.cache.note_shape(demand.uid, req)
             mix = self.cache.mix() if self.policy.uses_mix else ()
@@ -141,6 +142,27 @@ class Decider:
         level[~fits] = 0
         raw[~fits] = -numpy.inf
         return Decision(names, fits, unres, level, raw, groups)
+
+    def _cpu_only(self, demand: PodDemand, names: Sequence[str], score: bool, detail: bool) -> Decision:
+        """A pod without GPUs fits every node as far as the extender is concerned (CPU and
+        memory are NodeResourcesFit's); it is scored by what its CPU and memory would do to
+        each node, a request of no GPU (``fragmentation``: the idle GPUs they would strand),
+        and its shape joins the mix."""
+        n = len(names)
+        fits = numpy.ones(n, bool)
+        level = numpy.zeros(n, numpy.int64)
+        raw = numpy.zeros(n)
+        if score:
+            req = kernel.Request(-1, 0, 0, demand.cpu_milli, demand.node_memory_mib)
+            self.cache.note_shape(demand.uid, req)
+            rows, pos = self.cache.select_positions(names)
+            if pos.shape[0]:
+                mix = self.cache.mix() if self.policy.uses_mix else ()
+                v = kernel.evaluate(self._to_xp(rows), req, self.policy, self.xp, mix=mix)
+                level[pos] = kernel.xp.to_host(v.level)
+                raw[pos] = kernel.xp.to_host(v.raw)
+        groups = [Group(numpy.arange(n), "no GPU requested", "fits", False)] if detail else []
+        return Decision(names, fits, numpy.zeros(n, bool), level, raw, groups)
 
     def _groups(
         self, names: Sequence[str], where: numpy.ndarray[Any, Any], reason: numpy.ndarray[Any, Any],

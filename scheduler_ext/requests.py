@@ -1,8 +1,11 @@
-"""What a pod asks for: GPU resources per container and the memory hint, read from its JSON."""
+"""What a pod asks for: GPU resources per container and the memory hint, read from its JSON;
+and its CPU and memory requests, for the fragmentation score."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from fractions import Fraction
 from typing import Any
 
 from gpupack import contract
@@ -32,6 +35,8 @@ class PodDemand:
     finished: bool  # phase Succeeded or Failed: holds nothing
     assignment: contract.Assignment | None  # the gpupack.io/devices annotation, when present
     error: str = ""
+    cpu_milli: int = 0  # CPU request of the pod (what kube-scheduler counts), millicores
+    node_memory_mib: int = 0  # memory request of the pod, MiB (rounded up)
 
     @property
     def wants_gpu(self) -> bool:
@@ -43,6 +48,64 @@ class PodDemand:
         for ask in self.asks:
             out[ask.resource] = out.get(ask.resource, 0) + ask.count
         return out
+
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)(?:([eE][+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E))?$")
+_SUFFIX = {
+    "": Fraction(1), "n": Fraction(1, 10**9), "u": Fraction(1, 10**6), "m": Fraction(1, 1000),
+    "k": Fraction(10**3), "M": Fraction(10**6), "G": Fraction(10**9), "T": Fraction(10**12),
+    "P": Fraction(10**15), "E": Fraction(10**18), "Ki": Fraction(2**10), "Mi": Fraction(2**20),
+    "Gi": Fraction(2**30), "Ti": Fraction(2**40), "Pi": Fraction(2**50), "Ei": Fraction(2**60),
+}
+
+
+def quantity(value: Any) -> Fraction | None:
+    """A Kubernetes quantity (``500m``, ``2``, ``1.5Gi``, ``1e9``) in base units; None when it
+    cannot be read."""
+    m = _QUANTITY.match(str(value).strip())
+    if m is None:
+        return None
+    try:
+        number = Fraction(m.group(1))
+    except (ValueError, ZeroDivisionError):
+        return None
+    if m.group(2):
+        return number * Fraction(10) ** int(m.group(2)[1:])
+    return number * _SUFFIX[m.group(3) or ""]
+
+
+def cpu_milli(value: Any) -> int:
+    """A CPU quantity in millicores (rounded up, as kube-scheduler counts it); 0 when unreadable."""
+    q = quantity(value)
+    return max(-int(-q * 1000 // 1), 0) if q is not None else 0
+
+
+def memory_mib(value: Any) -> int:
+    """A memory quantity in MiB (rounded up); 0 when unreadable."""
+    q = quantity(value)
+    return max(-int(-q // 2**20), 0) if q is not None else 0
+
+
+def _requests(c: Any) -> tuple[int, int]:
+    """``(cpu millicores, memory MiB)`` one container requests (its limits where it states no
+    request, as the API server defaults them)."""
+    res = _dict(_dict(c).get("resources"))
+    asked = {**_dict(res.get("limits")), **_dict(res.get("requests"))}
+    return cpu_milli(asked.get("cpu", 0)), memory_mib(asked.get("memory", 0))
+
+
+def pod_requests(spec: dict[str, Any]) -> tuple[int, int]:
+    """``(cpu millicores, memory MiB)`` of a pod as kube-scheduler counts them: the sum over
+    its containers, or the largest init container when that is larger, plus ``overhead``.
+    (Restartable init containers, sidecars, are counted like the others: a close bound.)"""
+    containers = spec.get("containers")
+    inits = spec.get("initContainers")
+    run = [_requests(c) for c in (containers if isinstance(containers, list) else [])]
+    init = [_requests(c) for c in (inits if isinstance(inits, list) else [])]
+    cpu = max(sum(c for c, _ in run), max((c for c, _ in init), default=0))
+    mem = max(sum(m for _, m in run), max((m for _, m in init), default=0))
+    over = _dict(spec.get("overhead"))
+    return cpu + cpu_milli(over.get("cpu", 0)), mem + memory_mib(over.get("memory", 0))
 
 
 def _count(value: Any, where: str) -> int:
@@ -103,6 +166,7 @@ def pod_demand(pod: KubeObject) -> PodDemand:
         except contract.ContractError as err:
             error = error or str(err)
     priority = spec.get("priority")
+    cpu, mem = pod_requests(spec)
     return PodDemand(
         uid=str(meta.get("uid", "")),
         namespace=str(meta.get("namespace", "default")),
@@ -114,4 +178,6 @@ def pod_demand(pod: KubeObject) -> PodDemand:
         finished=_get(status, "phase") in ("Succeeded", "Failed"),
         assignment=assignment,
         error=error,
+        cpu_milli=cpu,
+        node_memory_mib=mem,
     )

@@ -1,5 +1,8 @@
 """The simulated cluster, its tasks, and the state being filled (host bookkeeping + kernel arrays).
 
+The kernel's slots carry each node's free CPU and memory too (``node_cpu_free``,
+``node_memory_free``), kept in step with the host arrays the node filters read.
+
 GPU capacity is counted in *milli-GPUs*: a slot of weight ``w`` (a whole GPU is 1, a MIG
 instance its memory share) holds ``1000 * w``; a task's GPU demand is what it takes of that.
 CPU and memory are node-level hard filters, as kube-scheduler's NodeResourcesFit applies them
@@ -49,7 +52,9 @@ class Task:
 
     @property
     def request(self) -> Request:
-        return Request(self.resource, self.count, self.gpu_memory_mib)
+        """The kernel's request: the GPU part, and the CPU and memory (which ``fragmentation``
+        reads to see what the placement leaves of the node)."""
+        return Request(self.resource, self.count, self.gpu_memory_mib, self.cpu_milli, self.memory_mib)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +97,9 @@ class State:
         self.memory_free: IntArray = cluster.memory_mib.copy()
         s = cluster.slots
         self.slots = Slots(**{f.name: xp.asarray(getattr(s, f.name)).copy() for f in dataclasses.fields(s)})
+        # the kernel's copy of the free CPU and memory, kept in step by place()
+        self.slots.node_cpu_free[:] = xp.asarray(self.cpu_free)
+        self.slots.node_memory_free[:] = xp.asarray(self.memory_free)
         self._has_model = cluster.has_model()
         self._weight = to_host(s.weight)
         self._memory = to_host(s.memory_mib)
@@ -127,6 +135,8 @@ class State:
         """Take (``sign=1``) or give back (``-1``) what ``task`` holds on ``row``."""
         self.cpu_free[row] -= sign * task.cpu_milli
         self.memory_free[row] -= sign * task.memory_mib
+        self.slots.node_cpu_free[row] = int(self.cpu_free[row])
+        self.slots.node_memory_free[row] = int(self.memory_free[row])
         for col, n in devices:
             self.slots.free[row, col] -= sign * n
             self.slots.free_memory_mib[row, col] -= sign * n * self.unit_memory(row, col, task)

@@ -6,14 +6,17 @@ candidate in that order, which is what kube-scheduler's random choice among equa
 amounts to.
 
 A gpupack policy is placed exactly as the extender does it: :func:`evaluate` on the
-candidates' rows with the policy from ``POLICIES`` and the workload's mix of shapes, the best
-node, then :func:`choose_devices` on it. ``select="deployed"`` adds the
+candidates' rows with the policy from ``POLICIES`` and the workload's mix of shapes (each with
+its CPU and memory, CPU-only pods' shapes included), the best node, then
+:func:`choose_devices` on it. The extender is asked about every pod (the deployed profile
+names no ``managedResources``), so CPU-only pods are scored by the kernel too: a request of
+no GPU whose CPU and memory the policy weighs (``fragmentation``: the idle GPUs they would
+strand). ``select="deployed"`` adds the
 extender's 0..10 level, weighted, to kube-scheduler's own scores, as a cluster does;
 ``select="raw"`` takes the extender's raw ranking alone. kube-scheduler runs
 with the profile gpupack deploys (``deploy/scheduler/kube-scheduler-config.yaml``:
 NodeResourcesFit MostAllocated over CPU and memory, BalancedAllocation off, the extender at
-weight 5), so CPU-only pods, which the extender is not asked about, are packed by
-NodeResourcesFit.
+weight 5).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import numpy
 
 from gpupack.sim.model import Devices, FloatArray, IntArray, State, Task
 from scheduler_ext import kernel
-from scheduler_ext.kernel.usage import node_utilisation
 from scheduler_ext.kernel.xp import to_host
 
 Choice = tuple[int, Devices] | None
@@ -43,7 +45,7 @@ class Workload:
     """What a placer may know of the workload as a whole: its mix of shapes (FGD's "typical
     pods"), the shapes that cover :data:`MIX_COVERAGE` of tasks, with CPU for FGD."""
 
-    mix: kernel.Mix  # GPU request shapes, for gpupack's ``fragmentation``
+    mix: kernel.Mix  # request shapes with CPU and memory (CPU-only ones too), for ``fragmentation``
     shapes: tuple[tuple[Task, float], ...]  # representative tasks with CPU, for FGD
     seed: int = 0
 
@@ -64,12 +66,13 @@ def _top(counts: dict[object, int], total: int) -> list[tuple[object, int]]:
 
 
 def workload(tasks: list[Task], seed: int = 0) -> Workload:
-    """The mix of shapes of ``tasks`` (most frequent first, covering 95 %, renormalised)."""
-    gpu = [t for t in tasks if t.wants_gpu]
+    """The mix of shapes of ``tasks`` (most frequent first, covering 95 %, renormalised): the
+    kernel's requests, GPU part, CPU and memory, CPU-only pods included, as the extender
+    records them."""
     req_counts: dict[object, int] = {}
-    for t in gpu:
+    for t in tasks:
         req_counts[t.request] = req_counts.get(t.request, 0) + 1
-    top = _top(req_counts, len(gpu))
+    top = _top(req_counts, len(tasks))
     covered = sum(n for _, n in top) or 1
     mix = tuple((r, n / covered) for r, n in top if isinstance(r, kernel.Request))
     task_counts: dict[object, int] = {}
@@ -105,27 +108,17 @@ class KernelPlacer:
 
     ``select="deployed"``: kube-scheduler's sum, ``10 * EXTENDER_WEIGHT * level`` plus
     NodeResourcesFit MostAllocated (CPU, memory); ``select="raw"``: the extender's raw ranking
-    alone. CPU-only pods (the extender is not asked) by NodeResourcesFit alone."""
+    alone. CPU-only pods are scored the same way, as a request of no GPU."""
 
     name: str
     policy: kernel.Policy
     wl: Workload
     select: str = "deployed"
-    steer_cpu_only: bool = False
 
     def choose(self, st: State, task: Task, rows: IntArray) -> Choice:
         if rows.shape[0] == 0:
             return None
         xp = st.xp
-        if not task.wants_gpu:
-            key = node_fit_most_allocated(st, task, rows)
-            if self.steer_cpu_only:
-                # proposed: the extender scores CPU-only pods too, busiest GPUs first, so
-                # their CPU does not strand the idle GPUs of emptier nodes
-                sub = st.slots.rows(xp.asarray(rows))
-                busy = to_host(node_utilisation(sub, sub.free, sub.free_memory_mib, xp))
-                key = key + 10.0 * EXTENDER_WEIGHT * numpy.floor(10.0 * busy)
-            return int(rows[int(numpy.argmax(key))]), ()
         sub = st.slots.rows(xp.asarray(rows))
         v = kernel.evaluate(sub, task.request, self.policy, xp, mix=self.wl.mix)
         feasible = to_host(v.feasible)
@@ -137,6 +130,8 @@ class KernelPlacer:
             key = 10.0 * EXTENDER_WEIGHT * to_host(v.level) + node_fit_most_allocated(st, task, rows)
         i = int(numpy.argmax(numpy.where(feasible, key, -numpy.inf)))
         row = int(rows[i])
+        if not task.wants_gpu:
+            return row, ()
         devices = kernel.choose_devices(st.slots, row, task.request, xp)
         return (row, devices) if devices else None
 
@@ -146,19 +141,16 @@ PlacerFactory = Callable[[Workload], Placer]
 
 def registry() -> Mapping[str, PlacerFactory]:
     """Every placer by name: the baselines, then each gpupack policy as deployed
-    (``gpupack-<name>``), by its raw ranking alone (``gpupack-<name>@raw``), and with CPU-only
-    pods steered to the nodes with the busiest GPUs (``gpupack-<name>+steer``, a proposal: the
-    extender does not score CPU-only pods today)."""
+    (``gpupack-<name>``) and by its raw ranking alone (``gpupack-<name>@raw``)."""
     from gpupack.sim import baselines
 
     out: dict[str, PlacerFactory] = dict(baselines.BASELINES)
     for name, policy in kernel.POLICIES.items():
-        for suffix, select, steer in (("", "deployed", False), ("@raw", "raw", False), ("+steer", "deployed", True)):
+        for suffix, select in (("", "deployed"), ("@raw", "raw")):
             label = f"gpupack-{name}{suffix}"
 
-            def make(wl: Workload, label: str = label, policy: kernel.Policy = policy, select: str = select,
-                     steer: bool = steer) -> Placer:
-                return KernelPlacer(label, policy, wl, select, steer)
+            def make(wl: Workload, label: str = label, policy: kernel.Policy = policy, select: str = select) -> Placer:
+                return KernelPlacer(label, policy, wl, select)
 
             out[label] = make
     return out

@@ -30,7 +30,10 @@ def feasibility(s: Slots, req: Request, xp: Namespace) -> tuple[Array, Array, Ar
     the common case pays for one pass."""
     u = units(s, req, xp)
     free_units = row_sum(u, xp).astype(xp.int32, copy=False)
-    feasible = free_units >= max(req.count, 1)
+    if req.count <= 0:  # a CPU-only pod: its (absent) GPU part fits everywhere
+        return xp.ones(free_units.shape, dtype=bool), xp.zeros(free_units.shape, dtype=xp.int8), \
+            free_units, xp.zeros(free_units.shape, dtype=xp.int32), u
+    feasible = free_units >= req.count
     reason = xp.zeros(free_units.shape, dtype=xp.int8)
     total_healthy = xp.zeros(free_units.shape, dtype=xp.int32)
     bad = xp.nonzero(~feasible)[0]
@@ -58,7 +61,9 @@ def evaluate(
 ) -> Verdicts:
     """Feasibility and, when ``score``, the policy's raw score and 0..10 level of ``req`` on
     every row of ``s``. The hypothetical placement behind the score is the packed
-    :func:`~scheduler_ext.kernel.slots.take_plan`, the same rule device choice uses."""
+    :func:`~scheduler_ext.kernel.slots.take_plan`, the same rule device choice uses. A
+    CPU-only request (``count == 0``) fits every node and takes no slot; its score is what
+    its CPU and memory do to the node (``fragmentation``: the GPUs they strand)."""
     feasible, reason, free_units, total_units, u = feasibility(s, req, xp)
     n = s.shape[0]
     if not score or n == 0:

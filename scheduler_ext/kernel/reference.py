@@ -76,15 +76,21 @@ def _after(node: list[dict[str, float]], take: list[int], req: Request) -> list[
     return out
 
 
-def _frag(node: list[dict[str, float]], mix: Mix) -> float:
+def _frag(node: list[dict[str, float]], mix: Mix, cpu: int, mem: int) -> float:
+    """F(node): per shape, the idle capacity of the slots without room for it when the node
+    can host it (enough units, CPU and memory), all idle capacity when it cannot; a CPU-only
+    shape strands nothing where it fits."""
     idle = [x["weight"] * (1 - _used(x)) if x["healthy"] and x["cap"] > 0 else 0.0 for x in node]
     total = 0.0
     for shape, p in mix:
         u = [_units(x, shape) for x in node]
-        if sum(u) >= shape.count:
-            total += p * sum(i for i, n in zip(idle, u) if n == 0)
-        else:
+        cpu_ok = shape.cpu_milli <= 0 or cpu >= shape.cpu_milli  # asking nothing always fits
+        mem_ok = shape.node_memory_mib <= 0 or mem >= shape.node_memory_mib
+        hosts = sum(u) >= shape.count and cpu_ok and mem_ok
+        if not hosts:
             total += p * sum(idle)
+        elif shape.count > 0:
+            total += p * sum(i for i, n in zip(idle, u) if n == 0)
     return total
 
 
@@ -93,9 +99,11 @@ def evaluate(s: Slots, req: Request, policy: str, mix: Mix = ()) -> tuple[list[b
     feasible: list[bool] = []
     raw: list[float] = []
     cols = _lists(s)
+    cpus: list[int] = s.node_cpu_free.tolist()
+    mems: list[int] = s.node_memory_free.tolist()
     for i in range(s.shape[0]):
         node = _node(cols, i)
-        ok = sum(_units(x, req) for x in node) >= max(req.count, 1)
+        ok = req.count <= 0 or sum(_units(x, req) for x in node) >= req.count
         feasible.append(ok)
         if not ok:
             raw.append(float("-inf"))
@@ -109,5 +117,7 @@ def evaluate(s: Slots, req: Request, policy: str, mix: Mix = ()) -> tuple[list[b
             raw.append(1.0 - _util(after))
         else:
             m = mix or ((req, 1.0),)
-            raw.append(-(_frag(after, m) - _frag(node, m)) + 0.001 * _util(after))
+            cpu, mem = cpus[i], mems[i]
+            f_after = _frag(after, m, cpu - req.cpu_milli, mem - req.node_memory_mib)
+            raw.append(-(f_after - _frag(node, m, cpu, mem)) + 0.001 * _util(after))
     return feasible, raw

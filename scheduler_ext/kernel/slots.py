@@ -9,6 +9,12 @@ one MIG instance. Each slot is advertised as ``capacity`` shares (1 = a whole de
 Memory: a whole-device unit takes all of the slot's memory; a share takes the pod's memory
 hint, or, without one, the fair part ``memory_mib // capacity`` (time-slicing has no memory
 isolation, so an unhinted share is assumed to use its part).
+
+Two arrays are per node, not per slot (shape ``(nodes,)``): the node's free CPU (millicores)
+and free memory (MiB), what its allocatable leaves after the requests of the pods bound to
+it. They do not decide feasibility (kube-scheduler's NodeResourcesFit filters CPU and
+memory); ``fragmentation`` reads them to tell whether a shape's CPU and memory still fit
+beside the node's idle GPUs. :data:`UNLIMITED` stands for "not tracked": always fits.
 """
 
 from __future__ import annotations
@@ -20,11 +26,14 @@ from scheduler_ext.kernel.xp import Array, Namespace
 
 #: Marks an unused slot column in ``Slots.resource``.
 NO_RESOURCE = -1
+#: Free CPU or memory of a node that is not tracked: every request fits in it.
+UNLIMITED = 2**62
 
 
 @dataclasses.dataclass(frozen=True)
 class Slots:
-    """Per node (rows) and slot (columns); all arrays have the same ``(nodes, slots)`` shape."""
+    """Per node (rows) and slot (columns): the arrays have the ``(nodes, slots)`` shape, except
+    ``node_cpu_free`` and ``node_memory_free``, one value per node (``(nodes,)``)."""
 
     resource: Array  # int32 resource id (interned by the caller), -1 = no slot
     capacity: Array  # int32 shares advertised (replicas); 0 = no slot
@@ -37,6 +46,8 @@ class Slots:
     gpu: Array  # int32 index of the physical GPU within its node
     numa: Array  # int32 NUMA node, -1 unknown
     nvgroup: Array  # int32 NVLink-connected group of GPUs within the node, -1 none
+    node_cpu_free: Array  # int64 (nodes,) free CPU of the node, millicores; UNLIMITED = not tracked
+    node_memory_free: Array  # int64 (nodes,) free memory of the node, MiB; UNLIMITED = not tracked
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -63,16 +74,31 @@ def empty_slots(xp: Namespace, nodes: int, slots: int) -> Slots:
         gpu=xp.full(shape, -1, dtype=xp.int32),
         numa=xp.full(shape, -1, dtype=xp.int32),
         nvgroup=xp.full(shape, -1, dtype=xp.int32),
+        node_cpu_free=xp.full(nodes, UNLIMITED, dtype=xp.int64),
+        node_memory_free=xp.full(nodes, UNLIMITED, dtype=xp.int64),
     )
 
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """What one pod asks of one resource: ``count`` units, each with ``memory_mib`` (0 = no hint)."""
+    """What one pod asks of one resource: ``count`` units, each with ``memory_mib`` of device
+    memory (0 = no hint); and of the node, ``cpu_milli`` CPU and ``node_memory_mib`` memory
+    (0 = none or unknown). CPU and node memory never decide feasibility here; they tell
+    ``fragmentation`` what the placement leaves of the node and whether a shape still fits.
+    A shape with ``count == 0`` is a CPU-only pod."""
 
     resource: int
     count: int
     memory_mib: int = 0
+    cpu_milli: int = 0
+    node_memory_mib: int = 0
+
+    @property
+    def gpu(self) -> Request:
+        """The GPU part alone (CPU and node memory 0)."""
+        if self.cpu_milli == 0 and self.node_memory_mib == 0:
+            return self
+        return Request(self.resource, self.count, self.memory_mib)
 
 
 #: The recent mix of request shapes with their frequencies (summing to 1), for ``fragmentation``.

@@ -28,6 +28,12 @@ class ScoreInput:
             self.before.free_memory_mib - self.take * per_unit,
         )
 
+    def node_after(self) -> tuple[Array, Array]:
+        """``(node_cpu_free, node_memory_free)`` once the placement is made: the request's CPU
+        and memory taken from every node (only feasible nodes' values are ever used)."""
+        s, r = self.before, self.request
+        return s.node_cpu_free - r.cpu_milli, s.node_memory_free - r.node_memory_mib
+
 
 def slot_used(s: Slots, free: Array, free_memory_mib: Array, xp: Namespace) -> Array:
     """Fraction of each slot in use: ``max(shares used / capacity, memory used / memory)``;

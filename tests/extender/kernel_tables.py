@@ -25,9 +25,15 @@ class S:
     numa: int = 0
 
 
-def slots(rows: list[list[S]], xp: Any = np) -> Slots:
+def slots(rows: list[list[S]], xp: Any = np, cpu: list[int] | None = None, mem: list[int] | None = None) -> Slots:
+    """Arrays for ``rows``; ``cpu``/``mem``: each node's free CPU (millicores) and memory (MiB),
+    untracked (UNLIMITED) when not given."""
     width = max([len(r) for r in rows] + [1])
     s = empty_slots(np, len(rows), width)
+    if cpu is not None:
+        s.node_cpu_free[:] = cpu
+    if mem is not None:
+        s.node_memory_free[:] = mem
     for i, row in enumerate(rows):
         for j, x in enumerate(row):
             s.resource[i, j] = x.resource

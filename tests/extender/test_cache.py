@@ -200,3 +200,69 @@ def test_relist_drops_vanished_pods_and_keeps_reservations_of_listed_pods() -> N
     # the relist shows "binding" still pending (bind in flight) and neither other pod
     c.replace_pods([binding])
     assert free_of(c, "n1") == [1, 0, 1]
+
+
+def _cpu_pod(name: str, node: str, cpu: str, memory: str, *, gpus: dict[str, int] | None = None,
+             phase: str = "Running") -> dict[str, Any]:
+    p = pod(name, gpus=gpus, node=node, phase=phase)
+    p["spec"]["containers"][0]["resources"]["requests"].update({"cpu": cpu, "memory": memory})
+    return p
+
+
+def test_free_cpu_and_memory_follow_events() -> None:
+    c = ClusterCache()
+    n1 = node("n1", n=2)
+    n1["status"]["allocatable"] = {"cpu": "16", "memory": "64Gi"}
+    # a CPU-only pod bound before its node is seen: counted once the node arrives
+    c.apply_event(ev("ADDED", _cpu_pod("web", "n1", "1500m", "2Gi")))
+    c.apply_event(ev("ADDED", n1))
+    assert c.node_free("n1") == (16000 - 1500, 65536 - 2048)
+    # a GPU pod adds its CPU and memory (4 CPUs, 8 GiB) beside its GPU
+    gp = _cpu_pod("train", "n1", "4", "8Gi", gpus={contract.NVIDIA_GPU: 1})
+    c.apply_event(ev("ADDED", gp))
+    assert c.node_free("n1") == (16000 - 5500, 65536 - 10240)
+    rows, _, _ = c.select(["n1"])
+    assert (int(rows.node_cpu_free[0]), int(rows.node_memory_free[0])) == (10500, 55296)
+    # the GPU pod finishes: its CPU and memory come back; the web pod is deleted
+    gp["status"]["phase"] = "Succeeded"
+    c.apply_event(ev("MODIFIED", gp))
+    c.apply_event(ev("DELETED", _cpu_pod("web", "n1", "1500m", "2Gi")))
+    assert c.node_free("n1") == (16000, 65536)
+    # allocatable changes with nothing else: tracked; a node that does not say: untracked
+    n1["status"]["allocatable"] = {"cpu": "8", "memory": "32Gi"}
+    c.apply_event(ev("MODIFIED", n1))
+    assert c.node_free("n1") == (8000, 32768)
+    c.apply_event(ev("ADDED", node("n2", n=1)))
+    assert c.node_free("n2") == (cache_mod.kslots.UNLIMITED, cache_mod.kslots.UNLIMITED)
+
+
+def test_relist_drops_cpu_only_pods_gone() -> None:
+    c = ClusterCache()
+    n1 = node("n1", n=1)
+    n1["status"]["allocatable"] = {"cpu": "4", "memory": "4Gi"}
+    c.replace_all([n1], [_cpu_pod("a", "n1", "1", "1Gi"), _cpu_pod("b", "n1", "500m", "512Mi")])
+    assert c.node_free("n1") == (2500, 2560)
+    c.replace_pods([_cpu_pod("b", "n1", "500m", "512Mi")])
+    assert c.node_free("n1") == (3500, 3584)
+
+
+def test_cpu_only_pod_scored_by_the_gpus_it_would_strand() -> None:
+    from scheduler_ext.decide import Decider
+    from scheduler_ext.requests import pod_demand
+
+    # two nodes with 2 free GPUs each; n1 has 16 CPUs free, n2 6. The mix (from the pods seen):
+    # GPU pods with 4 CPUs. A CPU-only pod of 3 CPUs: on n1 13 CPUs stay, 4 still fit -> F 0;
+    # on n2 3 CPUs stay -> the GPU shape no longer fits: its 2 idle GPUs are stranded
+    c = ClusterCache()
+    for name, cpu in (("n1", "16"), ("n2", "6")):
+        n = node(name, n=2)
+        n["status"]["allocatable"] = {"cpu": cpu, "memory": "64Gi"}
+        c.apply_event(ev("ADDED", n))
+    d = Decider(c, "fragmentation")
+    gpu_pod = pod_demand(_cpu_pod("g", "", "4", "1Gi", gpus={contract.NVIDIA_GPU: 1}, phase="Pending"))
+    d.decide(gpu_pod, ["n1", "n2"])  # records its shape in the mix
+    cpu_pod = pod_demand(_cpu_pod("w", "", "3", "1Gi", phase="Pending"))
+    out = d.decide(cpu_pod, ["n1", "n2", "unknown"])
+    assert out.fits.tolist() == [True, True, True]  # the filter is unchanged: CPU is NodeResourcesFit's
+    assert out.level.tolist()[:2] == [10, 0]
+    assert out.raw[0] > out.raw[1]

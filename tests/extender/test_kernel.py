@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scheduler_ext import kernel
-from scheduler_ext.kernel import Reason, Request
+from scheduler_ext.kernel import Reason, Request, reference
 from scheduler_ext.kernel.levels import to_levels
 from scheduler_ext.kernel.slots import units
 from scheduler_ext.kernel.xp import array_namespace, to_host
@@ -108,6 +108,55 @@ def test_fragmentation_with_mix_of_mig_profiles() -> None:
     mix = ((Request(MIG3G, 1), 0.5), (Request(MIG1G, 1), 0.5))
     v = kernel.evaluate(slots(rows), Request(MIG1G, 1), kernel.get_policy("fragmentation"), np, mix=mix)
     assert v.raw.tolist() == pytest.approx([0.125 + 0.001 / 3])
+
+
+# CPU and memory in fragmentation: a shape whose CPU or memory no longer fits beside the
+# node's idle GPUs strands them all. Each node has 4 whole GPUs; raw = -(F_after - F_before)
+# + 0.001 * u_after.
+@pytest.mark.parametrize(
+    "rows,cpu,mem,req,mix,raw",
+    [
+        # mix: 1 GPU with 8 CPUs (p=1). Request 1 GPU with 4 CPUs.
+        # n0: 2 free GPUs, 16 CPUs free: after 1 free GPU, 12 CPUs >= 8 -> F 0 -> 0 + 0.001*3/4
+        # n1: 2 free GPUs, 10 CPUs free: after 1 free GPU, 6 CPUs < 8 -> F = idle 1 -> -1 + 0.00075
+        pytest.param([[USED, USED, FREE, FREE]] * 2, [16000, 10000], None, Request(GPU, 1, cpu_milli=4000),
+                     ((Request(GPU, 1, cpu_milli=8000), 1.0),), [0.00075, -1 + 0.00075], id="cpu-strands-idle-gpus"),
+        # node memory, same arithmetic: n1 keeps 20 GiB after, the shape wants 32 GiB
+        pytest.param([[USED, USED, FREE, FREE]] * 2, None, [65536, 36864], Request(GPU, 1, node_memory_mib=16384),
+                     ((Request(GPU, 1, node_memory_mib=32768), 1.0),), [0.00075, -1 + 0.00075],
+                     id="memory-strands-idle-gpus"),
+        # already stranded before: n0 has 4 CPUs free, the shape wants 8 -> F_before = idle 2,
+        # F_after = idle 1 (still stranded) -> delta -1 -> raw +1 + 0.00075: filling a stranded
+        # node is the best move (it strands nothing new)
+        pytest.param([[USED, USED, FREE, FREE]], [4000], None, Request(GPU, 1, cpu_milli=2000),
+                     ((Request(GPU, 1, cpu_milli=8000), 1.0),), [1 + 0.00075], id="stranded-node-first"),
+        # a CPU-only shape (count 0, 8 CPUs, p=0.5) and a 2-GPU shape (no CPU, p=0.5); request 1 GPU
+        # with 4 CPUs. n0: 4 free GPUs, 12 CPUs: after 3 free, 8 CPUs -> both fit, F 0 -> 0.00025
+        # n1: 4 free GPUs, 10 CPUs: after 6 CPUs: CPU-only shape strands idle 3 -> F 0.5*3 = 1.5
+        #     -> -1.5 + 0.00025
+        pytest.param([[FREE] * 4] * 2, [12000, 10000], None, Request(GPU, 1, cpu_milli=4000),
+                     ((Request(-1, 0, cpu_milli=8000), 0.5), (Request(GPU, 2), 0.5)), [0.00025, -1.5 + 0.00025],
+                     id="cpu-only-shape"),
+        # untracked CPU (UNLIMITED): the same as without CPU: n0 3 free GPUs after -> F 0
+        pytest.param([[FREE] * 4], None, None, Request(GPU, 1, cpu_milli=4000),
+                     ((Request(GPU, 1, cpu_milli=8000), 1.0),), [0.00025], id="untracked-always-fits"),
+    ],
+)
+@XPS
+def test_fragmentation_counts_cpu_and_memory(rows: list[list[S]], cpu: list[int] | None, mem: list[int] | None,
+                                             req: Request, mix: kernel.Mix, raw: list[float], xp: Any) -> None:
+    s = slots(rows, xp, cpu=cpu, mem=mem)
+    v = kernel.evaluate(s, req, kernel.get_policy("fragmentation"), xp, mix=mix)
+    assert to_host(v.raw).tolist() == pytest.approx(raw)
+    assert to_host(v.feasible).all()  # CPU and memory never decide feasibility in the kernel
+    _, ref = reference.evaluate(slots(rows, np, cpu=cpu, mem=mem), req, "fragmentation", mix)
+    assert ref == pytest.approx(raw)
+
+
+def test_idle_and_fragmented_counts_cpu() -> None:
+    # n0: 2 free GPUs, 2 CPUs free; n1: 2 free GPUs, 16 CPUs; the mix wants 1 GPU and 8 CPUs
+    s = slots([[USED, USED, FREE, FREE]] * 2, cpu=[2000, 16000])
+    assert kernel.idle_and_fragmented(s, ((Request(GPU, 1, cpu_milli=8000), 1.0),), np) == (4.0, 2.0)
 
 
 @pytest.mark.parametrize(

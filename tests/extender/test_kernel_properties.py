@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -28,7 +29,7 @@ def slot(draw: st.DrawFn) -> S:
 
 
 clusters = st.lists(st.lists(slot(), min_size=0, max_size=5), min_size=1, max_size=4)
-requests = st.builds(Request, st.integers(0, 2), st.integers(1, 4), st.sampled_from([0, 0, 5000, 12000, 50000]))
+requests = st.builds(Request, st.integers(0, 2), st.integers(0, 4), st.sampled_from([0, 0, 5000, 12000, 50000]))
 SETTINGS = settings(max_examples=150, deadline=None)
 
 
@@ -86,15 +87,36 @@ def test_chosen_devices_exist_are_free_and_healthy(rows: list[list[S]], req: Req
             assert _slot_ok(row[col], n, req)
 
 
+cpu_mem = st.sampled_from([0, 2000, 4000, 8000])
+
+
 @SETTINGS
-@given(clusters, requests, st.sampled_from(sorted(kernel.POLICIES)))
-def test_array_kernel_equals_plain_python_reference(rows: list[list[S]], req: Request, policy: str) -> None:
-    s = slots(rows)
-    mix = ((req, 0.7), (Request(1, 1, 5000), 0.3))
+@given(clusters, requests, st.sampled_from(sorted(kernel.POLICIES)), st.data())
+def test_array_kernel_equals_plain_python_reference(rows: list[list[S]], req: Request, policy: str,
+                                                    data: st.DataObject) -> None:
+    n = len(rows)
+    free_cpu = data.draw(st.lists(st.sampled_from([0, 3000, 8000, 16000]), min_size=n, max_size=n))
+    free_mem = data.draw(st.lists(st.sampled_from([1000, 6000, 2**62]), min_size=n, max_size=n))
+    req = dataclasses.replace(req, cpu_milli=data.draw(cpu_mem), node_memory_mib=data.draw(cpu_mem))
+    s = slots(rows, cpu=free_cpu, mem=free_mem)
+    mix = ((req, 0.5), (Request(1, 1, 5000, cpu_milli=data.draw(cpu_mem)), 0.2),
+           (Request(1, 1, 5000, node_memory_mib=data.draw(cpu_mem)), 0.1),
+           (Request(-1, 0, cpu_milli=data.draw(cpu_mem), node_memory_mib=data.draw(cpu_mem)), 0.2))
     v = kernel.evaluate(s, req, kernel.get_policy(policy), np, mix=mix)
     feasible, raw = reference.evaluate(s, req, policy, mix if policy == "fragmentation" else ())
     assert v.feasible.tolist() == feasible
     assert v.raw.tolist() == pytest.approx(raw)
+
+
+@SETTINGS
+@given(clusters, requests, st.data())
+def test_cpu_and_memory_never_change_feasibility(rows: list[list[S]], req: Request, data: st.DataObject) -> None:
+    n = len(rows)
+    free_cpu = data.draw(st.lists(st.sampled_from([0, 3000]), min_size=n, max_size=n))
+    big = dataclasses.replace(req, cpu_milli=data.draw(cpu_mem), node_memory_mib=data.draw(cpu_mem))
+    with_cpu = kernel.evaluate(slots(rows, cpu=free_cpu, mem=free_cpu), big, kernel.get_policy("fragmentation"), np)
+    without = kernel.evaluate(slots(rows), req, kernel.get_policy("fragmentation"), np)
+    assert with_cpu.feasible.tolist() == without.feasible.tolist()
 
 
 def _u_after(s: Slots, req: Request) -> list[float]:

@@ -100,3 +100,18 @@ def test_two_containers_split_devices() -> None:
     assert assignment is not None
     assert [len(assignment[c][contract.NVIDIA_GPU]) for c in ("c0", "c1")] == [2, 2]
     assert len({i for c in assignment.values() for i in c[contract.NVIDIA_GPU]}) == 4
+
+
+def test_pod_cpu_and_memory_requests() -> None:
+    from scheduler_ext.requests import cpu_milli, memory_mib, pod_requests
+
+    assert [cpu_milli(q) for q in ("500m", "2", "0.25", "1e3", "bad")] == [500, 2000, 250, 1000000, 0]
+    assert [memory_mib(q) for q in ("1Gi", "512Mi", "1048576", "1M", "1e6")] == [1024, 512, 1, 1, 1]
+    spec = {
+        # containers: 1 + 0.5 CPU, 1 GiB + limits-only 2 GiB; init: 2 CPUs (the larger); overhead 100m, 64Mi
+        "containers": [{"resources": {"requests": {"cpu": "1", "memory": "1Gi"}}},
+                       {"resources": {"requests": {"cpu": "500m"}, "limits": {"memory": "2Gi"}}}],
+        "initContainers": [{"resources": {"requests": {"cpu": "2", "memory": "1Gi"}}}],
+        "overhead": {"cpu": "100m", "memory": "64Mi"},
+    }
+    assert pod_requests(spec) == (2100, 3136)
