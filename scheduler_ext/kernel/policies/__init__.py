@@ -6,7 +6,10 @@ by :func:`get_policy` when the extender is built, never per request.
 
 The default is ``binpack``: predictable, the cheapest to compute, and it keeps empty nodes
 empty for the cluster autoscaler. It is provisional: the simulator's packing benchmark
-(issue 5) compares ``binpack`` and ``fragmentation`` and settles the default.
+(issue 5) compares ``binpack`` and ``fragmentation`` and settles the default. On the Alibaba
+trace with the FGD protocol, CPU- and memory-aware ``fragmentation`` leaves 4.85 % of GPUs
+unallocated (median of 10 seeds) and ``binpack`` 6.29 %, against FGD's 4.77 %: the default
+moves to ``fragmentation`` once it beats FGD (docs/simulator.md).
 """
 
 from __future__ import annotations
