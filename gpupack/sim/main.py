@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpupack.sim import example, placements, placers, protocols, report, trace
+from gpupack.sim import example, placements, placers, protocols, report, trace, variants
 from gpupack.sim.model import Cluster, Task
 from scheduler_ext import kernel
 
@@ -55,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     p.add_argument("--scale", type=int, default=1, help="built-in example: multiply nodes and services")
     p.add_argument("--max-pods", type=int, default=0, help="keep only the first N pods (0: all), for quick or huge runs")
+    p.add_argument("--variant", choices=tuple(variants.VARIANTS), default="as-is",
+                   help="with a trace: rewrite its tasks into another shape of workload (gpupack/sim/variants.py)")
     p.add_argument("--no-placements", action="store_true", help="skip the per-pod placements files")
     p.add_argument("--progress", choices=("auto", "always", "never"), default="auto")
     return p
@@ -94,6 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.trace_nodes:
             cluster, tasks = trace.load(args.trace_nodes, args.trace_pods)
             source = f"trace {Path(args.trace_nodes).name} + {Path(args.trace_pods).name}"
+            if args.variant != "as-is":
+                tasks = variants.apply(args.variant, tasks, cluster)
+                source += f", variant {args.variant}"
+        elif args.variant != "as-is":
+            raise ValueError("--variant rewrites a trace: give --trace-nodes and --trace-pods")
         else:
             cluster, tasks = example.fleet(args.scale), example.workload(scale=args.scale)
             source = f"built-in example (scale {args.scale})"

@@ -54,7 +54,8 @@ class Task:
     def request(self) -> Request:
         """The kernel's request: the GPU part, and the CPU and memory (which ``fragmentation``
         reads to see what the placement leaves of the node)."""
-        return Request(self.resource, self.count, self.gpu_memory_mib, self.cpu_milli, self.memory_mib)
+        return Request(self.resource, self.count, self.gpu_memory_mib, self.cpu_milli, self.memory_mib,
+                       self.models if self.wants_gpu else frozenset())
 
 
 @dataclasses.dataclass(frozen=True)

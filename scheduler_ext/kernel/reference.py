@@ -13,7 +13,7 @@ def _lists(s: Slots) -> dict[str, list[list[float]]]:
     return {
         "resource": s.resource.tolist(), "cap": s.capacity.tolist(), "free": s.free.tolist(),
         "mem": s.memory_mib.tolist(), "free_mem": s.free_memory_mib.tolist(),
-        "healthy": s.healthy.tolist(), "weight": s.weight.tolist(),
+        "healthy": s.healthy.tolist(), "weight": s.weight.tolist(), "model": s.model.tolist(),
     }
 
 
@@ -30,6 +30,8 @@ def _unit_mem(slot: dict[str, float], req: Request) -> int:
 
 def _units(slot: dict[str, float], req: Request) -> int:
     if slot["resource"] != req.resource or not slot["healthy"]:
+        return 0
+    if req.models and int(slot["model"]) not in req.models:
         return 0
     if slot["cap"] <= 1 and req.memory_mib > slot["mem"]:
         return 0

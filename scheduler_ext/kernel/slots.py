@@ -53,6 +53,15 @@ class Slots:
     def shape(self) -> tuple[int, int]:
         return (int(self.resource.shape[0]), int(self.resource.shape[1]))
 
+    def columns(self, cols: Array, xp: Namespace) -> Slots:
+        """The same nodes restricted to the slot columns ``cols`` (``(nodes, k)`` indices, one
+        row of them per node); the per-node arrays are kept as they are."""
+        out: dict[str, Array] = {}
+        for f in dataclasses.fields(self):
+            a = getattr(self, f.name)
+            out[f.name] = a if a.ndim == 1 else xp.take_along_axis(a, cols, axis=1)
+        return Slots(**out)
+
     def rows(self, index: Array) -> Slots:
         """The same arrays for a subset of nodes (a copy, in ``index`` order)."""
         # take() is several times faster than fancy indexing for whole rows
@@ -92,13 +101,14 @@ class Request:
     memory_mib: int = 0
     cpu_milli: int = 0
     node_memory_mib: int = 0
+    models: frozenset[int] = frozenset()  # GPU model ids it may run on (node affinity); empty: any
 
     @property
     def gpu(self) -> Request:
-        """The GPU part alone (CPU and node memory 0)."""
+        """The GPU part alone (CPU and node memory 0; the allowed models kept)."""
         if self.cpu_milli == 0 and self.node_memory_mib == 0:
             return self
-        return Request(self.resource, self.count, self.memory_mib)
+        return Request(self.resource, self.count, self.memory_mib, models=self.models)
 
 
 #: The recent mix of request shapes with their frequencies (summing to 1), for ``fragmentation``.
@@ -142,6 +152,8 @@ def units(
     ok = s.resource == req.resource
     if healthy_only:
         ok &= s.healthy
+    if req.models:
+        ok &= xp.isin(s.model, xp.asarray(sorted(req.models), dtype=s.model.dtype))
     whole = s.capacity <= 1
     if req.memory_mib > 0:
         # a hint larger than a whole device's memory makes that device useless for the request

@@ -10,6 +10,7 @@ import pytest
 from scheduler_ext import kernel
 from scheduler_ext.kernel import Reason, Request, reference
 from scheduler_ext.kernel.levels import to_levels
+from scheduler_ext.kernel import slots as kslots
 from scheduler_ext.kernel.slots import units
 from scheduler_ext.kernel.xp import array_namespace, to_host
 
@@ -246,3 +247,28 @@ def test_mixed_namespaces_refused() -> None:
 
     with pytest.raises(TypeError, match="different namespaces"):
         array_namespace(np.zeros(1), FakeDeviceArray())
+
+
+def test_request_pinned_to_models_uses_only_their_slots() -> None:
+    """A request with ``models`` has units only on slots of those GPU models: the node whose
+    free GPU is of another model cannot host it, and in ``fragmentation`` that GPU is a
+    fragment for the pinned shape."""
+    s = kslots.empty_slots(np, 2, 2)
+    for row in range(2):
+        for col in range(2):
+            s.resource[row, col], s.capacity[row, col], s.free[row, col] = GPU, 1, 1
+            s.memory_mib[row, col] = s.free_memory_mib[row, col] = 1000
+            s.healthy[row, col], s.weight[row, col], s.model[row, col], s.gpu[row, col] = True, 1.0, col, col
+    s.free[1, 1] = 0  # node 1: only its model-0 GPU is free
+    s.free_memory_mib[1, 1] = 0
+    pinned = Request(GPU, 1, models=frozenset({1}))
+    assert kslots.units(s, pinned, np).tolist() == [[0, 1], [0, 0]]
+    v = kernel.evaluate(s, pinned, kernel.get_policy("binpack"), np)
+    assert v.feasible.tolist() == [True, False]
+    any_model = Request(GPU, 1)
+    frag = kernel.get_policy("fragmentation")
+    v = kernel.evaluate(s, any_model, frag, np, mix=((pinned, 1.0),))
+    # on node 1 the free model-0 GPU is already useless to the pinned shape: taking it strands nothing more
+    assert v.raw[1] > v.raw[0]
+    _, ref = reference.evaluate(s, any_model, "fragmentation", ((pinned, 1.0),))
+    assert v.raw.tolist() == pytest.approx(ref)

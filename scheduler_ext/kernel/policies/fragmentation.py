@@ -65,20 +65,67 @@ def expected_fragmentation(
             fits = row_sum(u, xp) >= gpu.count
             stranded = row_sum(idle * (u == 0), xp)
         for shape, p in shapes:
-            ok = fits
-            if shape.cpu_milli > 0:
-                ok = ok & (cpu >= shape.cpu_milli)
-            if shape.node_memory_mib > 0:
-                ok = ok & (mem >= shape.node_memory_mib)
-            out += p * xp.where(ok, stranded, total_idle)
+            out += p * xp.where(_fits_cpu(shape, fits, cpu, mem), stranded, total_idle)
     return out
 
 
+def touched_columns(take: Array, xp: Namespace) -> Array:
+    """``(nodes, k)`` distinct column indices that include every slot ``take`` uses on each
+    node, ``k = min(units taken, slots)`` (a placement changes no other column)."""
+    n, width = int(take.shape[0]), int(take.shape[1])
+    k = min(int(take.sum(axis=1).max()) if n and width else 0, width)
+    if k == 0:
+        return xp.zeros((n, 0), dtype=xp.int64)
+    if k == 1:
+        return xp.argmax(take, axis=1)[:, None]
+    return xp.argsort(-take, axis=1, kind="stable")[:, :k]
+
+
+def _fits_cpu(shape: Request, fits: Array, cpu: Array, mem: Array) -> Array:
+    ok = fits
+    if shape.cpu_milli > 0:
+        ok = ok & (cpu >= shape.cpu_milli)
+    if shape.node_memory_mib > 0:
+        ok = ok & (mem >= shape.node_memory_mib)
+    return ok
+
+
 def score(inp: ScoreInput) -> Array:
+    """``-(F_after - F_before)`` plus the tie term, per node.
+
+    ``F_before`` needs every slot; ``F_after`` differs from it only on the columns the
+    placement touches, so the per-node sums after are the sums before corrected on those
+    columns (``k`` per node instead of all), which halves the work of two full passes."""
     xp, s = inp.xp, inp.before
     mix = inp.mix or ((inp.request, 1.0),)
-    free, free_mem = inp.after()
-    cpu, mem = inp.node_after()
-    f_before = expected_fragmentation(s, s.free, s.free_memory_mib, mix, xp)
-    f_after = expected_fragmentation(s, free, free_mem, mix, xp, cpu, mem)
-    return -(f_after - f_before) + 0.001 * node_utilisation(s, free, free_mem, xp)
+    n = s.shape[0]
+    free_a, mem_a = inp.after()
+    cpu_a, node_mem_a = inp.node_after()
+    cols = touched_columns(inp.take, xp)
+    c = s.columns(cols, xp)
+    free_a_c = xp.take_along_axis(free_a, cols, axis=1)
+    mem_a_c = xp.take_along_axis(mem_a, cols, axis=1)
+    idle_b = idle_capacity(s, s.free, s.free_memory_mib, xp)
+    idle_b_c = xp.take_along_axis(idle_b, cols, axis=1)
+    idle_a_c = idle_capacity(c, free_a_c, mem_a_c, xp)
+    total_b = row_sum(idle_b, xp)
+    total_a = total_b - row_sum(idle_b_c, xp) + row_sum(idle_a_c, xp)
+    delta = xp.zeros(n, dtype=xp.float64)
+    for gpu, shapes in _by_gpu_part(mix).items():
+        if gpu.count <= 0:
+            fits_b = fits_a = xp.ones(n, dtype=bool)
+            stranded_b = stranded_a = xp.zeros(n, dtype=xp.float64)
+        else:
+            u_b = units(s, gpu, xp)
+            u_b_c = xp.take_along_axis(u_b, cols, axis=1)
+            u_a_c = units(c, gpu, xp, free=free_a_c, free_memory_mib=mem_a_c)
+            count_b = row_sum(u_b, xp)
+            count_a = count_b - row_sum(u_b_c, xp) + row_sum(u_a_c, xp)
+            stranded_b = row_sum(idle_b * (u_b == 0), xp)
+            stranded_a = stranded_b - row_sum(idle_b_c * (u_b_c == 0), xp) + row_sum(idle_a_c * (u_a_c == 0), xp)
+            fits_b, fits_a = count_b >= gpu.count, count_a >= gpu.count
+        for shape, p in shapes:
+            ok_b = _fits_cpu(shape, fits_b, s.node_cpu_free, s.node_memory_free)
+            ok_a = _fits_cpu(shape, fits_a, cpu_a, node_mem_a)
+            delta += p * (xp.where(ok_a, stranded_a, total_a) - xp.where(ok_b, stranded_b, total_b))
+    return -delta + 0.001 * node_utilisation(s, free_a, mem_a, xp)
