@@ -1,9 +1,13 @@
 """Placers: the rule that picks a node and devices for one task. gpupack policies, and the registry.
 
 A placer sees the state and the candidate nodes (those passing the node filters, in the run's
-seeded random node order) and answers ``(row, devices)`` or ``None``. Ties go to the first
-candidate in that order, which is what kube-scheduler's random choice among equal scores
-amounts to.
+seeded random node order) and answers ``(row, devices)`` or ``None``. The published rules
+(FGD, best-fit, ...) break ties by that order, as their simulator does. gpupack's policies
+run inside kube-scheduler, whose ``selectHost`` picks uniformly at random among the nodes
+with the highest total score: :class:`KernelPlacer` does the same with a generator seeded
+by the run's seed. (Ties to the first node in a fixed order would concentrate the load, a
+first-fit packing kube-scheduler does not do; it flattered gpupack by about 0.1 point on the
+trace, see docs/simulator.md.)
 
 A gpupack policy is placed exactly as the extender does it: :func:`evaluate` on the
 candidates' rows with the policy from ``POLICIES`` and the workload's mix of shapes (each with
@@ -108,12 +112,17 @@ class KernelPlacer:
 
     ``select="deployed"``: kube-scheduler's sum, ``10 * EXTENDER_WEIGHT * level`` plus
     NodeResourcesFit MostAllocated (CPU, memory); ``select="raw"``: the extender's raw ranking
-    alone. CPU-only pods are scored the same way, as a request of no GPU."""
+    alone. CPU-only pods are scored the same way, as a request of no GPU. Ties: seeded random
+    among the best, as kube-scheduler's ``selectHost``."""
 
     name: str
     policy: kernel.Policy
     wl: Workload
     select: str = "deployed"
+    rng: numpy.random.Generator = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = numpy.random.default_rng(self.wl.seed)
 
     def choose(self, st: State, task: Task, rows: IntArray) -> Choice:
         if rows.shape[0] == 0:
@@ -128,7 +137,9 @@ class KernelPlacer:
             key = to_host(v.raw)
         else:
             key = 10.0 * EXTENDER_WEIGHT * to_host(v.level) + node_fit_most_allocated(st, task, rows)
-        i = int(numpy.argmax(numpy.where(feasible, key, -numpy.inf)))
+        key = numpy.where(feasible, key, -numpy.inf)
+        best = numpy.flatnonzero(key == key.max())
+        i = int(best[self.rng.integers(best.shape[0])]) if best.shape[0] > 1 else int(best[0])
         row = int(rows[i])
         if not task.wants_gpu:
             return row, ()

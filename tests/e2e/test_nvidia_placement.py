@@ -45,8 +45,11 @@ def test_nodes_publish_inventory_and_labels(cluster: harness.Cluster, group: str
     assert n.metadata.labels[contract.LABEL_MEMORY] == "40960"
 
 
-# 16 GPUs in arrival order; packed, they fill two of the three 8-GPU nodes and leave one
-# untouched: most-allocated-first gives 4+2+1+1 = 8 on one node, 4+2+(1+1) = 8 on a second.
+# 16 GPUs in arrival order on three 8-GPU nodes. Packed, the first node fills up: 4+2+1+1 = 8.
+# Then the policies part ways: binpack puts 4+2+(1+1) on a second node and leaves the third
+# untouched; fragmentation (the default) keeps room for the 4-GPU shape the mix has seen, so
+# w2b and w11 go beside nothing rather than into the second node's last 4 GPUs: 8, 4, 4. Either
+# way a 4-GPU pod still fits twice; spreading (6, 5, 5) would leave it nowhere.
 WAVE = [("w4a", 4, 1), ("w2a", 2, 1), ("w1a", 1, 1), ("w1b", 1, 1), ("w4b", 4, 1), ("w2b", 2, 1), ("w11", 1, 2)]
 
 
@@ -67,8 +70,9 @@ def test_pods_are_placed_packed_and_get_their_annotated_devices(
     in_use = workloads.check_allocations(cluster, pods.values(), exact=False)  # a burst: see check_allocations
     assert sum(len(ids) for ids in in_use.values()) == 16
     placed = workloads.annotated_by_node(pods.values())
-    untouched = [n for n in names if not placed.get(n)]
-    assert len(untouched) >= 1, f"not packed: {({n: len(placed[n][contract.NVIDIA_GPU]) for n in placed})}"
+    used = {n: len(placed.get(n, {}).get(contract.NVIDIA_GPU, [])) for n in names}
+    assert max(used.values()) == 8, f"no node filled: {used}"
+    assert sum((8 - u) // 4 for u in used.values()) >= 2, f"no room left for two 4-GPU pods: {used}"
 
     # a pod that fits nowhere waits; it is not forced onto a node
     cluster.core.create_namespaced_pod(namespace, workloads.gpu_pod("too-big", group, {contract.NVIDIA_GPU: 9}))
