@@ -10,7 +10,15 @@ What a pod holds: the devices named in its ``gpupack.io/devices`` annotation; wi
 conservatively from the slots the packing rule would have used (``phantom`` units, whose
 replica ids are unknown). Pods bound but not yet running count; finished pods do not.
 A bind in flight holds a *reservation* under the pod's uid, so two binds cannot take the
-same device.
+same device. Between prioritize and bind, a pod may hold a *provisional* reservation
+(:meth:`ClusterCache.hold`): the devices the kernel would give it on the node it ranked
+first, so the next pods of a burst are decided against them. Its bind replaces it, the pod's
+binding or deletion event releases it, and it expires after :attr:`ClusterCache.hold_seconds`
+by the cache's clock (injectable, so tests move time without sleeping). The pod itself never
+sees its own provisional hold (``exclude`` in :meth:`ClusterCache.select_positions`).
+
+``generation`` changes with every change a decision could see (rows, CPU and memory, the
+mix of shapes), so callers can memoise per generation.
 
 Each node's free CPU and memory (``Slots.node_cpu_free``/``node_memory_free``) are its
 ``status.allocatable`` less the requests of every pod bound to it that has not finished, GPU
@@ -25,7 +33,8 @@ import dataclasses
 import itertools
 import json
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy
@@ -45,6 +54,10 @@ SELECTIONS = 4
 MIX_COVERAGE = 0.95
 #: ... and at most this many shapes (each costs one comparison per node and evaluation).
 MIX_MAX_SHAPES = 128
+#: Seconds a provisional hold (prioritize -> bind) lasts when no bind or binding event
+#: comes: kube-scheduler binds within milliseconds of prioritize unless a PreBind step (volume
+#: binding) waits, and a hold left by a pod that was never bound must not block capacity for long.
+HOLD_SECONDS = 5.0
 
 
 class Interner:
@@ -112,6 +125,7 @@ class PodRecord:
     uses: tuple[Use, ...] = ()
     applied_to: str = ""  # node whose counters include ``uses``
     reserved: bool = False
+    provisional: bool = False  # a hold from prioritize (reserved too), not yet a bind
 
 
 def _nvgroups(gpus: tuple[contract.Gpu, ...]) -> dict[int, int]:
@@ -155,8 +169,13 @@ class ClusterCache:
     """Nodes x slots arrays plus the pod records behind them. Thread-safe: every public method
     takes the lock; evaluation works on copies (:meth:`select`)."""
 
-    def __init__(self, width: int = 8, rows: int = 64) -> None:
+    def __init__(self, width: int = 8, rows: int = 64, clock: Callable[[], float] = time.monotonic,
+                 hold_seconds: float = HOLD_SECONDS) -> None:
         self._lock = threading.RLock()
+        self._clock = clock  # seconds, monotonic; tests pass their own
+        self.hold_seconds = hold_seconds
+        # provisional holds: uid -> expiry, in expiry order (one lifetime, a monotonic clock)
+        self._holds: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.resources = Interner()
         self.models = Interner()
         self._width = max(width, 1)
@@ -198,9 +217,14 @@ class ClusterCache:
                     known.append(name)
             return self._arrays.rows(numpy.asarray(rows, dtype=numpy.int64)), known, unknown
 
-    def select_positions(self, names: Sequence[str]) -> tuple[kslots.Slots, numpy.ndarray[Any, Any]]:
-        """A copy of the rows of the known ``names``, and their positions in ``names``."""
+    def select_positions(
+        self, names: Sequence[str], exclude: str = ""
+    ) -> tuple[kslots.Slots, numpy.ndarray[Any, Any]]:
+        """A copy of the rows of the known ``names``, and their positions in ``names``; the
+        provisional hold of pod ``exclude`` (a uid) is left out of the copy, so a pod is never
+        refused for the devices held for itself."""
         with self._lock:
+            self._expire()
             # kube-scheduler sends the same few candidate lists (all nodes to filter, the fitting
             # ones to prioritize) pod after pod: reuse their lookups while the node set is unchanged
             for last_names, last_gen, idx, pos in self._selections:
@@ -211,10 +235,31 @@ class ClusterCache:
                 pos = numpy.nonzero(idx >= 0)[0]
                 idx = idx[pos]
                 self._selections = [(list(names), self._node_generation, idx, pos), *self._selections[: SELECTIONS - 1]]
-            return self._arrays.rows(idx), pos
+            rows = self._arrays.rows(idx)
+            if exclude in self._holds:
+                self._give_back(rows, idx, exclude)
+            return rows, pos
+
+    def _give_back(self, rows: kslots.Slots, idx: numpy.ndarray[Any, Any], uid: str) -> None:
+        """Adds pod ``uid``'s held units back to the copied ``rows`` (row indices ``idx``)."""
+        rec = self._pods.get(uid)
+        st = self._nodes.get(rec.applied_to) if rec is not None and rec.applied_to else None
+        if rec is None or st is None:
+            return
+        for j in numpy.nonzero(idx == st.row)[0].tolist():
+            for use in rec.uses:
+                rows.free[j, use.col] = min(rows.free[j, use.col] + 1, rows.capacity[j, use.col])
+                rows.free_memory_mib[j, use.col] = min(rows.free_memory_mib[j, use.col] + use.memory_mib,
+                                                       rows.memory_mib[j, use.col])
+            _, cpu, mem = self._node_requests.get(uid, ("", 0, 0))
+            if rows.node_cpu_free[j] != kslots.UNLIMITED:
+                rows.node_cpu_free[j] += cpu
+            if rows.node_memory_free[j] != kslots.UNLIMITED:
+                rows.node_memory_free[j] += mem
 
     def all_rows(self) -> tuple[kslots.Slots, list[str]]:
         with self._lock:
+            self._expire()
             names = sorted(self._nodes)
             idx = numpy.asarray([self._nodes[n].row for n in names], dtype=numpy.int64)
             return self._arrays.rows(idx), names
@@ -264,6 +309,7 @@ class ClusterCache:
             self._seen_shapes.add(uid)
             self._recent.append(req)
             self._mix = None
+            self.generation += 1
 
     def mix(self) -> kernel.Mix:
         """The most frequent recent shapes covering :data:`MIX_COVERAGE`, with frequencies."""
@@ -411,14 +457,18 @@ class ClusterCache:
 
     # --- reservations (bind) ---------------------------------------------------------------
 
-    def reserve(self, demand: PodDemand, node: str, assignment: contract.Assignment) -> None:
-        """Holds ``assignment`` for ``demand`` on ``node`` until the pod's event or :meth:`release`."""
+    def reserve(self, demand: PodDemand, node: str, assignment: contract.Assignment,
+                provisional: bool = False) -> None:
+        """Holds ``assignment`` for ``demand`` on ``node`` until the pod's event or :meth:`release`
+        (``provisional``: or until it expires, see :meth:`hold`)."""
         with self._lock:
             self._release(demand.uid)
             self._account(demand.uid, node, demand.cpu_milli, demand.node_memory_mib)
             held = dataclasses.replace(demand, node=node, assignment=assignment)
-            rec = PodRecord(held, reserved=True)
+            rec = PodRecord(held, reserved=True, provisional=provisional)
             self._pods[demand.uid] = rec
+            if provisional:
+                self._holds[demand.uid] = self._clock() + self.hold_seconds
             self._node_pods[node].add(demand.uid)
             st = self._nodes.get(node)
             if st is not None:
@@ -433,13 +483,35 @@ class ClusterCache:
                 self._account(uid, "", 0, 0)
                 self._release(uid)
 
-    def assign(self, demand: PodDemand, node: str, policy: kernel.Policy) -> contract.Assignment | None:
+    def hold(self, demand: PodDemand, node: str, policy: kernel.Policy) -> contract.Assignment | None:
+        """A provisional reservation for a pod not bound yet: the devices the kernel would choose
+        for it on ``node``, held until its bind (which replaces it), its binding or deletion
+        event (which releases it), or :attr:`hold_seconds` by the clock. A pod already bound or
+        binding keeps what it has; None when nothing was held."""
+        with self._lock:
+            old = self._pods.get(demand.uid)
+            if demand.node or not demand.wants_gpu or (old is not None and not old.provisional):
+                return None
+            return self.assign(demand, node, policy, provisional=True)
+
+    def held(self, uid: str) -> str:
+        """The node of pod ``uid``'s provisional hold, or ""."""
+        with self._lock:
+            self._expire()
+            rec = self._pods.get(uid) if uid in self._holds else None
+            return rec.applied_to if rec is not None else ""
+
+    def assign(self, demand: PodDemand, node: str, policy: kernel.Policy,
+               provisional: bool = False) -> contract.Assignment | None:
         """Chooses devices for ``demand`` on ``node`` with the kernel and reserves them, in one
-        step under the lock; None when they do not fit (any more)."""
+        step under the lock; None when they do not fit (any more). The pod's own provisional
+        hold does not count against it."""
         with self._lock:
             st = self._nodes.get(node)
             if st is None:
                 return None
+            if demand.uid in self._holds:
+                self._release(demand.uid)
             rows = self._arrays.rows(numpy.asarray([st.row]))
             chosen: dict[str, list[str]] = {}
             taken: dict[int, set[int]] = collections.defaultdict(set)
@@ -465,7 +537,7 @@ class ClusterCache:
                 ids = chosen[ask.resource]
                 assignment.setdefault(ask.container, {})[ask.resource] = ids[: ask.count]
                 chosen[ask.resource] = ids[ask.count :]
-            self.reserve(demand, node, assignment)
+            self.reserve(demand, node, assignment, provisional)
             return assignment
 
     # --- what a node would have without some pods (preemption) -----------------------------
@@ -634,7 +706,20 @@ class ClusterCache:
                     uses.append(Use(col, -1, mem))
         rec.uses, rec.applied_to = tuple(uses), st.name
 
+    def _expire(self) -> None:
+        """Releases the provisional holds whose time is up."""
+        if not self._holds:
+            return
+        now = self._clock()
+        while self._holds:
+            uid, until = next(iter(self._holds.items()))
+            if until > now:
+                break
+            self._account(uid, "", 0, 0)
+            self._release(uid)
+
     def _release(self, uid: str) -> None:
+        self._holds.pop(uid, None)
         rec = self._pods.pop(uid, None)
         if rec is None:
             return

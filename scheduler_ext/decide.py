@@ -2,11 +2,21 @@
 
 No HTTP here and no Kubernetes API calls: :mod:`scheduler_ext.server` converts JSON to and
 from these functions, and :mod:`scheduler_ext.explain` prints them.
+
+kube-scheduler calls filter and then prioritize for the same pod, the second time with the
+nodes the first let through. :meth:`Decider.filter` therefore scores as well and remembers
+the raw scores under the pod's uid and the cache's generation; :meth:`Decider.prioritize`
+reuses them while the generation is unchanged (nothing the kernel reads has changed) and
+ranks its own subset into levels, else it decides afresh.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
+import itertools
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -43,6 +53,36 @@ class Decision:
     level: numpy.ndarray[Any, Any]  # int64 0..10, 0 where it does not fit
     raw: numpy.ndarray[Any, Any]  # float64, -inf where it does not fit
     groups: list[Group]  # the failing nodes (and with ``detail`` the fitting ones), by shared text
+    # the leading resource's raw score where that resource alone fits, -inf elsewhere: what
+    # ``level`` ranks (None without a score)
+    lead_raw: numpy.ndarray[Any, Any] | None = None
+    generation: int = -1  # the cache's generation the decision was read at
+
+    @functools.cached_property
+    def fitting_names(self) -> list[str]:
+        return list(itertools.compress(self.names, self.fits.tolist()))
+
+
+#: Pods whose filter scores are remembered for their prioritize (kube-scheduler decides one
+#: pod at a time; a few more cover retries and a second profile).
+MEMO_PODS = 8
+
+
+@dataclasses.dataclass
+class _Memo:
+    demand: PodDemand
+    decision: Decision
+    index: dict[str, int] | None = None  # node name -> position in the filter's list, on demand
+
+    def positions(self, names: Sequence[str]) -> numpy.ndarray[Any, Any] | None:
+        """Positions of ``names`` in the filter's list; None when one was not there."""
+        d = self.decision
+        if names == d.fitting_names:  # the common case: prioritize gets what filter let through
+            return numpy.nonzero(d.fits)[0]
+        if self.index is None:
+            self.index = {n: i for i, n in enumerate(d.names)}
+        idx = numpy.fromiter(map(self.index.get, names, [-1] * len(names)), dtype=numpy.int64, count=len(names))
+        return None if bool((idx < 0).any()) else idx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +116,47 @@ def _reason_text(reason: kernel.Reason, ask: str, free: int, total: int, node_er
 class Decider:
     """Filter, prioritize and preempt for one policy over one cache."""
 
-    def __init__(self, cache: ClusterCache, policy: str = kernel.DEFAULT_POLICY, xp_name: str = "numpy") -> None:
+    def __init__(self, cache: ClusterCache, policy: str = kernel.DEFAULT_POLICY, xp_name: str = "numpy",
+                 holds: bool = False) -> None:
         self.cache = cache
         self.policy = kernel.get_policy(policy)  # unknown names refused here, at start-up
         self.xp = kernel.namespace(xp_name)
+        self.holds = holds  # prioritize leaves a provisional hold on the node it ranks first
+        self._memo: collections.OrderedDict[str, _Memo] = collections.OrderedDict()
+        self._memo_lock = threading.Lock()
+
+    def filter(self, demand: PodDemand, names: Sequence[str]) -> Decision:
+        """:meth:`decide` with scores, remembered for the pod's :meth:`prioritize`."""
+        d = self.decide(demand, names, score=True)
+        if demand.uid and d.lead_raw is not None:
+            with self._memo_lock:
+                self._memo.pop(demand.uid, None)
+                self._memo[demand.uid] = _Memo(demand, d)
+                while len(self._memo) > MEMO_PODS:
+                    self._memo.popitem(last=False)
+        return d
+
+    def prioritize(self, demand: PodDemand, names: Sequence[str]) -> numpy.ndarray[Any, Any]:
+        """0..10 per node of ``names``: from the pod's filter scores while the cache is unchanged
+        since, else decided afresh. With ``holds``, the devices the pod would get on the node
+        ranked first are held for it until its bind (:meth:`ClusterCache.hold`)."""
+        with self._memo_lock:
+            memo = self._memo.get(demand.uid) if demand.uid else None
+        idx = None
+        if memo is not None and memo.demand == demand and memo.decision.generation == self.cache.generation:
+            idx = memo.positions(names)
+        if idx is not None and memo is not None and memo.decision.lead_raw is not None:
+            raw = memo.decision.lead_raw[idx]
+            fits = memo.decision.fits[idx]
+            level = numpy.asarray(kernel.to_levels(raw, numpy.isfinite(raw), numpy))
+            level[~fits] = 0
+        else:
+            d = self.decide(demand, names, reasons=False)
+            raw, fits, level = d.raw, d.fits, d.level
+        if self.holds and demand.wants_gpu and not demand.error and bool(fits.any()):
+            best = int(numpy.argmax(numpy.where(fits, raw, -numpy.inf)))
+            self.cache.hold(demand, names[best], self.policy)
+        return level
 
     def _to_xp(self, s: kernel.Slots) -> kernel.Slots:
         if self.xp is numpy:
@@ -99,26 +176,26 @@ class Decider:
                             numpy.full(n, -numpy.inf), [Group(everyone, msg, "bad-request", True)])
         if not demand.wants_gpu:
             return self._cpu_only(demand, names, score, detail)
-        rows, pos = self.cache.select_positions(names)
-        rows = self._to_xp(rows)
         totals = demand.totals()
         # the resource with the most units leads the score; every resource must fit
         lead = max(totals, key=lambda r: (totals[r], r))
+        self.cache.note_shape(demand.uid, self._request(demand, lead, lead))
+        # the generation is read before the state: a change in between makes it stale, never wrong
+        generation = self.cache.generation
+        rows, pos = self.cache.select_positions(names, exclude=demand.uid)
+        rows = self._to_xp(rows)
         fits = numpy.zeros(n, dtype=bool)
         fits[pos] = True
         unres = numpy.zeros(n, dtype=bool)
         level = numpy.zeros(n, dtype=numpy.int64)
         raw = numpy.full(n, -numpy.inf)
+        lead_raw = numpy.full(n, -numpy.inf) if score else None
         groups: list[Group] = []
         unknown = numpy.nonzero(~fits)[0]
         if unknown.shape[0]:
             groups.append(Group(unknown, UNKNOWN_NODE, "unknown-node", False))
         for resource in sorted(totals, key=lambda r: r != lead):
-            req = self.cache.request(resource, totals[resource], demand.memory_mib,
-                                     demand.cpu_milli if resource == lead else 0,
-                                     demand.node_memory_mib if resource == lead else 0)
-            if resource == lead:
-                self.cache.note_shape(demand.uid, req)
+            req = self._request(demand, resource, lead)
             mix = self.cache.mix() if self.policy.uses_mix else ()
             v = kernel.evaluate(rows, req, self.policy, self.xp, mix=mix, score=score and resource == lead)
             ok = kernel.xp.to_host(v.feasible)
@@ -131,6 +208,8 @@ class Decider:
             if resource == lead:
                 level[pos] = kernel.xp.to_host(v.level)
                 raw[pos] = kernel.xp.to_host(v.raw)
+                if lead_raw is not None:
+                    lead_raw[pos] = raw[pos]
                 if detail:
                     good = numpy.nonzero(ok)[0]
                     for j in good.tolist():
@@ -141,7 +220,14 @@ class Decider:
             unres[g.positions] |= g.unresolvable
         level[~fits] = 0
         raw[~fits] = -numpy.inf
-        return Decision(names, fits, unres, level, raw, groups)
+        return Decision(names, fits, unres, level, raw, groups, lead_raw, generation)
+
+    def _request(self, demand: PodDemand, resource: str, lead: str) -> kernel.Request:
+        """The kernel's request for one resource of the pod; the pod's CPU and memory go with
+        the leading resource."""
+        return self.cache.request(resource, demand.totals()[resource], demand.memory_mib,
+                                  demand.cpu_milli if resource == lead else 0,
+                                  demand.node_memory_mib if resource == lead else 0)
 
     def _cpu_only(self, demand: PodDemand, names: Sequence[str], score: bool, detail: bool) -> Decision:
         """A pod without GPUs fits every node as far as the extender is concerned (CPU and
@@ -152,17 +238,21 @@ class Decider:
         fits = numpy.ones(n, bool)
         level = numpy.zeros(n, numpy.int64)
         raw = numpy.zeros(n)
+        lead_raw = None
+        generation = -1
         if score:
             req = kernel.Request(-1, 0, 0, demand.cpu_milli, demand.node_memory_mib)
             self.cache.note_shape(demand.uid, req)
-            rows, pos = self.cache.select_positions(names)
+            generation = self.cache.generation
+            rows, pos = self.cache.select_positions(names, exclude=demand.uid)
+            lead_raw = numpy.full(n, -numpy.inf)  # unknown nodes: level 0, as below
             if pos.shape[0]:
                 mix = self.cache.mix() if self.policy.uses_mix else ()
                 v = kernel.evaluate(self._to_xp(rows), req, self.policy, self.xp, mix=mix)
                 level[pos] = kernel.xp.to_host(v.level)
-                raw[pos] = kernel.xp.to_host(v.raw)
+                raw[pos] = lead_raw[pos] = kernel.xp.to_host(v.raw)
         groups = [Group(numpy.arange(n), "no GPU requested", "fits", False)] if detail else []
-        return Decision(names, fits, numpy.zeros(n, bool), level, raw, groups)
+        return Decision(names, fits, numpy.zeros(n, bool), level, raw, groups, lead_raw, generation)
 
     def _groups(
         self, names: Sequence[str], where: numpy.ndarray[Any, Any], reason: numpy.ndarray[Any, Any],

@@ -14,7 +14,7 @@ from typing import Any
 
 from scheduler_ext import kernel
 from scheduler_ext.binder import Binder, KubePodApi
-from scheduler_ext.cache import ClusterCache, from_snapshot
+from scheduler_ext.cache import HOLD_SECONDS, ClusterCache, from_snapshot
 from scheduler_ext.decide import Decider
 from scheduler_ext.metrics import Metrics
 from scheduler_ext.server import DEFAULT_MAX_BODY, ExtenderApp, serve, tls_context
@@ -56,6 +56,10 @@ def parser() -> argparse.ArgumentParser:
                    help="require client certificates signed by this CA (env GPUPACK_EXTENDER_TLS_CLIENT_CA)")
     p.add_argument("--max-body-bytes", type=int, default=int(_env("max-body-bytes", str(DEFAULT_MAX_BODY))),
                    help="larger request bodies get HTTP 400 (env GPUPACK_EXTENDER_MAX_BODY_BYTES; default %(default)s)")
+    p.add_argument("--hold-seconds", type=float, default=float(_env("hold-seconds", str(HOLD_SECONDS))),
+                   help="after prioritize, hold the devices a pod would get on the node ranked first for this "
+                        "long or until its bind, so the next pods of a burst see them taken; 0: off; never on a "
+                        "snapshot (env GPUPACK_EXTENDER_HOLD_SECONDS; default %(default)s)")
     p.add_argument("--log-level", default=_env("log-level", "INFO"), help="DEBUG, INFO, WARNING (env GPUPACK_EXTENDER_LOG_LEVEL)")
     return p
 
@@ -99,9 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             binder = None
         else:
             core = _core_v1(args.kubeconfig)
-            cache = ClusterCache()
+            cache = ClusterCache(hold_seconds=args.hold_seconds)
             Syncer(cache, KubeWatchSource(core), on_listed=freeze_heap).start(stop)
-        decider = Decider(cache, args.policy, args.xp)
+        # a snapshot binds nothing, so a hold would only stand in the way of the next answers
+        decider = Decider(cache, args.policy, args.xp, holds=not args.snapshot and args.hold_seconds > 0)
         if not args.snapshot:
             binder = Binder(KubePodApi(core), cache, decider.policy)
     except (ValueError, OSError) as err:

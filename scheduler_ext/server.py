@@ -9,10 +9,11 @@ unknown node a per-node failure, and no exception escapes as a 500 traceback.
 from __future__ import annotations
 
 import dataclasses
-import http.server
+import http
 import json
 import logging
 import operator
+import socketserver
 import ssl
 import threading
 import time
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import numpy
+import orjson
 
 from scheduler_ext import wire
 from scheduler_ext.binder import Binder
@@ -46,7 +48,7 @@ class Answer:
 
 
 def _json(status: int, obj: Any) -> Answer:
-    return Answer(status, json.dumps(obj, separators=(",", ":")).encode())
+    return Answer(status, orjson.dumps(obj))
 
 
 def _object(raw: Any, what: str) -> dict[str, Any]:
@@ -135,7 +137,7 @@ class ExtenderApp:
         start = time.perf_counter()
         try:
             try:
-                args = json.loads(body)
+                args = orjson.loads(body)  # stricter than json: UTF-8 only, no NaN, 64-bit integers
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise BadRequest(f"body is not JSON: {err}") from err
             out = route(_object(args, "body"))
@@ -163,7 +165,7 @@ class ExtenderApp:
     def filter(self, args: dict[str, Any]) -> wire.ExtenderFilterResult:
         pod = _pod(args)
         names, items = _names(args)
-        d = self.decider.decide(pod_demand(pod), names, score=False)
+        d = self.decider.filter(pod_demand(pod), names)
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
         for g in d.groups:
@@ -174,18 +176,17 @@ class ExtenderApp:
             "Nodes": None, "NodeNames": None, "FailedNodes": failed,
             "FailedAndUnresolvableNodes": unresolvable, "Error": "",
         }
-        keep = numpy.nonzero(d.fits)[0].tolist()
         if items is None:
-            result["NodeNames"] = [names[i] for i in keep]
+            result["NodeNames"] = d.fitting_names
         else:
-            result["Nodes"] = {"metadata": {}, "items": [items[i] for i in keep]}
+            result["Nodes"] = {"metadata": {}, "items": [items[i] for i in numpy.nonzero(d.fits)[0].tolist()]}
         return result
 
     def prioritize(self, args: dict[str, Any]) -> Raw:
         pod = _pod(args)
         names, _ = _names(args)
-        d = self.decider.decide(pod_demand(pod), names, reasons=False)
-        return Raw("[" + ",".join(map(operator.add, self._host_prefixes(names), map(_SCORE_SUFFIX.__getitem__, d.level.tolist()))) + "]")
+        level = self.decider.prioritize(pod_demand(pod), names)
+        return Raw("[" + ",".join(map(operator.add, self._host_prefixes(names), map(_SCORE_SUFFIX.__getitem__, level.tolist()))) + "]")
 
     def _host_prefixes(self, names: list[str]) -> list[str]:
         """``{"Host":"<name>","Score":`` per name, each written once per node name: at thousands
@@ -247,45 +248,110 @@ class ExtenderApp:
         }
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: kube-scheduler reuses connections
+#: Longest request line or header line accepted (bytes), and most header lines.
+MAX_LINE = 65536
+MAX_HEADERS = 100
+
+
+class _Connection(socketserver.StreamRequestHandler):
+    """One client connection: HTTP/1.1 requests read and answered in order, kept alive as
+    kube-scheduler's client expects. Only what an extender needs: GET and POST with a
+    Content-Length body (no chunked bodies), ``Expect: 100-continue``, ``Connection: close``,
+    HTTP/1.0 without keep-alive unless asked. http.server's handler parses every header block
+    with the email package, which cost more per request than small decisions do."""
+
     disable_nagle_algorithm = True  # small answers must not wait for the peer's delayed ACK
     server: ExtenderHTTPServer
 
-    def _send(self, answer: Answer) -> None:
-        self.send_response(answer.status)
-        self.send_header("Content-Type", answer.content_type)
-        self.send_header("Content-Length", str(len(answer.body)))
-        self.end_headers()
-        self.wfile.write(answer.body)
-
-    def do_GET(self) -> None:
-        self._send(self.server.app.handle_get(self.path.split("?", 1)[0]))
-
-    def do_POST(self) -> None:
-        length_text = self.headers.get("Content-Length")
+    def handle(self) -> None:
         try:
-            length = int(length_text) if length_text is not None else -1
-        except ValueError:
-            length = -1
-        if length < 0:
-            self.close_connection = True
-            self._send(Answer(400, b"bad request: Content-Length required\n", "text/plain"))
+            while self._one():
+                pass
+        except (OSError, ValueError):  # the peer went away, or TLS ended mid-request
             return
+
+    def _refuse(self, status: int, reason: str) -> bool:
+        """Answers an unreadable request and closes: what follows it cannot be trusted."""
+        self._send(Answer(status, f"bad request: {reason}\n".encode(), "text/plain"), keep=False, http10=False)
+        return False
+
+    def _one(self) -> bool:
+        """Reads and answers one request; False when the connection is to close."""
+        line = self.rfile.readline(MAX_LINE + 1)
+        if not line:
+            return False
+        if len(line) > MAX_LINE:
+            return self._refuse(414, "request line too long")
+        parts = line.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return self._refuse(400, f"malformed request line {line[:100]!r}")
+        method, target, version = parts
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            return self._refuse(505, f"HTTP version {version[:20]} not supported")
+        headers: dict[str, str] = {}
+        for _ in range(MAX_HEADERS + 1):
+            h = self.rfile.readline(MAX_LINE + 1)
+            if len(h) > MAX_LINE:
+                return self._refuse(431, "header line too long")
+            if h in (b"\r\n", b"\n", b""):
+                break
+            name, sep, value = h.decode("latin-1").partition(":")
+            key = name.strip().lower()
+            if not sep or not key:
+                return self._refuse(400, f"malformed header line {h[:100]!r}")
+            value = value.strip()
+            if key in headers and key in ("content-length", "transfer-encoding") and headers[key] != value:
+                return self._refuse(400, f"conflicting {key} headers")
+            headers[key] = value
+        else:
+            return self._refuse(431, f"more than {MAX_HEADERS} header lines")
+        http10 = version == "HTTP/1.0"
+        tokens = headers.get("connection", "").lower()
+        keep = "keep-alive" in tokens if http10 else "close" not in tokens
+        path = target.split("?", 1)[0]
+        app = self.server.app
+        if method == "GET":
+            self._send(app.handle_get(path), keep, http10)
+            return keep
+        if method != "POST":
+            self._send(Answer(501, f"method {method[:20]} not supported\n".encode(), "text/plain"), False, http10)
+            return False
+        if "transfer-encoding" in headers:
+            return self._refuse(400, "Content-Length required (chunked bodies are not accepted)")
+        length_text = headers.get("content-length", "")
+        if not length_text.isdigit():
+            return self._refuse(400, "Content-Length required")
+        length = int(length_text)
         if length > self.server.max_body:
-            self.close_connection = True  # the unread body would corrupt the next request
-            self._send(Answer(400, f"bad request: body of {length} bytes exceeds {self.server.max_body}\n".encode(),
-                              "text/plain"))
-            return
+            # refused from the header, before reading: the unread body ends the connection
+            return self._refuse(400, f"body of {length} bytes exceeds {self.server.max_body}")
+        if headers.get("expect", "").lower() == "100-continue" and not http10:
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = self.rfile.read(length)
-        self._send(self.server.app.handle_post(self.path.split("?", 1)[0], body))
+        if len(body) < length:
+            return False
+        answer = app.handle_post(path, body)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s %s -> %d", self.client_address[0], method, path, answer.status)
+        self._send(answer, keep, http10)
+        return keep
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
+    def _send(self, answer: Answer, keep: bool, http10: bool) -> None:
+        try:
+            phrase = http.HTTPStatus(answer.status).phrase
+        except ValueError:
+            phrase = ""
+        connection = ("Connection: keep-alive\r\n" if http10 else "") if keep else "Connection: close\r\n"
+        head = (f"HTTP/1.1 {answer.status} {phrase}\r\nContent-Type: {answer.content_type}\r\n"
+                f"Content-Length: {len(answer.body)}\r\n{connection}\r\n")
+        self.wfile.write(head.encode("latin-1") + answer.body)  # one write: one segment for small answers
 
 
-class ExtenderHTTPServer(http.server.ThreadingHTTPServer):
+class ExtenderHTTPServer(socketserver.ThreadingTCPServer):
+    """A thread per connection (kube-scheduler keeps a few alive and calls on each in turn)."""
+
     daemon_threads = True
+    allow_reuse_address = True
 
     def __init__(
         self, address: tuple[str, int], app: ExtenderApp, max_body: int = DEFAULT_MAX_BODY,
@@ -294,7 +360,7 @@ class ExtenderHTTPServer(http.server.ThreadingHTTPServer):
         self.app = app
         self.max_body = max_body
         self.tls = tls
-        super().__init__(address, _Handler)
+        super().__init__(address, _Connection)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # the TLS handshake runs on the connection's own thread, so a slow or bad client
@@ -306,6 +372,9 @@ class ExtenderHTTPServer(http.server.ThreadingHTTPServer):
                 log.info("TLS handshake with %s failed: %s", client_address, err)
                 return
         super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("connection from %s ended with an error", client_address, exc_info=True)
 
 
 def tls_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLContext:
