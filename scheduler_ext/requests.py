@@ -4,6 +4,7 @@ and its CPU and memory requests, for the fragmentation score."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from fractions import Fraction
 from typing import Any
@@ -62,7 +63,12 @@ _SUFFIX = {
 def quantity(value: Any) -> Fraction | None:
     """A Kubernetes quantity (``500m``, ``2``, ``1.5Gi``, ``1e9``) in base units; None when it
     cannot be read."""
-    m = _QUANTITY.match(str(value).strip())
+    return _quantity(str(value).strip())
+
+
+@functools.lru_cache(maxsize=4096)  # pods repeat a few quantities, read on every filter and prioritize
+def _quantity(text: str) -> Fraction | None:
+    m = _QUANTITY.match(text)
     if m is None:
         return None
     try:
