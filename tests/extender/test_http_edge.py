@@ -6,7 +6,13 @@ from __future__ import annotations
 import json
 import socket
 
+import numpy
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler_ext.server import host_priorities
 
 from .conftest import Client
 
@@ -78,3 +84,16 @@ def test_what_it_refuses_and_then_closes(client: Client, data: bytes, status: in
     assert len(got) == 1
     assert got[0][0] == status and reason in got[0][2]
     assert got[0][1]["connection"] == "close"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["node-1", "a.b-c", "", 'a"b', 'x",', "back\\", "tab\t", "\x01", "\u2028", "é"])
+    | st.text(st.characters(exclude_categories=["Cs"]), max_size=6),  # orjson refuses lone surrogates
+    st.integers(0, 10)), max_size=6))
+def test_prioritize_answer_is_exact_json_for_any_names(pairs: list[tuple[str, int]]) -> None:
+    names = [n for n, _ in pairs]
+    levels = numpy.array([s for _, s in pairs], dtype=numpy.int64)
+    text = host_priorities(names, levels)
+    assert json.loads(text) == [{"Host": n, "Score": s} for n, s in pairs]
+    assert text == orjson.dumps([{"Host": n, "Score": s} for n, s in pairs])  # the same bytes either way
