@@ -29,12 +29,13 @@ or not (and of reservations), kept per event like the slots. They only feed the
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy
@@ -165,9 +166,23 @@ def inventory_slots(inv: contract.Inventory) -> tuple[SlotInfo, ...]:
     return tuple(out)
 
 
+@dataclasses.dataclass
+class _Selection:
+    """A candidate list seen before: its rows, and a copy of them kept current (after its
+    second use) by re-copying only the rows changed since (``dirty``)."""
+
+    names: list[str]
+    node_generation: int
+    idx: numpy.ndarray[Any, Any]  # rows of the known names
+    pos: numpy.ndarray[Any, Any]  # their positions in ``names``
+    copy: kslots.Slots | None = None
+    dirty: set[int] = dataclasses.field(default_factory=set)
+    lent: bool = False  # a caller is evaluating on ``copy``
+
+
 class ClusterCache:
     """Nodes x slots arrays plus the pod records behind them. Thread-safe: every public method
-    takes the lock; evaluation works on copies (:meth:`select`)."""
+    takes the lock; evaluation works on copies (:meth:`select`, :meth:`rows_of`)."""
 
     def __init__(self, width: int = 8, rows: int = 64, clock: Callable[[], float] = time.monotonic,
                  hold_seconds: float = HOLD_SECONDS) -> None:
@@ -183,7 +198,7 @@ class ClusterCache:
         self._nodes: dict[str, NodeState] = {}
         self._row_of: dict[str, int] = {}  # node name -> row, for fast selection
         self._node_generation = 0  # bumped when a node is added or removed
-        self._selections: list[tuple[list[str], int, Any, Any]] = []  # recent lookups, newest first
+        self._selections: list[_Selection] = []  # recent candidate lists, newest first
         self._free_rows: list[int] = []
         self._rows_used = 0
         self._pods: dict[str, PodRecord] = {}
@@ -225,20 +240,73 @@ class ClusterCache:
         refused for the devices held for itself."""
         with self._lock:
             self._expire()
-            # kube-scheduler sends the same few candidate lists (all nodes to filter, the fitting
-            # ones to prioritize) pod after pod: reuse their lookups while the node set is unchanged
-            for last_names, last_gen, idx, pos in self._selections:
-                if last_gen == self._node_generation and last_names == names:
-                    break
-            else:
-                idx = numpy.array(list(map(self._row_of.get, names, itertools.repeat(-1))), dtype=numpy.int64)
-                pos = numpy.nonzero(idx >= 0)[0]
-                idx = idx[pos]
-                self._selections = [(list(names), self._node_generation, idx, pos), *self._selections[: SELECTIONS - 1]]
-            rows = self._arrays.rows(idx)
+            sel = self._selection(names)
+            rows = self._arrays.rows(sel.idx)
             if exclude in self._holds:
-                self._give_back(rows, idx, exclude)
-            return rows, pos
+                self._give_back(rows, sel.idx, exclude)
+            return rows, sel.pos
+
+    @contextlib.contextmanager
+    def rows_of(self, names: Sequence[str], exclude: str = "") -> Iterator[tuple[kslots.Slots, numpy.ndarray[Any, Any]]]:
+        """:meth:`select_positions` for reading within the ``with`` block only. kube-scheduler
+        sends the same candidate list (every node, to filter) pod after pod; copying its rows
+        costs a third of a filter at thousands of nodes, so the copy is kept and only the rows
+        changed since are copied again. The arrays must not be written to."""
+        with self._lock:
+            self._expire()
+            sel = self._selection(names)
+            if sel.copy is None or sel.lent:  # first use, or in use by another request
+                sel = dataclasses.replace(sel, copy=self._arrays.rows(sel.idx), dirty=set())
+            else:
+                self._refresh(sel)
+                sel.lent = True
+            rows = sel.copy
+            assert rows is not None
+            if exclude in self._holds:
+                rec = self._pods.get(exclude)
+                st = self._nodes.get(rec.applied_to) if rec is not None else None
+                if st is not None:
+                    self._give_back(rows, sel.idx, exclude)
+                    sel.dirty.add(st.row)  # put back at the next use
+        try:
+            yield rows, sel.pos
+        finally:
+            with self._lock:
+                sel.lent = False
+
+    def _selection(self, names: Sequence[str]) -> _Selection:
+        """The selection of ``names``; after its first use its copy is kept (lists seen once,
+        such as prioritize's subsets, keep none)."""
+        for sel in self._selections:
+            if sel.node_generation == self._node_generation and sel.names == names:
+                if sel.copy is None:
+                    sel.copy, sel.dirty = self._arrays.rows(sel.idx), set()
+                return sel
+        idx = numpy.array(list(map(self._row_of.get, names, itertools.repeat(-1))), dtype=numpy.int64)
+        pos = numpy.nonzero(idx >= 0)[0]
+        sel = _Selection(list(names), self._node_generation, idx[pos], pos)
+        self._selections = [sel, *self._selections[: SELECTIONS - 1]]
+        return sel
+
+    def _refresh(self, sel: _Selection) -> None:
+        """Copies the rows changed since into the selection's kept copy."""
+        copy = sel.copy
+        if copy is None or not sel.dirty:
+            return
+        if 4 * len(sel.dirty) > sel.idx.shape[0]:
+            sel.copy = self._arrays.rows(sel.idx)
+        else:
+            at = numpy.nonzero(numpy.isin(sel.idx, numpy.fromiter(sel.dirty, dtype=numpy.int64)))[0]
+            src = sel.idx[at]
+            for f in dataclasses.fields(copy):
+                getattr(copy, f.name)[at] = getattr(self._arrays, f.name)[src]
+        sel.dirty = set()
+
+    def _changed(self, row: int) -> None:
+        """Row ``row`` of the arrays was written: the kept copies must copy it again."""
+        for sel in self._selections:
+            if sel.copy is not None:
+                sel.dirty.add(row)
 
     def _give_back(self, rows: kslots.Slots, idx: numpy.ndarray[Any, Any], uid: str) -> None:
         """Adds pod ``uid``'s held units back to the copied ``rows`` (row indices ``idx``)."""
@@ -574,6 +642,8 @@ class ClusterCache:
             self._arrays = self._resized(self._arrays.shape[0], self._width)
 
     def _resized(self, rows: int, width: int) -> kslots.Slots:
+        for sel in self._selections:  # other shapes: the kept copies go
+            sel.copy, sel.dirty = None, set()
         new = kslots.empty_slots(numpy, rows, width)
         old = self._arrays
         r, w = old.shape
@@ -586,6 +656,7 @@ class ClusterCache:
         return new
 
     def _clear_row(self, row: int) -> None:
+        self._changed(row)
         blank = kslots.empty_slots(numpy, 1, self._width)
         for f in dataclasses.fields(blank):
             getattr(self._arrays, f.name)[row] = getattr(blank, f.name)[0]
@@ -624,6 +695,7 @@ class ClusterCache:
             a.free[row, i] = max(s.replicas - len(st.used[i]) - st.phantom[i], 0)
             a.free_memory_mib[row, i] = max(s.memory_mib - st.memory_used[i], 0)
         a.node_cpu_free[row], a.node_memory_free[row] = self._free_cpu_memory(st)
+        self._changed(row)
         self.generation += 1
 
     def _free_cpu_memory(self, st: NodeState) -> tuple[int, int]:
@@ -656,6 +728,7 @@ class ClusterCache:
             if st is not None:
                 a = self._arrays
                 a.node_cpu_free[st.row], a.node_memory_free[st.row] = self._free_cpu_memory(st)
+                self._changed(st.row)
                 self.generation += 1
 
     def _unit_memory(self, s: SlotInfo, hint: int) -> int:

@@ -182,7 +182,24 @@ class Decider:
         self.cache.note_shape(demand.uid, self._request(demand, lead, lead))
         # the generation is read before the state: a change in between makes it stale, never wrong
         generation = self.cache.generation
-        rows, pos = self.cache.select_positions(names, exclude=demand.uid)
+        with self.cache.rows_of(names, exclude=demand.uid) as (rows, pos):
+            fits, unres, level, raw, lead_raw, groups = self._evaluate(demand, lead, names, rows, pos, score, detail,
+                                                                       reasons)
+        for g in groups:
+            unres[g.positions] |= g.unresolvable
+        level[~fits] = 0
+        raw[~fits] = -numpy.inf
+        return Decision(names, fits, unres, level, raw, groups, lead_raw, generation)
+
+    def _evaluate(
+        self, demand: PodDemand, lead: str, names: Sequence[str], rows: kernel.Slots, pos: numpy.ndarray[Any, Any],
+        score: bool, detail: bool, reasons: bool,
+    ) -> tuple[numpy.ndarray[Any, Any], numpy.ndarray[Any, Any], numpy.ndarray[Any, Any], numpy.ndarray[Any, Any],
+               numpy.ndarray[Any, Any] | None, list[Group]]:
+        """The kernel's verdicts for every resource of a GPU pod on ``rows`` (the known names at
+        positions ``pos``), gathered into arrays in the order of ``names``."""
+        n = len(names)
+        totals = demand.totals()
         rows = self._to_xp(rows)
         fits = numpy.zeros(n, dtype=bool)
         fits[pos] = True
@@ -216,11 +233,7 @@ class Decider:
                         text = _reason_text(kernel.Reason.FITS, ask, int(free[j]), 0, "")
                         groups.append(Group(pos[j : j + 1], text, "fits", False))
             fits[pos] &= ok
-        for g in groups:
-            unres[g.positions] |= g.unresolvable
-        level[~fits] = 0
-        raw[~fits] = -numpy.inf
-        return Decision(names, fits, unres, level, raw, groups, lead_raw, generation)
+        return fits, unres, level, raw, lead_raw, groups
 
     def _request(self, demand: PodDemand, resource: str, lead: str) -> kernel.Request:
         """The kernel's request for one resource of the pod; the pod's CPU and memory go with
@@ -244,13 +257,13 @@ class Decider:
             req = kernel.Request(-1, 0, 0, demand.cpu_milli, demand.node_memory_mib)
             self.cache.note_shape(demand.uid, req)
             generation = self.cache.generation
-            rows, pos = self.cache.select_positions(names, exclude=demand.uid)
             lead_raw = numpy.full(n, -numpy.inf)  # unknown nodes: level 0, as below
-            if pos.shape[0]:
-                mix = self.cache.mix() if self.policy.uses_mix else ()
-                v = kernel.evaluate(self._to_xp(rows), req, self.policy, self.xp, mix=mix)
-                level[pos] = kernel.xp.to_host(v.level)
-                raw[pos] = lead_raw[pos] = kernel.xp.to_host(v.raw)
+            mix = self.cache.mix() if self.policy.uses_mix else ()
+            with self.cache.rows_of(names, exclude=demand.uid) as (rows, pos):
+                if pos.shape[0]:
+                    v = kernel.evaluate(self._to_xp(rows), req, self.policy, self.xp, mix=mix)
+                    level[pos] = kernel.xp.to_host(v.level)
+                    raw[pos] = lead_raw[pos] = kernel.xp.to_host(v.raw)
         groups = [Group(numpy.arange(n), "no GPU requested", "fits", False)] if detail else []
         return Decision(names, fits, numpy.zeros(n, bool), level, raw, groups, lead_raw, generation)
 

@@ -1,0 +1,93 @@
+"""The cache keeps a copy of the rows of a candidate list it sees again and re-copies only the
+rows changed since: whatever happened in between, what a request reads must equal a fresh copy."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any
+
+import numpy
+import pytest
+
+from gpupack import contract
+from scheduler_ext.cache import ClusterCache
+from scheduler_ext.decide import Decider
+from scheduler_ext.kernel.slots import Slots
+from scheduler_ext.requests import pod_demand
+
+from .fixtures import node, pod
+
+
+def as_lists(rows: Slots) -> dict[str, Any]:
+    return {f.name: getattr(rows, f.name).tolist() for f in dataclasses.fields(rows)}
+
+
+def read(cache: ClusterCache, names: list[str], exclude: str = "") -> dict[str, Any]:
+    with cache.rows_of(names, exclude) as (rows, pos):
+        return {"pos": pos.tolist(), **as_lists(rows)}
+
+
+def fresh(cache: ClusterCache, names: list[str], exclude: str = "") -> dict[str, Any]:
+    rows, pos = cache.select_positions(names, exclude)
+    return {"pos": pos.tolist(), **as_lists(rows)}
+
+
+def step(cache: ClusterCache, rng: random.Random, i: int) -> None:
+    """One random change of any kind the cache knows."""
+    n = f"n{rng.randrange(42)}"
+    kind = rng.randrange(7)
+    if kind == 0:  # a pod lands, with its devices
+        g = rng.randrange(4)
+        cache.apply_event({"type": "ADDED", "object": pod(
+            f"p{i}", gpus={contract.NVIDIA_GPU: 1}, node=n, phase="Running",
+            devices={"c0": {contract.NVIDIA_GPU: [f"GPU-{n}-{g}"]}})})
+    elif kind == 1:  # a pod goes
+        cache.apply_event({"type": "DELETED", "object": pod(f"p{rng.randrange(i + 1)}")})
+    elif kind == 2:  # a node appears, changes size (even wider than the arrays) or goes
+        cache.apply_event({"type": "ADDED", "object": node(n, n=rng.choice([2, 4, 12]))})
+    elif kind == 3:
+        cache.apply_event({"type": "DELETED", "object": node(n, n=4)})
+    elif kind == 4:  # a provisional hold
+        cache.hold(pod_demand(pod(f"h{i}", gpus={contract.NVIDIA_GPU: 1})), n, Decider(cache).policy)
+    elif kind == 5:  # CPU requests of a pod without GPUs
+        p = pod(f"cpu{i}", node=n, phase="Running")
+        p["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "2"}
+        cache.apply_event({"type": "ADDED", "object": p})
+    else:  # a node's allocatable changes (a status-only update)
+        obj = node(n, n=4)
+        obj["status"]["allocatable"] = {"cpu": str(rng.randrange(1, 64))}
+        cache.apply_event({"type": "MODIFIED", "object": obj})
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_kept_rows_equal_a_fresh_copy_after_any_changes(seed: int) -> None:
+    rng = random.Random(seed)
+    cache = ClusterCache(width=4, rows=40)  # nodes added and wider nodes grow the arrays
+    cache.replace_all([node(f"n{k}", n=4) for k in range(40)], [])
+    everyone = [f"n{k}" for k in range(42)]
+    # enough names that a few changed rows are copied one by one, not the whole list again
+    lists = [everyone, rng.sample(everyone, 30), everyone[:20] + everyone[:20]]
+    for i in range(60):
+        step(cache, rng, i)
+        names = rng.choice(lists)
+        assert read(cache, names) == fresh(cache, names)
+        uid = f"uid-h{rng.randrange(i + 1)}"  # a pod's own hold is left out, then put back
+        assert read(cache, names, uid) == fresh(cache, names, uid)
+        assert read(cache, names) == fresh(cache, names)
+
+
+def test_a_list_in_use_is_not_changed_under_its_reader() -> None:
+    cache = ClusterCache()
+    cache.replace_all([node("a", n=2), node("b", n=2)], [])
+    names = ["a", "b"]
+    read(cache, names)  # second use keeps the copy
+    with cache.rows_of(names) as (rows, _):
+        before = rows.free.tolist()
+        cache.apply_event({"type": "ADDED", "object": pod(
+            "x", gpus={contract.NVIDIA_GPU: 1}, node="a", phase="Running",
+            devices={"c0": {contract.NVIDIA_GPU: ["GPU-a-0"]}})})
+        with cache.rows_of(names) as (other, _):  # a second reader meanwhile gets its own copy
+            assert other is not rows and other.free[0, :2].tolist() == [0, 1]
+        assert rows.free.tolist() == before
+    assert numpy.array_equal(fresh(cache, names)["free"], read(cache, names)["free"])
