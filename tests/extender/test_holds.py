@@ -122,3 +122,17 @@ def test_no_hold_when_off_for_cpu_pods_or_when_nothing_fits() -> None:
     assert cache.held("uid-web") == ""
     decide(d, pod("huge", gpus={contract.NVIDIA_GPU: 8}))
     assert cache.held("uid-huge") == "" and free(cache, "n-empty") == [1, 1, 1, 1]
+
+
+def test_a_burst_is_decided_against_the_pods_ahead_of_it() -> None:
+    # two pods of 2 GPUs scored before either bind arrives: n-half has room for one of them
+    for holds, second in ((False, "n-half"), (True, "n-empty")):
+        cache, d, _ = setup(holds=holds)
+        firsts = []
+        for name in ("a2", "b2"):
+            demand = pod_demand(pod(name, gpus={contract.NVIDIA_GPU: 2}))
+            names = d.filter(demand, NAMES).fitting_names
+            levels = d.prioritize(demand, names).tolist()
+            firsts.append(names[levels.index(max(levels))])
+        # without holds both rank n-half first and one bind must fail; with them, b2 goes on
+        assert firsts == ["n-half", second]
