@@ -91,3 +91,21 @@ def test_a_list_in_use_is_not_changed_under_its_reader() -> None:
             assert other is not rows and other.free[0, :2].tolist() == [0, 1]
         assert rows.free.tolist() == before
     assert numpy.array_equal(fresh(cache, names)["free"], read(cache, names)["free"])
+
+
+@pytest.mark.parametrize("policy", ["binpack", "spread", "fragmentation"])
+def test_deciding_never_writes_to_the_kept_rows(policy: str) -> None:
+    """The kept copy is handed to the kernel as it is: the kernel must leave it alone."""
+    cache = ClusterCache()
+    cache.replace_all([node(f"n{k}", n=4) for k in range(6)] + [node("shared", n=2, replicas=4)],
+                      [pod("a", gpus={contract.NVIDIA_GPU: 2}, node="n1", phase="Running",
+                           devices={"c0": {contract.NVIDIA_GPU: ["GPU-n1-0", "GPU-n1-1"]}})])
+    d = Decider(cache, policy)
+    names = [f"n{k}" for k in range(6)] + ["shared"]
+    read(cache, names)  # second use from here on: the kept copy
+    with cache.rows_of(names) as (rows, _):
+        before = as_lists(rows)
+    for want in ({contract.NVIDIA_GPU: 1}, {contract.NVIDIA_GPU: 3}, {contract.NVIDIA_GPU_SHARED: 1}, {}):
+        d.filter(pod_demand(pod(f"w{len(want)}", gpus=want)), names)
+        with cache.rows_of(names) as (rows, _):
+            assert as_lists(rows) == before
