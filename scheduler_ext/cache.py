@@ -353,6 +353,12 @@ class ClusterCache:
         with self._lock:
             return len(self._nodes), len(self._pods)
 
+    def holds(self) -> int:
+        """How many provisional holds there are now."""
+        with self._lock:
+            self._expire()
+            return len(self._holds)
+
     def request(self, resource: str, count: int, memory_mib: int, cpu_milli: int = 0,
                 node_memory_mib: int = 0) -> kernel.Request:
         """The kernel's request for a resource name (interning it)."""

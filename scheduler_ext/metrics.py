@@ -30,6 +30,11 @@ class _CapacityCollector:
         )
         yield GaugeMetricFamily("gpupack_cache_nodes", "Nodes in the cache.", value=nodes)
         yield GaugeMetricFamily("gpupack_cache_gpu_pods", "GPU pods in the cache.", value=pods)
+        yield GaugeMetricFamily(
+            "gpupack_cache_provisional_holds",
+            "Pods holding devices between prioritize and bind (provisional holds).",
+            value=self.cache.holds(),
+        )
 
 
 class Metrics:

@@ -136,3 +136,14 @@ def test_a_burst_is_decided_against_the_pods_ahead_of_it() -> None:
             firsts.append(names[levels.index(max(levels))])
         # without holds both rank n-half first and one bind must fail; with them, b2 goes on
         assert firsts == ["n-half", second]
+
+
+def test_holds_are_counted_in_metrics() -> None:
+    from scheduler_ext.metrics import Metrics
+
+    cache, d, clock = setup()
+    metrics = Metrics(cache)
+    decide(d, WANT2)
+    assert b"gpupack_cache_provisional_holds 1.0" in metrics.exposition()
+    clock.now += 5
+    assert b"gpupack_cache_provisional_holds 0.0" in metrics.exposition()
