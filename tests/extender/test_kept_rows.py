@@ -63,7 +63,7 @@ def step(cache: ClusterCache, rng: random.Random, i: int) -> None:
 @pytest.mark.parametrize("seed", range(12))
 def test_kept_rows_equal_a_fresh_copy_after_any_changes(seed: int) -> None:
     rng = random.Random(seed)
-    cache = ClusterCache(width=4, rows=40)  # nodes added and wider nodes grow the arrays
+    cache = ClusterCache(width=4, rows=40, keep_rows_from=1)  # arrays grow as nodes come and widen
     cache.replace_all([node(f"n{k}", n=4) for k in range(40)], [])
     everyone = [f"n{k}" for k in range(42)]
     # enough names that a few changed rows are copied one by one, not the whole list again
@@ -78,7 +78,7 @@ def test_kept_rows_equal_a_fresh_copy_after_any_changes(seed: int) -> None:
 
 
 def test_a_list_in_use_is_not_changed_under_its_reader() -> None:
-    cache = ClusterCache()
+    cache = ClusterCache(keep_rows_from=1)
     cache.replace_all([node("a", n=2), node("b", n=2)], [])
     names = ["a", "b"]
     read(cache, names)  # second use keeps the copy
@@ -96,7 +96,7 @@ def test_a_list_in_use_is_not_changed_under_its_reader() -> None:
 @pytest.mark.parametrize("policy", ["binpack", "spread", "fragmentation"])
 def test_deciding_never_writes_to_the_kept_rows(policy: str) -> None:
     """The kept copy is handed to the kernel as it is: the kernel must leave it alone."""
-    cache = ClusterCache()
+    cache = ClusterCache(keep_rows_from=1)
     cache.replace_all([node(f"n{k}", n=4) for k in range(6)] + [node("shared", n=2, replicas=4)],
                       [pod("a", gpus={contract.NVIDIA_GPU: 2}, node="n1", phase="Running",
                            devices={"c0": {contract.NVIDIA_GPU: ["GPU-n1-0", "GPU-n1-1"]}})])
@@ -109,3 +109,13 @@ def test_deciding_never_writes_to_the_kept_rows(policy: str) -> None:
         d.filter(pod_demand(pod(f"w{len(want)}", gpus=want)), names)
         with cache.rows_of(names) as (rows, _):
             assert as_lists(rows) == before
+
+
+def test_short_lists_keep_no_copy() -> None:
+    cache = ClusterCache(keep_rows_from=3)
+    cache.replace_all([node(f"n{k}", n=1) for k in range(3)], [])
+    for names in (["n0", "n1"], ["n0", "n1", "n2"]):
+        for _ in range(3):
+            read(cache, names)
+    kept = {len(sel.names): sel.copy is not None for sel in cache._selections}
+    assert kept == {2: False, 3: True}
