@@ -133,6 +133,7 @@ class ExtenderApp:
         self._routes: dict[str, Callable[[dict[str, Any]], Any]] = {
             "/filter": self.filter,
             "/prioritize": self.prioritize,
+            "/prioritize-cpu-only": self.prioritize_cpu_only,
             "/bind": self.bind,
             "/preempt": self.preempt,
         }
@@ -205,6 +206,18 @@ class ExtenderApp:
         names, _ = _names(args)
         level = self.decider.prioritize(pod_demand(pod), names)
         return Raw(host_priorities(names, level))
+
+    def prioritize_cpu_only(self, args: dict[str, Any]) -> Raw:
+        """The second extender entry's prioritize: kube-scheduler sends it every pod (it names no
+        managedResources). Pods without GPUs are scored as :meth:`prioritize` would (their CPU
+        and memory go where they strand the fewest idle GPUs); pods with GPUs, and pods whose GPU
+        request cannot be read, get 0 on every node, as the first entry scores them."""
+        pod = _pod(args)
+        names, _ = _names(args)
+        demand = pod_demand(pod)
+        if demand.wants_gpu or demand.error:
+            return Raw(host_priorities(names, numpy.zeros(len(names), numpy.int64)))
+        return Raw(host_priorities(names, self.decider.prioritize(demand, names)))
 
     def bind(self, args: dict[str, Any]) -> wire.ExtenderBindingResult:
         bargs: wire.ExtenderBindingArgs = {

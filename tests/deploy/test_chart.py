@@ -145,6 +145,12 @@ def test_scheduler_config_is_the_shared_one(render: Render, values: list[str]) -
     assert rendered["profiles"][0]["pluginConfig"] == source["profiles"][0]["pluginConfig"]
     assert rendered["percentageOfNodesToScore"] == 100
     assert rendered["leaderElection"]["resourceName"] == "gpupack-scheduler"
+    # the score-only entry for CPU-only pods: same address, weight and TLS as the first
+    cpu_only, src_cpu_only = rendered["extenders"][1], source["extenders"][1]
+    assert cpu_only["prioritizeVerb"] == src_cpu_only["prioritizeVerb"] and "managedResources" not in cpu_only
+    assert cpu_only["ignorable"] is True and cpu_only["httpTimeout"] == src_cpu_only["httpTimeout"]
+    assert (cpu_only["urlPrefix"], cpu_only["weight"], cpu_only.get("tlsConfig")) == (
+        ext["urlPrefix"], ext["weight"], ext.get("tlsConfig"))
     if values:
         assert ext["urlPrefix"] == "https://gpupack-extender.kube-system.svc:8888"
         assert set(ext["tlsConfig"]) == {"caFile", "certFile", "keyFile"}
@@ -154,6 +160,13 @@ def test_scheduler_config_is_the_shared_one(render: Render, values: list[str]) -
         assert env["GPUPACK_EXTENDER_POLICY"] == "fragmentation"
     else:
         assert ext["urlPrefix"] == src_ext["urlPrefix"]
+
+
+def test_cpu_only_scoring_can_be_turned_off(render: Render) -> None:
+    docs = render("--set", "scheduler.scoreCpuOnlyPods=false", "--set", "scheduler.weight=3")
+    rendered = yaml.safe_load(by_kind(docs, "ConfigMap")["gpupack-scheduler"]["data"]["kube-scheduler-config.yaml"])
+    (ext,) = rendered["extenders"]
+    assert ext["filterVerb"] == "filter" and ext["weight"] == 3
 
 
 def test_extender_probes_and_budget(render: Render) -> None:

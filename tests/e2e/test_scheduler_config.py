@@ -14,10 +14,13 @@ from . import cluster as harness
 _RESOURCE_NAME = re.compile(r"^[a-z0-9.-]+/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
+def extenders() -> list[dict[str, Any]]:
+    return list(yaml.safe_load(harness.SCHEDULER_CONFIG.read_text())["extenders"])
+
+
 def extender() -> dict[str, Any]:
-    config = yaml.safe_load(harness.SCHEDULER_CONFIG.read_text())
-    (ext,) = config["extenders"]
-    return dict(ext)
+    """The entry for GPU pods."""
+    return dict(extenders()[0])
 
 
 def test_extender_verbs_and_cache() -> None:
@@ -26,6 +29,16 @@ def test_extender_verbs_and_cache() -> None:
         "filter", "prioritize", "bind", "preempt")
     assert ext["nodeCacheCapable"] is True
     assert ext["ignorable"] is False  # see the reasoning in the file; scenario 3 tests it
+
+
+def test_cpu_only_pods_are_scored_by_a_second_score_only_entry() -> None:
+    first, second = extenders()
+    assert second["urlPrefix"] == first["urlPrefix"]
+    assert second["prioritizeVerb"] == "prioritize-cpu-only"  # scheduler_ext/server.py's route
+    # score only, for every pod (no managedResources), never in the way when the extender is down
+    assert not {"filterVerb", "bindVerb", "preemptVerb", "managedResources"} & set(second)
+    assert second["ignorable"] is True and second["nodeCacheCapable"] is True
+    assert second["weight"] == first["weight"]
 
 
 def test_managed_resources_cover_every_whole_device_resource() -> None:

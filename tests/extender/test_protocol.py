@@ -7,8 +7,10 @@ import json
 from typing import Any
 
 from gpupack import contract
-from scheduler_ext.cache import ClusterCache
-from scheduler_ext.server import ExtenderApp
+from scheduler_ext.cache import ClusterCache, from_objects
+from scheduler_ext.decide import Decider
+from scheduler_ext.metrics import Metrics
+from scheduler_ext.server import ExtenderApp, serve
 
 from .conftest import Client, FakePodApi
 from .fixtures import node
@@ -173,3 +175,38 @@ def test_not_ready_before_sync() -> None:
     cache.replace_nodes([])
     cache.replace_pods([])
     assert app.handle_get("/readyz").status == 200
+
+
+def _cpu_pod(name: str, cpu: str) -> str:
+    return json.dumps({"metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "annotations": None},
+                       "spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": cpu}}}]},
+                       "status": {"phase": "Pending"}})
+
+
+def test_prioritize_cpu_only_scores_cpu_pods_where_they_strand_fewest_gpus() -> None:
+    """The second extender entry (no managedResources): a CPU-only pod that takes most of a
+    node's CPU goes where that strands the fewest idle GPUs; GPU pods get a flat 0 there."""
+    nodes = [node("gpu8", n=8), node("gpu1", n=1), node("plain")]
+    for n in nodes:
+        n["status"]["allocatable"] = {"cpu": "16", "memory": "64Gi"}
+    cache = from_objects(nodes)
+    app = ExtenderApp(cache, Decider(cache, "fragmentation"), None, Metrics(cache))
+    srv, thread = serve(app, "127.0.0.1", 0, max_body=1 << 20)
+    try:
+        client = Client(srv)
+        names = json.dumps(["gpu8", "gpu1", "plain", "ghost"])
+        status, body = client.post("/prioritize-cpu-only", '{"Pod":' + _cpu_pod("big", "15") + ',"Nodes":null,"NodeNames":' + names + "}")
+        assert status == 200
+        scores = {h["Host"]: h["Score"] for h in body}
+        assert scores["plain"] == 10 and scores["gpu8"] < scores["gpu1"] < 10 and scores["ghost"] == 0
+        # a GPU pod: the first entry scores it, this one stays out of the way
+        status, body = client.post("/prioritize-cpu-only", '{"Pod":' + POD_WANT2 + ',"Nodes":null,"NodeNames":' + names + "}")
+        assert status == 200 and {h["Score"] for h in body} == {0} and len(body) == 4
+        status, text = client.post("/prioritize-cpu-only", b'{"Pod": 7}')
+        assert status == 400 and "Pod" in text
+        _, metrics = client.get("/metrics")
+        assert 'gpupack_extender_decisions_total{result="ok",verb="prioritize-cpu-only"} 2.0' in metrics
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
