@@ -43,6 +43,7 @@ import numpy
 from gpupack import contract
 from scheduler_ext import kernel, requests
 from scheduler_ext.kernel import slots as kslots
+from scheduler_ext.kernel.before import BeforeMemo
 from scheduler_ext.requests import PodDemand, pod_demand
 from scheduler_ext.wire import KubeObject
 
@@ -182,6 +183,7 @@ class _Selection:
     copy: kslots.Slots | None = None
     dirty: set[int] = dataclasses.field(default_factory=set)
     lent: bool = False  # a caller is evaluating on ``copy``
+    memo: BeforeMemo | None = None  # per-node sums of ``copy``, kept with it
 
 
 class ClusterCache:
@@ -252,19 +254,24 @@ class ClusterCache:
             return rows, sel.pos
 
     @contextlib.contextmanager
-    def rows_of(self, names: Sequence[str], exclude: str = "") -> Iterator[tuple[kslots.Slots, numpy.ndarray[Any, Any]]]:
-        """:meth:`select_positions` for reading within the ``with`` block only. kube-scheduler
-        sends the same candidate list (every node, to filter) pod after pod; copying its rows
-        costs a third of a filter at thousands of nodes, so the copy is kept and only the rows
-        changed since are copied again. The arrays must not be written to."""
+    def rows_of(
+        self, names: Sequence[str], exclude: str = ""
+    ) -> Iterator[tuple[kslots.Slots, numpy.ndarray[Any, Any], BeforeMemo | None]]:
+        """:meth:`select_positions` for reading within the ``with`` block only, with a memo of
+        the rows' per-node sums (or None). kube-scheduler sends the same candidate list (every
+        node, to filter) pod after pod; copying its rows costs a third of a filter at thousands
+        of nodes, so the copy is kept and only the rows changed since are copied again; the
+        memo is kept with it and recomputes only those rows. The arrays must not be written to."""
         with self._lock:
             self._expire()
             sel = self._selection(names)
             if sel.copy is None or sel.lent:  # first use, or in use by another request
-                sel = dataclasses.replace(sel, copy=self._arrays.rows(sel.idx), dirty=set())
+                sel = dataclasses.replace(sel, copy=self._arrays.rows(sel.idx), dirty=set(), memo=None)
             else:
                 self._refresh(sel)
                 sel.lent = True
+                if sel.memo is None:
+                    sel.memo = BeforeMemo(sel.idx.shape[0])
             rows = sel.copy
             assert rows is not None
             if exclude in self._holds:
@@ -273,8 +280,10 @@ class ClusterCache:
                 if st is not None:
                     self._give_back(rows, sel.idx, exclude)
                     sel.dirty.add(st.row)  # put back at the next use
+                    if sel.memo is not None:
+                        sel.memo.mark(numpy.nonzero(sel.idx == st.row)[0])
         try:
-            yield rows, sel.pos
+            yield rows, sel.pos, sel.memo
         finally:
             with self._lock:
                 sel.lent = False
@@ -285,7 +294,7 @@ class ClusterCache:
         for sel in self._selections:
             if sel.node_generation == self._node_generation and sel.names == names:
                 if sel.copy is None and sel.idx.shape[0] >= self.keep_rows_from:
-                    sel.copy, sel.dirty = self._arrays.rows(sel.idx), set()
+                    sel.copy, sel.dirty, sel.memo = self._arrays.rows(sel.idx), set(), None
                 return sel
         idx = numpy.array(list(map(self._row_of.get, names, itertools.repeat(-1))), dtype=numpy.int64)
         pos = numpy.nonzero(idx >= 0)[0]
@@ -300,11 +309,14 @@ class ClusterCache:
             return
         if 4 * len(sel.dirty) > sel.idx.shape[0]:
             sel.copy = self._arrays.rows(sel.idx)
+            sel.memo = None
         else:
             at = numpy.nonzero(numpy.isin(sel.idx, numpy.fromiter(sel.dirty, dtype=numpy.int64)))[0]
             src = sel.idx[at]
             for f in dataclasses.fields(copy):
                 getattr(copy, f.name)[at] = getattr(self._arrays, f.name)[src]
+            if sel.memo is not None:
+                sel.memo.mark(at)
         sel.dirty = set()
 
     def _changed(self, row: int) -> None:
@@ -654,7 +666,7 @@ class ClusterCache:
 
     def _resized(self, rows: int, width: int) -> kslots.Slots:
         for sel in self._selections:  # other shapes: the kept copies go
-            sel.copy, sel.dirty = None, set()
+            sel.copy, sel.dirty, sel.memo = None, set(), None
         new = kslots.empty_slots(numpy, rows, width)
         old = self._arrays
         r, w = old.shape

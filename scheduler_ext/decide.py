@@ -182,9 +182,9 @@ class Decider:
         self.cache.note_shape(demand.uid, self._request(demand, lead, lead))
         # the generation is read before the state: a change in between makes it stale, never wrong
         generation = self.cache.generation
-        with self.cache.rows_of(names, exclude=demand.uid) as (rows, pos):
+        with self.cache.rows_of(names, exclude=demand.uid) as (rows, pos, memo):
             fits, unres, level, raw, lead_raw, groups = self._evaluate(demand, lead, names, rows, pos, score, detail,
-                                                                       reasons)
+                                                                       reasons, memo)
         for g in groups:
             unres[g.positions] |= g.unresolvable
         level[~fits] = 0
@@ -193,7 +193,7 @@ class Decider:
 
     def _evaluate(
         self, demand: PodDemand, lead: str, names: Sequence[str], rows: kernel.Slots, pos: numpy.ndarray[Any, Any],
-        score: bool, detail: bool, reasons: bool,
+        score: bool, detail: bool, reasons: bool, memo: kernel.BeforeMemo | None = None,
     ) -> tuple[numpy.ndarray[Any, Any], numpy.ndarray[Any, Any], numpy.ndarray[Any, Any], numpy.ndarray[Any, Any],
                numpy.ndarray[Any, Any] | None, list[Group]]:
         """The kernel's verdicts for every resource of a GPU pod on ``rows`` (the known names at
@@ -214,7 +214,8 @@ class Decider:
         for resource in sorted(totals, key=lambda r: r != lead):
             req = self._request(demand, resource, lead)
             mix = self.cache.mix() if self.policy.uses_mix else ()
-            v = kernel.evaluate(rows, req, self.policy, self.xp, mix=mix, score=score and resource == lead)
+            v = kernel.evaluate(rows, req, self.policy, self.xp, mix=mix, score=score and resource == lead,
+                                memo=memo if resource == lead and self.xp is numpy else None)
             ok = kernel.xp.to_host(v.feasible)
             free = kernel.xp.to_host(v.free_units)
             total = kernel.xp.to_host(v.total_units)
@@ -259,9 +260,10 @@ class Decider:
             generation = self.cache.generation
             lead_raw = numpy.full(n, -numpy.inf)  # unknown nodes: level 0, as below
             mix = self.cache.mix() if self.policy.uses_mix else ()
-            with self.cache.rows_of(names, exclude=demand.uid) as (rows, pos):
+            with self.cache.rows_of(names, exclude=demand.uid) as (rows, pos, memo):
                 if pos.shape[0]:
-                    v = kernel.evaluate(self._to_xp(rows), req, self.policy, self.xp, mix=mix)
+                    v = kernel.evaluate(self._to_xp(rows), req, self.policy, self.xp, mix=mix,
+                                        memo=memo if self.xp is numpy else None)
                     level[pos] = kernel.xp.to_host(v.level)
                     raw[pos] = lead_raw[pos] = kernel.xp.to_host(v.raw)
         groups = [Group(numpy.arange(n), "no GPU requested", "fits", False)] if detail else []

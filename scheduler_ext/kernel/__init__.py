@@ -12,6 +12,7 @@ choice and the simulator all call these same functions:
 - :data:`~scheduler_ext.kernel.policies.POLICIES`: scoring policies by name.
 """
 
+from scheduler_ext.kernel.before import BeforeMemo
 from scheduler_ext.kernel.choose import choose_devices
 from scheduler_ext.kernel.evaluate import Verdicts, evaluate, idle_and_fragmented
 from scheduler_ext.kernel.levels import to_levels
@@ -20,6 +21,7 @@ from scheduler_ext.kernel.slots import Mix, Reason, Request, Slots
 from scheduler_ext.kernel.xp import namespace
 
 __all__ = [
+    "BeforeMemo",
     "DEFAULT_POLICY",
     "POLICIES",
     "Mix",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from scheduler_ext.kernel.before import BeforeMemo
 from scheduler_ext.kernel.levels import to_levels
 from scheduler_ext.kernel.policies import Policy
 from scheduler_ext.kernel.slots import Mix, Reason, Request, Slots, take_plan, units
@@ -58,19 +59,22 @@ def evaluate(
     xp: Namespace,
     mix: Mix = (),
     score: bool = True,
+    memo: BeforeMemo | None = None,
 ) -> Verdicts:
     """Feasibility and, when ``score``, the policy's raw score and 0..10 level of ``req`` on
     every row of ``s``. The hypothetical placement behind the score is the packed
     :func:`~scheduler_ext.kernel.slots.take_plan`, the same rule device choice uses. A
     CPU-only request (``count == 0``) fits every node and takes no slot; its score is what
-    its CPU and memory do to the node (``fragmentation``: the GPUs they strand)."""
+    its CPU and memory do to the node (``fragmentation``: the GPUs they strand). ``memo``: the
+    per-node sums of ``s`` kept by a caller that evaluates request after request on the same
+    rows (:class:`~scheduler_ext.kernel.before.BeforeMemo`, NumPy only)."""
     feasible, reason, free_units, total_units, u = feasibility(s, req, xp)
     n = s.shape[0]
     if not score or n == 0:
         zeros = xp.zeros(n, dtype=xp.float64)
         return Verdicts(feasible, reason, free_units, total_units, zeros, xp.zeros(n, dtype=xp.int64))
     take = take_plan(s, req, xp, avail=u)
-    raw = policy.score(ScoreInput(s, take, req, mix if policy.uses_mix else (), xp))
+    raw = policy.score(ScoreInput(s, take, req, mix if policy.uses_mix else (), xp, memo))
     raw = xp.where(feasible, raw, -xp.inf)
     return Verdicts(feasible, reason, free_units, total_units, raw, to_levels(raw, feasible, xp))
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from scheduler_ext.kernel.slots import Mix, Request, Slots, unit_memory
 from scheduler_ext.kernel.xp import Array, Namespace, row_sum
+
+if TYPE_CHECKING:
+    from scheduler_ext.kernel.before import BeforeMemo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +23,7 @@ class ScoreInput:
     request: Request
     mix: Mix
     xp: Namespace
+    memo: BeforeMemo | None = None  # sums of ``before`` kept across requests, if the caller keeps them
 
     def after(self) -> tuple[Array, Array]:
         """``(free, free_memory_mib)`` once the placement is made."""
@@ -56,5 +61,9 @@ def node_utilisation(s: Slots, free: Array, free_memory_mib: Array, xp: Namespac
 
 def idle_capacity(s: Slots, free: Array, free_memory_mib: Array, xp: Namespace) -> Array:
     """Idle GPU capacity of each healthy slot, in GPUs: ``weight * (1 - used)``."""
-    used = slot_used(s, free, free_memory_mib, xp)
+    return idle_of_used(s, slot_used(s, free, free_memory_mib, xp), xp)
+
+
+def idle_of_used(s: Slots, used: Array, xp: Namespace) -> Array:
+    """:func:`idle_capacity` from :func:`slot_used`'s answer."""
     return xp.where(s.healthy & (s.capacity > 0), s.weight * (1.0 - used), 0.0)

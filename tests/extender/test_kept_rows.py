@@ -13,7 +13,8 @@ import pytest
 from gpupack import contract
 from scheduler_ext.cache import ClusterCache
 from scheduler_ext.decide import Decider
-from scheduler_ext.kernel.slots import Slots
+from scheduler_ext.kernel.before import before_sums
+from scheduler_ext.kernel.slots import Request, Slots
 from scheduler_ext.requests import pod_demand
 
 from .fixtures import node, pod
@@ -24,8 +25,20 @@ def as_lists(rows: Slots) -> dict[str, Any]:
 
 
 def read(cache: ClusterCache, names: list[str], exclude: str = "") -> dict[str, Any]:
-    with cache.rows_of(names, exclude) as (rows, pos):
+    with cache.rows_of(names, exclude) as (rows, pos, _):
         return {"pos": pos.tolist(), **as_lists(rows)}
+
+
+def memo_matches(cache: ClusterCache, names: list[str], parts: list[Request], exclude: str = "") -> bool:
+    """The kept per-node sums equal those of a fresh copy (exactly: same floats)."""
+    with cache.rows_of(names, exclude) as (rows, _, memo):
+        if memo is None:
+            return True
+        kept = memo.get(rows, parts, numpy)
+    want = before_sums(cache.select_positions(names, exclude)[0], parts, numpy)
+    same = [numpy.array_equal(getattr(kept, f), getattr(want, f)) for f in ("total_idle", "used_weight", "total_weight")]
+    same += [numpy.array_equal(kept.parts[g][i], want.parts[g][i]) for g in parts for i in (0, 1)]
+    return all(same)
 
 
 def fresh(cache: ClusterCache, names: list[str], exclude: str = "") -> dict[str, Any]:
@@ -75,6 +88,10 @@ def test_kept_rows_equal_a_fresh_copy_after_any_changes(seed: int) -> None:
         uid = f"uid-h{rng.randrange(i + 1)}"  # a pod's own hold is left out, then put back
         assert read(cache, names, uid) == fresh(cache, names, uid)
         assert read(cache, names) == fresh(cache, names)
+        # the per-node sums kept with the copy follow it (a part seen first now, or kept)
+        parts = [cache.request(contract.NVIDIA_GPU, k, 0, 0, 0) for k in (1, 2, rng.choice([3, 4]))]
+        assert memo_matches(cache, names, parts)
+        assert memo_matches(cache, names, parts, uid)
 
 
 def test_a_list_in_use_is_not_changed_under_its_reader() -> None:
@@ -82,12 +99,12 @@ def test_a_list_in_use_is_not_changed_under_its_reader() -> None:
     cache.replace_all([node("a", n=2), node("b", n=2)], [])
     names = ["a", "b"]
     read(cache, names)  # second use keeps the copy
-    with cache.rows_of(names) as (rows, _):
+    with cache.rows_of(names) as (rows, _, _):
         before = rows.free.tolist()
         cache.apply_event({"type": "ADDED", "object": pod(
             "x", gpus={contract.NVIDIA_GPU: 1}, node="a", phase="Running",
             devices={"c0": {contract.NVIDIA_GPU: ["GPU-a-0"]}})})
-        with cache.rows_of(names) as (other, _):  # a second reader meanwhile gets its own copy
+        with cache.rows_of(names) as (other, _, _):  # a second reader meanwhile gets its own copy
             assert other is not rows and other.free[0, :2].tolist() == [0, 1]
         assert rows.free.tolist() == before
     assert numpy.array_equal(fresh(cache, names)["free"], read(cache, names)["free"])
@@ -103,11 +120,11 @@ def test_deciding_never_writes_to_the_kept_rows(policy: str) -> None:
     d = Decider(cache, policy)
     names = [f"n{k}" for k in range(6)] + ["shared"]
     read(cache, names)  # second use from here on: the kept copy
-    with cache.rows_of(names) as (rows, _):
+    with cache.rows_of(names) as (rows, _, _):
         before = as_lists(rows)
     for want in ({contract.NVIDIA_GPU: 1}, {contract.NVIDIA_GPU: 3}, {contract.NVIDIA_GPU_SHARED: 1}, {}):
         d.filter(pod_demand(pod(f"w{len(want)}", gpus=want)), names)
-        with cache.rows_of(names) as (rows, _):
+        with cache.rows_of(names) as (rows, _, _):
             assert as_lists(rows) == before
 
 

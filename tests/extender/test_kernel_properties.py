@@ -149,3 +149,24 @@ def test_policies_order_nodes_as_they_claim(rows: list[list[S]], req: Request) -
                 assert v.level[a] >= v.level[b]
         if ok:
             assert max(v.level[i] for i in ok) == 10
+
+
+@SETTINGS
+@given(clusters, clusters, requests, st.data())
+def test_a_kept_memo_gives_the_scores_of_a_fresh_evaluation(rows: list[list[S]], later: list[list[S]], req: Request,
+                                                           data: st.DataObject) -> None:
+    """A memo kept from an earlier state of the rows, told which rows changed since, gives
+    exactly the raw scores of an evaluation without it."""
+    n = len(rows)
+    changed = data.draw(st.lists(st.integers(0, n - 1), unique=True))
+    before = slots(rows)
+    now = slots([(later[i % len(later)] if i in changed else rows[i]) for i in range(n)])
+    mix = ((req, 0.5), (Request(1, 1, 5000), 0.3), (Request(0, 2), 0.2))
+    policy = kernel.get_policy("fragmentation")
+    memo = kernel.BeforeMemo(n)
+    kernel.evaluate(before, Request(0, 1), policy, np, mix=mix, memo=memo)  # the memo learns the old rows
+    memo.mark(np.asarray(changed, dtype=np.int64))
+    kept = kernel.evaluate(now, req, policy, np, mix=mix, memo=memo)
+    fresh = kernel.evaluate(now, req, policy, np, mix=mix)
+    assert kept.raw.tolist() == fresh.raw.tolist()
+    assert kept.level.tolist() == fresh.level.tolist()

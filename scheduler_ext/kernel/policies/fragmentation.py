@@ -28,8 +28,9 @@ test is one comparison per node.
 
 from __future__ import annotations
 
-from scheduler_ext.kernel.slots import Mix, Request, Slots, units
-from scheduler_ext.kernel.usage import ScoreInput, idle_capacity, node_utilisation
+from scheduler_ext.kernel.before import before_sums
+from scheduler_ext.kernel.slots import Mix, Request, Slots, flat_index, unit_memory, units
+from scheduler_ext.kernel.usage import ScoreInput, idle_capacity, idle_of_used, slot_used
 from scheduler_ext.kernel.xp import Array, Namespace, row_sum
 
 
@@ -93,39 +94,42 @@ def _fits_cpu(shape: Request, fits: Array, cpu: Array, mem: Array) -> Array:
 def score(inp: ScoreInput) -> Array:
     """``-(F_after - F_before)`` plus the tie term, per node.
 
-    ``F_before`` needs every slot; ``F_after`` differs from it only on the columns the
-    placement touches, so the per-node sums after are the sums before corrected on those
-    columns (``k`` per node instead of all), which halves the work of two full passes."""
-    xp, s = inp.xp, inp.before
-    mix = inp.mix or ((inp.request, 1.0),)
+    ``F_before`` and the node's use before need every slot: they come from
+    :func:`~scheduler_ext.kernel.before.before_sums` (or the caller's memo of them, kept
+    across requests). ``F_after`` and the use after differ from them only on the columns the
+    placement touches, so they are the sums before corrected on those columns (``k`` per node
+    instead of all)."""
+    xp, s, req = inp.xp, inp.before, inp.request
+    mix = inp.mix or ((req, 1.0),)
     n = s.shape[0]
-    free_a, mem_a = inp.after()
-    cpu_a, node_mem_a = inp.node_after()
+    parts = _by_gpu_part(mix)
+    sums = inp.memo.get(s, parts, xp) if inp.memo is not None else before_sums(s, parts, xp)
     cols = touched_columns(inp.take, xp)
     c = s.columns(cols, xp)
-    free_a_c = xp.take_along_axis(free_a, cols, axis=1)
-    mem_a_c = xp.take_along_axis(mem_a, cols, axis=1)
-    idle_b = idle_capacity(s, s.free, s.free_memory_mib, xp)
-    idle_b_c = xp.take_along_axis(idle_b, cols, axis=1)
-    idle_a_c = idle_capacity(c, free_a_c, mem_a_c, xp)
-    total_b = row_sum(idle_b, xp)
+    take_c = xp.ravel(inp.take).take(flat_index(cols, s.shape[1], xp))
+    free_a_c = c.free - take_c
+    mem_a_c = c.free_memory_mib - take_c * unit_memory(c, req, xp)
+    used_b_c = slot_used(c, c.free, c.free_memory_mib, xp)
+    used_a_c = slot_used(c, free_a_c, mem_a_c, xp)
+    idle_b_c, idle_a_c = idle_of_used(c, used_b_c, xp), idle_of_used(c, used_a_c, xp)
+    total_b = sums.total_idle
     total_a = total_b - row_sum(idle_b_c, xp) + row_sum(idle_a_c, xp)
+    cpu_a, node_mem_a = inp.node_after()
     delta = xp.zeros(n, dtype=xp.float64)
-    for gpu, shapes in _by_gpu_part(mix).items():
+    for gpu, shapes in parts.items():
         if gpu.count <= 0:
             fits_b = fits_a = xp.ones(n, dtype=bool)
             stranded_b = stranded_a = xp.zeros(n, dtype=xp.float64)
         else:
-            u_b = units(s, gpu, xp)
-            u_b_c = xp.take_along_axis(u_b, cols, axis=1)
+            count_b, stranded_b = sums.parts[gpu]
+            u_b_c = units(c, gpu, xp)
             u_a_c = units(c, gpu, xp, free=free_a_c, free_memory_mib=mem_a_c)
-            count_b = row_sum(u_b, xp)
             count_a = count_b - row_sum(u_b_c, xp) + row_sum(u_a_c, xp)
-            stranded_b = row_sum(idle_b * (u_b == 0), xp)
             stranded_a = stranded_b - row_sum(idle_b_c * (u_b_c == 0), xp) + row_sum(idle_a_c * (u_a_c == 0), xp)
             fits_b, fits_a = count_b >= gpu.count, count_a >= gpu.count
         for shape, p in shapes:
             ok_b = _fits_cpu(shape, fits_b, s.node_cpu_free, s.node_memory_free)
             ok_a = _fits_cpu(shape, fits_a, cpu_a, node_mem_a)
             delta += p * (xp.where(ok_a, stranded_a, total_a) - xp.where(ok_b, stranded_b, total_b))
-    return -delta + 0.001 * node_utilisation(s, free_a, mem_a, xp)
+    used_a = sums.used_weight - row_sum(c.weight * used_b_c, xp) + row_sum(c.weight * used_a_c, xp)
+    return -delta + 0.001 * used_a / xp.maximum(sums.total_weight, 1e-12)

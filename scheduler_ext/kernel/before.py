@@ -1,0 +1,91 @@
+"""Per-node sums of the state before a placement, and a memo that keeps them across requests.
+
+``fragmentation`` needs, for every node, sums over all its slots of the state *before* the
+placement: idle capacity, weighted use, and per GPU part of the mix how many units the node
+can host and how much idle capacity is stranded for that part. They depend on the rows only,
+not on the request, so a caller that evaluates pod after pod on the same rows (the extender's
+kept candidate copy) can keep them and recompute only the rows that changed
+(:class:`BeforeMemo`); the request's own effect is then worked out on the few columns it
+touches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy
+
+from scheduler_ext.kernel.slots import Request, Slots, units
+from scheduler_ext.kernel.usage import idle_of_used, slot_used
+from scheduler_ext.kernel.xp import Array, Namespace, row_sum
+
+
+@dataclasses.dataclass(frozen=True)
+class BeforeSums:
+    """Per node: ``total_idle`` (idle GPU capacity of healthy slots, in GPUs), ``used_weight``
+    (``sum(weight * used)``), ``total_weight`` (``sum(weight)`` over slots that exist), and per
+    GPU part ``parts[gpu] = (count, stranded)``: units of the part the node can host, and its
+    idle capacity on slots that can host none."""
+
+    total_idle: Array
+    used_weight: Array
+    total_weight: Array
+    parts: dict[Request, tuple[Array, Array]]
+
+
+def part_sums(s: Slots, gpu: Request, idle: Array, xp: Namespace) -> tuple[Array, Array]:
+    """``(count, stranded)`` of one GPU part on every node of ``s``; ``idle`` is
+    :func:`~scheduler_ext.kernel.usage.idle_capacity` of ``s`` now."""
+    u = units(s, gpu, xp)
+    return row_sum(u, xp), row_sum(idle * (u == 0), xp)
+
+
+def before_sums(s: Slots, gpus: Iterable[Request], xp: Namespace) -> BeforeSums:
+    """:class:`BeforeSums` of ``s`` now, for the GPU parts ``gpus`` (parts with ``count <= 0``,
+    CPU-only shapes, need none and are skipped)."""
+    used = slot_used(s, s.free, s.free_memory_mib, xp)
+    idle = idle_of_used(s, used, xp)
+    parts = {g: part_sums(s, g, idle, xp) for g in gpus if g.count > 0}
+    return BeforeSums(row_sum(idle, xp), row_sum(s.weight * used, xp), row_sum(s.weight * (s.capacity > 0), xp), parts)
+
+
+class BeforeMemo:
+    """:class:`BeforeSums` of a row copy that lives across requests (NumPy only).
+
+    The owner of the rows calls :meth:`mark` with the positions of the rows it changes; the
+    next :meth:`get` recomputes those rows (for every part it keeps) and computes parts it has
+    not seen on all rows. Row-wise sums are computed the same way on a subset as on all rows,
+    so the result equals :func:`before_sums` of the rows as they are."""
+
+    def __init__(self, nodes: int) -> None:
+        self._sums: BeforeSums | None = None
+        self._stale = numpy.zeros(nodes, dtype=bool)
+
+    def mark(self, positions: Array) -> None:
+        self._stale[positions] = True
+
+    def get(self, s: Slots, gpus: Iterable[Request], xp: Namespace) -> BeforeSums:
+        wanted = {g for g in gpus if g.count > 0}
+        if self._sums is None:
+            self._sums = before_sums(s, wanted, xp)
+            self._stale[:] = False
+            return self._sums
+        sums = self._sums
+        at = numpy.nonzero(self._stale)[0]
+        if at.shape[0]:
+            fresh = before_sums(s.rows(at), sums.parts, xp)
+            sums.total_idle[at], sums.used_weight[at], sums.total_weight[at] = (
+                fresh.total_idle, fresh.used_weight, fresh.total_weight)
+            for g, (count, stranded) in fresh.parts.items():
+                sums.parts[g][0][at], sums.parts[g][1][at] = count, stranded
+            self._stale[:] = False
+        if len(sums.parts) > 4 * max(len(wanted), 8):  # parts the mix has long forgotten
+            for g in sums.parts.keys() - wanted:
+                del sums.parts[g]
+        new = wanted - sums.parts.keys()
+        if new:
+            idle = idle_of_used(s, slot_used(s, s.free, s.free_memory_mib, xp), xp)
+            for g in new:
+                sums.parts[g] = part_sums(s, g, idle, xp)
+        return sums
