@@ -90,11 +90,11 @@ def share_pods(nodes: int, total: int, replicas: int) -> Iterator[dict[str, Any]
 def serve(nodes: int, mode: str, pods: int, policy: str, port_q: Any) -> None:
     from scheduler_ext.cache import ClusterCache
     from scheduler_ext.decide import Decider
-    from scheduler_ext.main import freeze_heap, one_malloc_arena
+    from scheduler_ext.main import freeze_heap, tune_malloc
     from scheduler_ext.metrics import Metrics
     from scheduler_ext.server import ExtenderApp, serve as start
 
-    one_malloc_arena()  # as main does
+    tune_malloc()  # as main does
     rng = random.Random(7)
     cache = ClusterCache(rows=nodes)
     if mode == "whole":

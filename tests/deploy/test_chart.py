@@ -158,6 +158,7 @@ def test_scheduler_config_is_the_shared_one(render: Render, values: list[str]) -
                by_kind(docs, "Deployment")["gpupack-extender"]["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["GPUPACK_EXTENDER_TLS_CLIENT_CA"] == "/etc/gpupack/tls/ca.crt"
         assert env["GPUPACK_EXTENDER_POLICY"] == "fragmentation"
+        assert float(env["GPUPACK_EXTENDER_HOLD_SECONDS"]) == 5  # main's --hold-seconds parses it
     else:
         assert ext["urlPrefix"] == src_ext["urlPrefix"]
 
