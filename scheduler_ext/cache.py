@@ -377,10 +377,15 @@ class ClusterCache:
             return len(self._holds)
 
     def request(self, resource: str, count: int, memory_mib: int, cpu_milli: int = 0,
-                node_memory_mib: int = 0) -> kernel.Request:
-        """The kernel's request for a resource name (interning it)."""
+                node_memory_mib: int = 0, products: frozenset[str] = frozenset()) -> kernel.Request:
+        """The kernel's request for a resource name (interning it); ``products``: the GPU
+        product label values the pod is pinned to, as the models of the known GPUs that carry
+        them (a pin to products no known GPU has pins to none: kube-scheduler's NodeAffinity
+        filter turns the nodes down, with its own reason)."""
         with self._lock:
-            return kernel.Request(self.resources.id(resource), count, memory_mib, cpu_milli, node_memory_mib)
+            models = frozenset(i for i, name in enumerate(self.models.names)
+                               if contract.label_value(name) in products) if products else frozenset()
+            return kernel.Request(self.resources.id(resource), count, memory_mib, cpu_milli, node_memory_mib, models)
 
     def node_free(self, name: str) -> tuple[int, int]:
         """``(free CPU millicores, free memory MiB)`` of a node (UNLIMITED when not tracked)."""
@@ -607,7 +612,7 @@ class ClusterCache:
             chosen: dict[str, list[str]] = {}
             taken: dict[int, set[int]] = collections.defaultdict(set)
             for resource, count in demand.totals().items():
-                req = self.request(resource, count, demand.memory_mib)
+                req = self.request(resource, count, demand.memory_mib, products=demand.products)
                 picks = kernel.choose_devices(rows, 0, req, numpy)
                 if not picks:
                     return None

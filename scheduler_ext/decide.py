@@ -241,7 +241,7 @@ class Decider:
         the leading resource."""
         return self.cache.request(resource, demand.totals()[resource], demand.memory_mib,
                                   demand.cpu_milli if resource == lead else 0,
-                                  demand.node_memory_mib if resource == lead else 0)
+                                  demand.node_memory_mib if resource == lead else 0, demand.products)
 
     def _cpu_only(self, demand: PodDemand, names: Sequence[str], score: bool, detail: bool) -> Decision:
         """A pod without GPUs fits every node as far as the extender is concerned (CPU and
@@ -344,7 +344,7 @@ class Decider:
             return False
         row = self._to_xp(row)
         for resource, count in demand.totals().items():
-            req = self.cache.request(resource, count, demand.memory_mib)
+            req = self.cache.request(resource, count, demand.memory_mib, products=demand.products)
             if not bool(kernel.evaluate(row, req, self.policy, self.xp, score=False).feasible[0]):
                 return False
         return True

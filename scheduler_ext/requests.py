@@ -38,6 +38,7 @@ class PodDemand:
     error: str = ""
     cpu_milli: int = 0  # CPU request of the pod (what kube-scheduler counts), millicores
     node_memory_mib: int = 0  # memory request of the pod, MiB (rounded up)
+    products: frozenset[str] = frozenset()  # gpupack.io/gpu.product values it is pinned to; empty: any
 
     @property
     def wants_gpu(self) -> bool:
@@ -98,6 +99,39 @@ def _requests(c: Any) -> tuple[int, int]:
     res = _dict(_dict(c).get("resources"))
     asked = {**_dict(res.get("limits")), **_dict(res.get("requests"))}
     return cpu_milli(asked.get("cpu", 0)), memory_mib(asked.get("memory", 0))
+
+
+def pinned_products(spec: dict[str, Any]) -> frozenset[str]:
+    """The GPU products (``gpupack.io/gpu.product`` label values) a pod may run on, from its
+    ``nodeSelector`` and its required node affinity; empty when it names none. The affinity's
+    terms are ORed, so it pins only when every term has an ``In`` on the label (the union of
+    their values); the selector and the affinity both apply (their intersection). Anything
+    else (``NotIn``, other keys) is left to kube-scheduler's NodeAffinity filter."""
+    sets: list[frozenset[str]] = []
+    selected = _dict(spec.get("nodeSelector")).get(contract.LABEL_PRODUCT)
+    if isinstance(selected, str):
+        sets.append(frozenset({selected}))
+    required = _dict(_dict(_dict(spec.get("affinity")).get("nodeAffinity")).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"))
+    terms = required.get("nodeSelectorTerms")
+    if isinstance(terms, list) and terms:
+        union: set[str] = set()
+        for term in terms:
+            values = [v for e in (_dict(term).get("matchExpressions") or []) if isinstance(e, dict)
+                      and e.get("key") == contract.LABEL_PRODUCT and e.get("operator") == "In"
+                      for v in (e.get("values") or []) if isinstance(v, str)]
+            if not values:
+                union = set()
+                break
+            union.update(values)
+        if union:
+            sets.append(frozenset(union))
+    if not sets:
+        return frozenset()
+    out = sets[0]
+    for more in sets[1:]:
+        out &= more
+    return out or frozenset({""})  # pinned to nothing that exists: no node has the label ""
 
 
 def pod_requests(spec: dict[str, Any]) -> tuple[int, int]:
@@ -186,4 +220,5 @@ def pod_demand(pod: KubeObject) -> PodDemand:
         error=error,
         cpu_milli=cpu,
         node_memory_mib=mem,
+        products=pinned_products(spec),
     )

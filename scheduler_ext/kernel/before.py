@@ -25,20 +25,29 @@ from scheduler_ext.kernel.xp import Array, Namespace, row_sum
 class BeforeSums:
     """Per node: ``total_idle`` (idle GPU capacity of healthy slots, in GPUs), ``used_weight``
     (``sum(weight * used)``), ``total_weight`` (``sum(weight)`` over slots that exist), and per
-    GPU part ``parts[gpu] = (count, stranded)``: units of the part the node can host, and its
-    idle capacity on slots that can host none."""
+    GPU part ``parts[gpu] = (count, stranded, allowed)``: units of the part the node can host,
+    its idle capacity on slots that can host none, and whether the node has a GPU of a model
+    the part may run on (always, for a part without models)."""
 
     total_idle: Array
     used_weight: Array
     total_weight: Array
-    parts: dict[Request, tuple[Array, Array]]
+    parts: dict[Request, tuple[Array, Array, Array]]
 
 
-def part_sums(s: Slots, gpu: Request, idle: Array, xp: Namespace) -> tuple[Array, Array]:
-    """``(count, stranded)`` of one GPU part on every node of ``s``; ``idle`` is
+def allowed_nodes(s: Slots, gpu: Request, xp: Namespace) -> Array:
+    """Per node: it has a device of one of ``gpu.models`` (every node when ``models`` is empty)."""
+    if not gpu.models:
+        return xp.ones(s.shape[0], dtype=bool)
+    of_model = xp.isin(s.model, xp.asarray(sorted(gpu.models), dtype=s.model.dtype)) & (s.capacity > 0)
+    return xp.any(of_model, axis=1)
+
+
+def part_sums(s: Slots, gpu: Request, idle: Array, xp: Namespace) -> tuple[Array, Array, Array]:
+    """``(count, stranded, allowed)`` of one GPU part on every node of ``s``; ``idle`` is
     :func:`~scheduler_ext.kernel.usage.idle_capacity` of ``s`` now."""
     u = units(s, gpu, xp)
-    return row_sum(u, xp), row_sum(idle * (u == 0), xp)
+    return row_sum(u, xp), row_sum(idle * (u == 0), xp), allowed_nodes(s, gpu, xp)
 
 
 def before_sums(s: Slots, gpus: Iterable[Request], xp: Namespace) -> BeforeSums:
@@ -77,8 +86,9 @@ class BeforeMemo:
             fresh = before_sums(s.rows(at), sums.parts, xp)
             sums.total_idle[at], sums.used_weight[at], sums.total_weight[at] = (
                 fresh.total_idle, fresh.used_weight, fresh.total_weight)
-            for g, (count, stranded) in fresh.parts.items():
-                sums.parts[g][0][at], sums.parts[g][1][at] = count, stranded
+            for g, fresh_part in fresh.parts.items():
+                for kept, now in zip(sums.parts[g], fresh_part):
+                    kept[at] = now
             self._stale[:] = False
         if len(sums.parts) > 4 * max(len(wanted), 8):  # parts the mix has long forgotten
             for g in sums.parts.keys() - wanted:

@@ -81,10 +81,13 @@ def _after(node: list[dict[str, float]], take: list[int], req: Request) -> list[
 def _frag(node: list[dict[str, float]], mix: Mix, cpu: int, mem: int) -> float:
     """F(node): per shape, the idle capacity of the slots without room for it when the node
     can host it (enough units, CPU and memory), all idle capacity when it cannot; a CPU-only
-    shape strands nothing where it fits."""
+    shape strands nothing where it fits; a shape pinned to GPU models counts only on nodes with
+    a GPU of one of them."""
     idle = [x["weight"] * (1 - _used(x)) if x["healthy"] and x["cap"] > 0 else 0.0 for x in node]
     total = 0.0
     for shape, p in mix:
+        if shape.models and not any(x["cap"] > 0 and int(x["model"]) in shape.models for x in node):
+            continue
         u = [_units(x, shape) for x in node]
         cpu_ok = shape.cpu_milli <= 0 or cpu >= shape.cpu_milli  # asking nothing always fits
         mem_ok = shape.node_memory_mib <= 0 or mem >= shape.node_memory_mib

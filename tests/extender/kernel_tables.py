@@ -23,6 +23,7 @@ class S:
     weight: float = 1.0
     nvgroup: int = -1
     numa: int = 0
+    model: int = 0
 
 
 def slots(rows: list[list[S]], xp: Any = np, cpu: list[int] | None = None, mem: list[int] | None = None) -> Slots:
@@ -46,6 +47,7 @@ def slots(rows: list[list[S]], xp: Any = np, cpu: list[int] | None = None, mem: 
             s.gpu[i, j] = j
             s.numa[i, j] = x.numa
             s.nvgroup[i, j] = x.nvgroup
+            s.model[i, j] = x.model
     if xp is np:
         return s
     return Slots(**{f.name: xp.asarray(getattr(s, f.name)) for f in dataclasses.fields(s)})

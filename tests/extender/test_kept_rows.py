@@ -37,7 +37,7 @@ def memo_matches(cache: ClusterCache, names: list[str], parts: list[Request], ex
         kept = memo.get(rows, parts, numpy)
     want = before_sums(cache.select_positions(names, exclude)[0], parts, numpy)
     same = [numpy.array_equal(getattr(kept, f), getattr(want, f)) for f in ("total_idle", "used_weight", "total_weight")]
-    same += [numpy.array_equal(kept.parts[g][i], want.parts[g][i]) for g in parts for i in (0, 1)]
+    same += [numpy.array_equal(kept.parts[g][i], want.parts[g][i]) for g in parts for i in (0, 1, 2)]
     return all(same)
 
 
@@ -90,6 +90,7 @@ def test_kept_rows_equal_a_fresh_copy_after_any_changes(seed: int) -> None:
         assert read(cache, names) == fresh(cache, names)
         # the per-node sums kept with the copy follow it (a part seen first now, or kept)
         parts = [cache.request(contract.NVIDIA_GPU, k, 0, 0, 0) for k in (1, 2, rng.choice([3, 4]))]
+        parts.append(dataclasses.replace(parts[0], models=frozenset({rng.randrange(2)})))
         assert memo_matches(cache, names, parts)
         assert memo_matches(cache, names, parts, uid)
 

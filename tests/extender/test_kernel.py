@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any
 
 import numpy as np
@@ -239,6 +241,22 @@ def test_idle_and_fragmented() -> None:
     s = slots([[USED, USED, USED, FREE], [USED, USED, FREE, FREE]])
     idle, frag = kernel.idle_and_fragmented(s, ((Request(GPU, 2), 1.0),), np)
     assert (idle, frag) == (3.0, 1.0)
+
+
+def test_a_shape_pinned_to_another_model_counts_nothing_on_a_node() -> None:
+    # n0: model 0, 1 free of 4; n1: model 1, the same. The mix wants 2 GPUs of model 1: n1
+    # cannot host it (its 1 idle GPU is a fragment for it); n0 never could, and counts nothing.
+    a, b = S(model=0), S(model=1)
+    used_a, used_b = dataclasses.replace(a, free=0), dataclasses.replace(b, free=0)
+    s = slots([[used_a, used_a, used_a, a], [used_b, used_b, used_b, b]])
+    pinned = ((Request(GPU, 2, models=frozenset({1})), 1.0),)
+    assert kernel.idle_and_fragmented(s, pinned, np) == (2.0, 1.0)
+    # a 1-GPU pod on n1's last GPU removes a fragment of the pinned shape (+1); on n0's, none
+    # (0); counted as before, n0's GPU was a fragment too and both nodes scored +1
+    v = kernel.evaluate(s, Request(GPU, 1), kernel.get_policy("fragmentation"), np, mix=pinned)
+    assert v.raw.tolist() == pytest.approx([0.0 + 0.001, 1.0 + 0.001])
+    _, ref = reference.evaluate(s, Request(GPU, 1), "fragmentation", pinned)
+    assert ref == pytest.approx(v.raw.tolist())
 
 
 def test_mixed_namespaces_refused() -> None:

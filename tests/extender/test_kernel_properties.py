@@ -25,7 +25,7 @@ def slot(draw: st.DrawFn) -> S:
     free_mem = draw(st.integers(0, mem)) if cap > 1 else (mem if free else 0)
     return S(resource=draw(st.integers(0, 2)), cap=cap, free=free, mem=mem, free_mem=free_mem,
              healthy=draw(st.booleans()), weight=draw(st.sampled_from([1.0, 0.5, 0.25])),
-             nvgroup=draw(st.integers(-1, 1)), numa=draw(st.integers(-1, 1)))
+             nvgroup=draw(st.integers(-1, 1)), numa=draw(st.integers(-1, 1)), model=draw(st.integers(0, 1)))
 
 
 clusters = st.lists(st.lists(slot(), min_size=0, max_size=5), min_size=1, max_size=4)
@@ -101,7 +101,8 @@ def test_array_kernel_equals_plain_python_reference(rows: list[list[S]], req: Re
     s = slots(rows, cpu=free_cpu, mem=free_mem)
     mix = ((req, 0.5), (Request(1, 1, 5000, cpu_milli=data.draw(cpu_mem)), 0.2),
            (Request(1, 1, 5000, node_memory_mib=data.draw(cpu_mem)), 0.1),
-           (Request(-1, 0, cpu_milli=data.draw(cpu_mem), node_memory_mib=data.draw(cpu_mem)), 0.2))
+           (Request(-1, 0, cpu_milli=data.draw(cpu_mem), node_memory_mib=data.draw(cpu_mem)), 0.1),
+           (Request(0, data.draw(st.integers(1, 2)), models=frozenset({data.draw(st.integers(0, 2))})), 0.1))
     v = kernel.evaluate(s, req, kernel.get_policy(policy), np, mix=mix)
     feasible, raw = reference.evaluate(s, req, policy, mix if policy == "fragmentation" else ())
     assert v.feasible.tolist() == feasible
@@ -161,7 +162,7 @@ def test_a_kept_memo_gives_the_scores_of_a_fresh_evaluation(rows: list[list[S]],
     changed = data.draw(st.lists(st.integers(0, n - 1), unique=True))
     before = slots(rows)
     now = slots([(later[i % len(later)] if i in changed else rows[i]) for i in range(n)])
-    mix = ((req, 0.5), (Request(1, 1, 5000), 0.3), (Request(0, 2), 0.2))
+    mix = ((req, 0.5), (Request(1, 1, 5000), 0.2), (Request(0, 2), 0.2), (Request(0, 1, models=frozenset({1})), 0.1))
     policy = kernel.get_policy("fragmentation")
     memo = kernel.BeforeMemo(n)
     kernel.evaluate(before, Request(0, 1), policy, np, mix=mix, memo=memo)  # the memo learns the old rows

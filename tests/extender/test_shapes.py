@@ -115,3 +115,54 @@ def test_pod_cpu_and_memory_requests() -> None:
         "overhead": {"cpu": "100m", "memory": "64Mi"},
     }
     assert pod_requests(spec) == (2100, 3136)
+
+
+def _expr(*values: str, key: str = contract.LABEL_PRODUCT, op: str = "In") -> dict[str, object]:
+    return {"matchExpressions": [{"key": key, "operator": op, "values": list(values)}]}
+
+
+@pytest.mark.parametrize(
+    "spec,products",
+    [
+        pytest.param({}, set(), id="no-pin"),
+        pytest.param({"nodeSelector": {contract.LABEL_PRODUCT: "NVIDIA-H100"}}, {"NVIDIA-H100"}, id="selector"),
+        pytest.param({"nodeSelector": {"zone": "a"}}, set(), id="other-label"),
+        pytest.param({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [_expr("A", "B"), _expr("C")]}}}}, {"A", "B", "C"}, id="terms-ored"),
+        # one term without a product pin: the pod may run anywhere that term allows
+        pytest.param({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [_expr("A"), _expr("x", key="zone")]}}}}, set(), id="one-term-unpinned"),
+        pytest.param({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [_expr("A", op="NotIn")]}}}}, set(), id="not-in-left-to-kube-scheduler"),
+        pytest.param({"nodeSelector": {contract.LABEL_PRODUCT: "A"}, "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [_expr("A", "B")]}}}},
+            {"A"}, id="selector-and-affinity"),
+        pytest.param({"nodeSelector": {contract.LABEL_PRODUCT: "A"}, "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [_expr("B")]}}}},
+            {""}, id="contradiction-pins-to-nothing"),
+        pytest.param({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": None}}}, set(),
+                     id="null-fields"),
+    ],
+)
+def test_gpu_product_pins_are_read(spec: dict[str, object], products: set[str]) -> None:
+    from scheduler_ext.requests import pinned_products
+
+    assert pinned_products(spec) == products
+
+
+def test_a_pinned_pod_uses_only_its_product_and_its_shape_is_pinned_in_the_mix() -> None:
+    h100 = "NVIDIA H100 80GB HBM3"
+    both = node("both", [gpu("both", 0), gpu("both", 1, model=h100)])  # one A100, one H100
+    cache = from_objects([both])
+    d = Decider(cache, "fragmentation")
+    p = pod("want-h100", gpus={contract.NVIDIA_GPU: 1})
+    p["spec"]["nodeSelector"] = {contract.LABEL_PRODUCT: contract.label_value(h100)}
+    demand = pod_demand(p)
+    assert d.filter(demand, ["both"]).fitting_names == ["both"]
+    assert cache.assign(demand, "both", d.policy) == {"c0": {contract.NVIDIA_GPU: ["GPU-both-1"]}}
+    ((shape, _),) = cache.mix()
+    assert shape.models == frozenset({cache.models.find(h100)})
+    # a second H100 pod no longer fits: the A100 is not its
+    p2 = pod("want-h100-b", gpus={contract.NVIDIA_GPU: 1})
+    p2["spec"]["nodeSelector"] = {contract.LABEL_PRODUCT: contract.label_value(h100)}
+    assert d.filter(pod_demand(p2), ["both"]).fitting_names == []

@@ -6,7 +6,8 @@ memory-sized shares by working on slots and units (see :mod:`scheduler_ext.kerne
     idle(s)     = weight(s) * (1 - used(s))                  for healthy slots, in GPUs
     F_m(node)   = sum_s idle(s)                              if node cannot host shape m
                 = sum_s idle(s) * [units_m(s) == 0]          otherwise
-    F(node)     = sum_m p_m * F_m(node)                      over the recent mix of shapes
+    F(node)     = sum_m p_m * F_m(node)                      over the shapes of the recent mix
+                                                             that may run on the node
     raw         = -(F_after - F_before) + 0.001 * u_after
 
 A shape ``m`` is a request: its GPU part (resource, count, memory hint) and its CPU and
@@ -18,7 +19,12 @@ as GPUs too small for it. A CPU-only shape (``count == 0``) strands nothing wher
 memory fit and all the node's idle GPU capacity where they do not. ``units_m(s)`` is how
 many of m's units slot ``s`` can host, so a GPU whose memory is mostly claimed by hinted
 shares is a fragment for a large-memory share, and a free MIG 1g slice is a fragment for a
-3g request. The small ``u_after`` term breaks ties towards fuller nodes, like FGD's
+3g request. A shape pinned to GPU models (``Request.models``, node affinity on the GPU
+product) may run only on nodes with a GPU of one of them, and counts nothing elsewhere: the
+GPUs of another model are not fragments *for it*, since nothing placed there could ever
+change that (counted, they made every node of a model few shapes want look better to fill,
+whatever the placement did to its own fragmentation; on the trace with half the tasks pinned
+to a model, 9.8 % unallocated against best-fit's 7.3 %, 7.3 % with the rule). The small ``u_after`` term breaks ties towards fuller nodes, like FGD's
 first-fit ties. Without a recorded mix, the request itself is the only shape. Nodes whose
 CPU and memory are not tracked (``UNLIMITED``) fit every shape's CPU and memory.
 
@@ -28,7 +34,7 @@ test is one comparison per node.
 
 from __future__ import annotations
 
-from scheduler_ext.kernel.before import before_sums
+from scheduler_ext.kernel.before import allowed_nodes, before_sums
 from scheduler_ext.kernel.slots import Mix, Request, Slots, flat_index, unit_memory, units
 from scheduler_ext.kernel.usage import ScoreInput, idle_capacity, idle_of_used, slot_used
 from scheduler_ext.kernel.xp import Array, Namespace, row_sum
@@ -65,8 +71,9 @@ def expected_fragmentation(
             u = units(s, gpu, xp, free=free, free_memory_mib=free_memory_mib)
             fits = row_sum(u, xp) >= gpu.count
             stranded = row_sum(idle * (u == 0), xp)
+        allowed = allowed_nodes(s, gpu, xp)
         for shape, p in shapes:
-            out += p * xp.where(_fits_cpu(shape, fits, cpu, mem), stranded, total_idle)
+            out += p * xp.where(allowed, xp.where(_fits_cpu(shape, fits, cpu, mem), stranded, total_idle), 0.0)
     return out
 
 
@@ -117,11 +124,12 @@ def score(inp: ScoreInput) -> Array:
     cpu_a, node_mem_a = inp.node_after()
     delta = xp.zeros(n, dtype=xp.float64)
     for gpu, shapes in parts.items():
+        allowed = None
         if gpu.count <= 0:
             fits_b = fits_a = xp.ones(n, dtype=bool)
             stranded_b = stranded_a = xp.zeros(n, dtype=xp.float64)
         else:
-            count_b, stranded_b = sums.parts[gpu]
+            count_b, stranded_b, allowed = sums.parts[gpu]
             u_b_c = units(c, gpu, xp)
             u_a_c = units(c, gpu, xp, free=free_a_c, free_memory_mib=mem_a_c)
             count_a = count_b - row_sum(u_b_c, xp) + row_sum(u_a_c, xp)
@@ -130,6 +138,7 @@ def score(inp: ScoreInput) -> Array:
         for shape, p in shapes:
             ok_b = _fits_cpu(shape, fits_b, s.node_cpu_free, s.node_memory_free)
             ok_a = _fits_cpu(shape, fits_a, cpu_a, node_mem_a)
-            delta += p * (xp.where(ok_a, stranded_a, total_a) - xp.where(ok_b, stranded_b, total_b))
+            d = p * (xp.where(ok_a, stranded_a, total_a) - xp.where(ok_b, stranded_b, total_b))
+            delta += d if not gpu.models or allowed is None else xp.where(allowed, d, 0.0)
     used_a = sums.used_weight - row_sum(c.weight * used_b_c, xp) + row_sum(c.weight * used_a_c, xp)
     return -delta + 0.001 * used_a / xp.maximum(sums.total_weight, 1e-12)
