@@ -8,6 +8,8 @@ and Allocate. The checks read what each container received.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from gpupack import contract
@@ -93,3 +95,37 @@ def test_plugin_prefers_the_annotated_devices(cluster: harness.Cluster, group: s
         "pinned", group, {contract.NVIDIA_GPU: 2}, annotations={contract.DEVICES_ANNOTATION: annotation}, node_name=name))
     pods = cluster.wait_pods(namespace, workloads.all_running(namespace, ["pinned"]), "pinned Running")
     workloads.check_allocations(cluster, pods.values())
+
+
+def test_a_pod_pinned_to_a_gpu_product_gets_only_gpus_of_that_model(
+    cluster: harness.Cluster, group: str, namespace: str
+) -> None:
+    """A node with 4 A100s (GPUs 0-3) and 4 H100s: its product label names the A100 (the
+    device plugin labels by the first GPU), so a pod pinned to it with nodeSelector passes
+    kube-scheduler's NodeAffinity; the extender reads the pin, so 5 GPUs do not fit (only 4 are
+    A100s) and 4 GPUs are all A100s."""
+    name = f"{group}-mixed"
+    machine = workloads.nvswitch_machine(name)
+    for g in machine["gpus"][4:]:
+        g["model"], g["memoryMiB"] = "NVIDIA H100 80GB HBM3", 81559
+    node = cluster.add_node(name, group, machine)
+    node.wait_allocatable({contract.NVIDIA_GPU: 8})
+    cluster.wait_node(name, lambda n: (n.metadata.labels or {}).get(contract.LABEL_PRODUCT), "product label")
+    a100 = contract.label_value("NVIDIA A100-SXM4-40GB")
+    a100_ids = {g["id"] for g in machine["gpus"][:4]}
+
+    def pinned(pod_name: str, gpus: int) -> dict[str, Any]:
+        pod = workloads.gpu_pod(pod_name, group, {contract.NVIDIA_GPU: gpus})
+        pod["spec"]["nodeSelector"][contract.LABEL_PRODUCT] = a100
+        return pod
+
+    cluster.core.create_namespaced_pod(namespace, pinned("five", 5))
+    event = cluster.wait_event(namespace, "five", "FailedScheduling")
+    assert "gpupack" in event.message and "nvidia.com/gpu" in event.message, event.message
+
+    cluster.core.delete_namespaced_pod("five", namespace, grace_period_seconds=0)
+    cluster.core.create_namespaced_pod(namespace, pinned("four", 4))
+    pods = cluster.wait_pods(namespace, workloads.all_running(namespace, ["four"]), "four Running")
+    workloads.check_allocations(cluster, pods.values())
+    placed = workloads.annotated_by_node(pods.values())
+    assert set(placed[name][contract.NVIDIA_GPU]) == a100_ids
