@@ -247,7 +247,7 @@ class Decider:
         """A pod without GPUs fits every node as far as the extender is concerned (CPU and
         memory are NodeResourcesFit's); it is scored by what its CPU and memory would do to
         each node, a request of no GPU (``fragmentation``: the idle GPUs they would strand),
-        and its shape joins the mix."""
+        and its shape joins the mix when some candidate node has GPUs."""
         n = len(names)
         fits = numpy.ones(n, bool)
         level = numpy.zeros(n, numpy.int64)
@@ -256,16 +256,23 @@ class Decider:
         generation = -1
         if score:
             req = kernel.Request(-1, 0, 0, demand.cpu_milli, demand.node_memory_mib)
-            self.cache.note_shape(demand.uid, req)
             generation = self.cache.generation
             lead_raw = numpy.full(n, -numpy.inf)  # unknown nodes: level 0, as below
-            mix = self.cache.mix() if self.policy.uses_mix else ()
             with self.cache.rows_of(names, exclude=demand.uid) as (rows, pos, memo):
-                if pos.shape[0]:
+                # Only a pod that may land beside GPUs shapes the mix: in a cluster whose GPU
+                # nodes are tainted, the many CPU-only pods reach the extender with CPU nodes
+                # alone, and counted they would crowd the GPU shapes out of it.
+                if pos.shape[0] and bool((rows.capacity > 0).any()):
+                    self.cache.note_shape(demand.uid, req)
+                    generation = self.cache.generation
+                    mix = self.cache.mix() if self.policy.uses_mix else ()
                     v = kernel.evaluate(self._to_xp(rows), req, self.policy, self.xp, mix=mix,
                                         memo=memo if self.xp is numpy else None)
                     level[pos] = kernel.xp.to_host(v.level)
                     raw[pos] = lead_raw[pos] = kernel.xp.to_host(v.raw)
+                else:  # no GPUs among the candidates: nothing to strand, every node alike
+                    lead_raw[pos] = 0.0
+                    level[pos] = 10
         groups = [Group(numpy.arange(n), "no GPU requested", "fits", False)] if detail else []
         return Decision(names, fits, numpy.zeros(n, bool), level, raw, groups, lead_raw, generation)
 

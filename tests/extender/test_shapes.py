@@ -169,3 +169,21 @@ def test_a_pinned_pod_uses_only_its_product_and_its_shape_is_pinned_in_the_mix()
     p2 = pod("want-h100-b", gpus={contract.NVIDIA_GPU: 1})
     p2["spec"]["nodeSelector"] = {contract.LABEL_PRODUCT: contract.label_value(h100)}
     assert d.filter(pod_demand(p2), ["both"]).fitting_names == []
+
+
+def test_cpu_only_pods_shape_the_mix_only_when_they_may_land_beside_gpus() -> None:
+    cache = from_objects([node("gpu", n=2), node("web-0"), node("web-1")])
+    d = Decider(cache, "fragmentation")
+
+    def cpu_pod(name: str) -> dict[str, object]:
+        p = pod(name)
+        p["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "2"}  # type: ignore[index]
+        return p
+
+    # GPU nodes tainted away: the candidates are CPU nodes only; all alike, the mix unchanged
+    assert d.prioritize(pod_demand(cpu_pod("web")), ["web-0", "web-1"]).tolist() == [10, 10]
+    assert cache.mix() == ()
+    # a pod that may land on the GPU node is scored against it and joins the mix
+    d.prioritize(pod_demand(cpu_pod("batch")), ["gpu", "web-0"])
+    ((shape, _),) = cache.mix()
+    assert shape.count == 0 and shape.cpu_milli == 2000
