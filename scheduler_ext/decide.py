@@ -127,7 +127,7 @@ class Decider:
 
     def filter(self, demand: PodDemand, names: Sequence[str]) -> Decision:
         """:meth:`decide` with scores, remembered for the pod's :meth:`prioritize`."""
-        d = self.decide(demand, names, score=True)
+        d = self.decide(demand, names, score=True, levels=False)  # prioritize ranks its own subset
         if demand.uid and d.lead_raw is not None:
             with self._memo_lock:
                 self._memo.pop(demand.uid, None)
@@ -164,10 +164,12 @@ class Decider:
         return kernel.Slots(**{f.name: self.xp.asarray(getattr(s, f.name)) for f in dataclasses.fields(s)})
 
     def decide(
-        self, demand: PodDemand, names: Sequence[str], score: bool = True, detail: bool = False, reasons: bool = True
+        self, demand: PodDemand, names: Sequence[str], score: bool = True, detail: bool = False, reasons: bool = True,
+        levels: bool = True,
     ) -> Decision:
         """Every named node's answer for the pod, as arrays in the order of ``names``; reasons
-        are worded for the failing nodes only (and, with ``detail``, for the fitting ones)."""
+        are worded for the failing nodes only (and, with ``detail``, for the fitting ones);
+        without ``levels`` the 0..10 levels are left at 0 (raw scores are still computed)."""
         n = len(names)
         everyone = numpy.arange(n)
         if demand.error:
@@ -184,7 +186,7 @@ class Decider:
         generation = self.cache.generation
         with self.cache.rows_of(names, exclude=demand.uid) as (rows, pos, memo):
             fits, unres, level, raw, lead_raw, groups = self._evaluate(demand, lead, names, rows, pos, score, detail,
-                                                                       reasons, memo)
+                                                                       reasons, memo, levels)
         for g in groups:
             unres[g.positions] |= g.unresolvable
         level[~fits] = 0
@@ -193,7 +195,7 @@ class Decider:
 
     def _evaluate(
         self, demand: PodDemand, lead: str, names: Sequence[str], rows: kernel.Slots, pos: numpy.ndarray[Any, Any],
-        score: bool, detail: bool, reasons: bool, memo: kernel.BeforeMemo | None = None,
+        score: bool, detail: bool, reasons: bool, memo: kernel.BeforeMemo | None = None, levels: bool = True,
     ) -> tuple[numpy.ndarray[Any, Any], numpy.ndarray[Any, Any], numpy.ndarray[Any, Any], numpy.ndarray[Any, Any],
                numpy.ndarray[Any, Any] | None, list[Group]]:
         """The kernel's verdicts for every resource of a GPU pod on ``rows`` (the known names at
@@ -215,7 +217,7 @@ class Decider:
             req = self._request(demand, resource, lead)
             mix = self.cache.mix() if self.policy.uses_mix else ()
             v = kernel.evaluate(rows, req, self.policy, self.xp, mix=mix, score=score and resource == lead,
-                                memo=memo if resource == lead and self.xp is numpy else None)
+                                memo=memo if resource == lead and self.xp is numpy else None, levels=levels)
             ok = kernel.xp.to_host(v.feasible)
             free = kernel.xp.to_host(v.free_units)
             total = kernel.xp.to_host(v.total_units)

@@ -60,6 +60,7 @@ def evaluate(
     mix: Mix = (),
     score: bool = True,
     memo: BeforeMemo | None = None,
+    levels: bool = True,
 ) -> Verdicts:
     """Feasibility and, when ``score``, the policy's raw score and 0..10 level of ``req`` on
     every row of ``s``. The hypothetical placement behind the score is the packed
@@ -67,7 +68,8 @@ def evaluate(
     CPU-only request (``count == 0``) fits every node and takes no slot; its score is what
     its CPU and memory do to the node (``fragmentation``: the GPUs they strand). ``memo``: the
     per-node sums of ``s`` kept by a caller that evaluates request after request on the same
-    rows (:class:`~scheduler_ext.kernel.before.BeforeMemo`, NumPy only)."""
+    rows (:class:`~scheduler_ext.kernel.before.BeforeMemo`, NumPy only). ``levels=False``
+    leaves the 0..10 levels at 0, for a caller that ranks a subset later."""
     feasible, reason, free_units, total_units, u = feasibility(s, req, xp)
     n = s.shape[0]
     if not score or n == 0:
@@ -76,7 +78,8 @@ def evaluate(
     take = take_plan(s, req, xp, avail=u)
     raw = policy.score(ScoreInput(s, take, req, mix if policy.uses_mix else (), xp, memo))
     raw = xp.where(feasible, raw, -xp.inf)
-    return Verdicts(feasible, reason, free_units, total_units, raw, to_levels(raw, feasible, xp))
+    level = to_levels(raw, feasible, xp) if levels else xp.zeros(n, dtype=xp.int64)
+    return Verdicts(feasible, reason, free_units, total_units, raw, level)
 
 
 def idle_and_fragmented(s: Slots, mix: Mix, xp: Namespace) -> tuple[float, float]:
