@@ -105,6 +105,7 @@ class State:
         self._weight = to_host(s.weight)
         self._memory = to_host(s.memory_mib)
         self._capacity = to_host(s.capacity)
+        self.changed: list[int] = []  # rows placed on or freed since a reader last cleared this
 
     def candidates(self, task: Task, order: IntArray) -> IntArray:
         """The nodes, in ``order``, that pass the node filters: CPU, memory, GPU model."""
@@ -136,6 +137,7 @@ class State:
         """Take (``sign=1``) or give back (``-1``) what ``task`` holds on ``row``."""
         self.cpu_free[row] -= sign * task.cpu_milli
         self.memory_free[row] -= sign * task.memory_mib
+        self.changed.append(row)
         self.slots.node_cpu_free[row] = int(self.cpu_free[row])
         self.slots.node_memory_free[row] = int(self.memory_free[row])
         for col, n in devices:

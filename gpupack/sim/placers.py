@@ -33,6 +33,7 @@ import numpy
 
 from gpupack.sim.model import Devices, FloatArray, IntArray, State, Task
 from scheduler_ext import kernel
+from scheduler_ext.kernel.before import BeforeMemo, RowSubset
 from scheduler_ext.kernel.xp import to_host
 
 Choice = tuple[int, Devices] | None
@@ -120,16 +121,31 @@ class KernelPlacer:
     wl: Workload
     select: str = "deployed"
     rng: numpy.random.Generator = dataclasses.field(init=False)
+    _memo: BeforeMemo | None = dataclasses.field(init=False, default=None)
+    _memo_of: State | None = dataclasses.field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.rng = numpy.random.default_rng(self.wl.seed)
+
+    def _sums(self, st: State, rows: IntArray) -> RowSubset | None:
+        """The per-node sums before placement, kept across tasks and recomputed only on the
+        rows placed on or freed since (as the extender keeps them): ``fragmentation`` needs
+        them on every candidate, and most rows do not change from one task to the next."""
+        if not self.policy.uses_mix or st.xp is not numpy:
+            return None
+        if self._memo is None or self._memo_of is not st:
+            self._memo, self._memo_of = BeforeMemo(st.slots.shape[0]), st
+        elif st.changed:
+            self._memo.mark(numpy.asarray(st.changed, dtype=numpy.int64))
+        st.changed.clear()
+        return RowSubset(self._memo, st.slots, rows)
 
     def choose(self, st: State, task: Task, rows: IntArray) -> Choice:
         if rows.shape[0] == 0:
             return None
         xp = st.xp
         sub = st.slots.rows(xp.asarray(rows))
-        v = kernel.evaluate(sub, task.request, self.policy, xp, mix=self.wl.mix)
+        v = kernel.evaluate(sub, task.request, self.policy, xp, mix=self.wl.mix, memo=self._sums(st, rows))
         feasible = to_host(v.feasible)
         if not feasible.any():
             return None

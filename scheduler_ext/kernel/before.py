@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import Protocol
 
 import numpy
 
@@ -59,6 +60,12 @@ def before_sums(s: Slots, gpus: Iterable[Request], xp: Namespace) -> BeforeSums:
     return BeforeSums(row_sum(idle, xp), row_sum(s.weight * used, xp), row_sum(s.weight * (s.capacity > 0), xp), parts)
 
 
+class SumsSource(Protocol):
+    """Where a policy gets :class:`BeforeSums` of the rows it scores from."""
+
+    def get(self, s: Slots, gpus: Iterable[Request], xp: Namespace) -> BeforeSums: ...
+
+
 class BeforeMemo:
     """:class:`BeforeSums` of a row copy that lives across requests (NumPy only).
 
@@ -99,3 +106,21 @@ class BeforeMemo:
             for g in new:
                 sums.parts[g] = part_sums(s, g, idle, xp)
         return sums
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSubset:
+    """The sums of some rows of a memo's arrays: for a caller that keeps a memo of all its
+    nodes and scores a different subset each time (the simulator's candidates). ``get``'s
+    ``s`` must be ``full.rows(rows)``."""
+
+    memo: BeforeMemo
+    full: Slots
+    rows: Array
+
+    def get(self, s: Slots, gpus: Iterable[Request], xp: Namespace) -> BeforeSums:
+        wanted = [g for g in gpus if g.count > 0]
+        sums = self.memo.get(self.full, wanted, xp)
+        r = self.rows
+        parts = {g: (sums.parts[g][0][r], sums.parts[g][1][r], sums.parts[g][2][r]) for g in wanted}
+        return BeforeSums(sums.total_idle[r], sums.used_weight[r], sums.total_weight[r], parts)

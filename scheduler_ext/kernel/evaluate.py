@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from scheduler_ext.kernel.before import BeforeMemo
+from scheduler_ext.kernel.before import SumsSource
 from scheduler_ext.kernel.levels import to_levels
 from scheduler_ext.kernel.policies import Policy
 from scheduler_ext.kernel.slots import Mix, Reason, Request, Slots, take_plan, units
@@ -59,7 +59,7 @@ def evaluate(
     xp: Namespace,
     mix: Mix = (),
     score: bool = True,
-    memo: BeforeMemo | None = None,
+    memo: SumsSource | None = None,
     levels: bool = True,
 ) -> Verdicts:
     """Feasibility and, when ``score``, the policy's raw score and 0..10 level of ``req`` on

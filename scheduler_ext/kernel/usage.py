@@ -9,7 +9,7 @@ from scheduler_ext.kernel.slots import Mix, Request, Slots, unit_memory
 from scheduler_ext.kernel.xp import Array, Namespace, row_sum
 
 if TYPE_CHECKING:
-    from scheduler_ext.kernel.before import BeforeMemo
+    from scheduler_ext.kernel.before import SumsSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +23,7 @@ class ScoreInput:
     request: Request
     mix: Mix
     xp: Namespace
-    memo: BeforeMemo | None = None  # sums of ``before`` kept across requests, if the caller keeps them
+    memo: SumsSource | None = None  # sums of ``before`` kept across requests, if the caller keeps them
 
     def after(self) -> tuple[Array, Array]:
         """``(free, free_memory_mib)`` once the placement is made."""

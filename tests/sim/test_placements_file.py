@@ -68,3 +68,23 @@ def test_bad_trace_row_names_file_and_line(tmp_path: Path) -> None:
 
 def test_unknown_policy_refused(tmp_path: Path) -> None:
     assert main.main(["--policies", "nope", "--out", str(tmp_path / "o"), "--progress", "never"]) == 2
+
+
+@pytest.mark.parametrize("protocol", ["fgd", "replay"])
+def test_kept_sums_give_the_placements_of_fresh_ones(small_trace: tuple[Path, Path], protocol: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulator keeps fragmentation's per-node sums across tasks (recomputing the rows
+    placed on or freed); without them every task computes them afresh: same placements."""
+    from gpupack.sim import placers, protocols
+    import numpy
+
+    cluster, tasks = trace.load(*small_trace)
+    wl = placers.workload(tasks, 3)
+    run = protocols.run_fgd if protocol == "fgd" else protocols.run_replay
+
+    def records() -> list[object]:
+        return list(run(cluster, tasks, placers.make(["gpupack-fragmentation"], wl)[0], wl, 3, numpy).records)
+
+    kept = records()
+    monkeypatch.setattr(placers.KernelPlacer, "_sums", lambda self, st, rows: None)
+    assert records() == kept
