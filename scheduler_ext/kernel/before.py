@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy
 
-from scheduler_ext.kernel.slots import Request, Slots, units
+from scheduler_ext.kernel.slots import Request, Slots, of_models, units
 from scheduler_ext.kernel.usage import idle_of_used, slot_used
 from scheduler_ext.kernel.xp import Array, Namespace, row_sum
 
@@ -40,8 +40,7 @@ def allowed_nodes(s: Slots, gpu: Request, xp: Namespace) -> Array:
     """Per node: it has a device of one of ``gpu.models`` (every node when ``models`` is empty)."""
     if not gpu.models:
         return xp.ones(s.shape[0], dtype=bool)
-    of_model = xp.isin(s.model, xp.asarray(sorted(gpu.models), dtype=s.model.dtype)) & (s.capacity > 0)
-    return xp.any(of_model, axis=1)
+    return xp.any(of_models(s, gpu.models, xp) & (s.capacity > 0), axis=1)
 
 
 def part_sums(s: Slots, gpu: Request, idle: Array, xp: Namespace) -> tuple[Array, Array, Array]:

@@ -144,6 +144,11 @@ def unit_memory(s: Slots, req: Request, xp: Namespace) -> Array:
     return xp.where(s.capacity <= 1, s.memory_mib, s.memory_mib // xp.maximum(s.capacity, 1))
 
 
+def of_models(s: Slots, models: frozenset[int], xp: Namespace) -> Array:
+    """Per slot: its GPU model is one of ``models``."""
+    return xp.isin(s.model, xp.asarray(sorted(models), dtype=s.model.dtype))
+
+
 def units(
     s: Slots,
     req: Request,
@@ -160,7 +165,7 @@ def units(
     if healthy_only:
         ok &= s.healthy
     if req.models:
-        ok &= xp.isin(s.model, xp.asarray(sorted(req.models), dtype=s.model.dtype))
+        ok &= of_models(s, req.models, xp)
     whole = s.capacity <= 1
     if req.memory_mib > 0:
         # a hint larger than a whole device's memory makes that device useless for the request

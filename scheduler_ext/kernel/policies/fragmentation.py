@@ -25,8 +25,9 @@ GPUs of another model are not fragments *for it*, since nothing placed there cou
 change that (counted, they made every node of a model few shapes want look better to fill,
 whatever the placement did to its own fragmentation; on the trace with half the tasks pinned
 to a model, 9.8 % unallocated against best-fit's 7.3 %, 7.3 % with the rule). The small
-``u_after`` term breaks ties towards fuller nodes, like FGD's first-fit ties. Without a recorded mix, the request itself is the only shape. Nodes whose
-CPU and memory are not tracked (``UNLIMITED``) fit every shape's CPU and memory.
+``u_after`` term breaks ties towards fuller nodes, like FGD's first-fit ties. Without a
+recorded mix, the request itself is the only shape. Nodes whose CPU and memory are not
+tracked (``UNLIMITED``) fit every shape's CPU and memory.
 
 Shapes that share a GPU part share one pass over the slots; each shape's CPU and memory
 test is one comparison per node.
