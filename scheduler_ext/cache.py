@@ -43,7 +43,7 @@ import numpy
 from gpupack import contract
 from scheduler_ext import kernel, requests
 from scheduler_ext.kernel import slots as kslots
-from scheduler_ext.kernel.before import BeforeMemo
+from scheduler_ext.kernel.kept import RowMemo
 from scheduler_ext.requests import PodDemand, pod_demand
 from scheduler_ext.wire import KubeObject
 
@@ -56,6 +56,14 @@ SELECTIONS = 4
 MIX_COVERAGE = 0.95
 #: ... and at most this many shapes (each costs one comparison per node and evaluation).
 MIX_MAX_SHAPES = 128
+#: The mix is worked out again once this fraction of its window has arrived since (so it
+#: lags the window by under 5 % of it): every new mix makes every kept verdict stale
+#: (:class:`~scheduler_ext.kernel.kept.RowMemo`), and a mix per pod would keep none.
+MIX_REFRESH = 0.05
+#: ... and replaces the mix in use when the two differ by more than this (total variation
+#: distance: the share of pods whose shape would have to change). Traffic of a steady make-up
+#: keeps one mix; a rare shape flickering at the edge of the coverage does not replace it.
+MIX_TOLERANCE = 0.05
 #: Seconds a provisional hold (prioritize -> bind) lasts when no bind or binding event
 #: comes: kube-scheduler binds within milliseconds of prioritize unless a PreBind step (volume
 #: binding) waits, and a hold left by a pod that was never bound must not block capacity for long.
@@ -64,6 +72,13 @@ HOLD_SECONDS = 5.0
 #: :meth:`ClusterCache.rows_of`): below it, copying them afresh costs less than finding and
 #: copying the changed rows (measured: the crossing is between 500 and 1,000 rows).
 KEEP_ROWS_FROM = 1000
+
+
+def mix_distance(a: kernel.Mix, b: kernel.Mix) -> float:
+    """Total variation distance between two mixes: half the summed frequency differences
+    over their shapes (0: the same frequencies; 1: no shape in common). Both empty: 0."""
+    pa, pb = dict(a), dict(b)
+    return 0.5 * sum(abs(pa.get(s, 0.0) - pb.get(s, 0.0)) for s in pa.keys() | pb.keys())
 
 
 class Interner:
@@ -183,7 +198,7 @@ class _Selection:
     copy: kslots.Slots | None = None
     dirty: set[int] = dataclasses.field(default_factory=set)
     lent: bool = False  # a caller is evaluating on ``copy``
-    memo: BeforeMemo | None = None  # per-node sums of ``copy``, kept with it
+    memo: RowMemo | None = None  # per-node sums and recent verdicts of ``copy``, kept with it
 
 
 class ClusterCache:
@@ -215,8 +230,12 @@ class ClusterCache:
         self._node_requests: dict[str, tuple[str, int, int]] = {}
         self._requested: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
         self._recent: collections.deque[kernel.Request] = collections.deque(maxlen=MIX_MEMORY)
+        # per shape in ``_recent``: how often, and the sequence number of its latest arrival
+        self._shape_count: dict[kernel.Request, int] = {}
+        self._shape_last: dict[kernel.Request, int] = {}
         self._seen_shapes: set[str] = set()
         self._mix: kernel.Mix | None = None
+        self._mix_arrivals = 0  # shapes noted since the mix was last worked out
         self._listed: set[str] = set()
         self.synced = False  # True once nodes and pods have each been listed in full
         self.generation = 0  # bumped on every change, for callers that memoise
@@ -256,12 +275,13 @@ class ClusterCache:
     @contextlib.contextmanager
     def rows_of(
         self, names: Sequence[str], exclude: str = ""
-    ) -> Iterator[tuple[kslots.Slots, numpy.ndarray[Any, Any], BeforeMemo | None]]:
+    ) -> Iterator[tuple[kslots.Slots, numpy.ndarray[Any, Any], RowMemo | None]]:
         """:meth:`select_positions` for reading within the ``with`` block only, with a memo of
-        the rows' per-node sums (or None). kube-scheduler sends the same candidate list (every
-        node, to filter) pod after pod; copying its rows costs a third of a filter at thousands
-        of nodes, so the copy is kept and only the rows changed since are copied again; the
-        memo is kept with it and recomputes only those rows. The arrays must not be written to."""
+        the rows' per-node sums and recent verdicts (:class:`~scheduler_ext.kernel.kept.RowMemo`,
+        or None). kube-scheduler sends the same candidate list (every node, to filter) pod after
+        pod; copying its rows costs a third of a filter at thousands of nodes, so the copy is
+        kept and only the rows changed since are copied again; the memo is kept with it and
+        recomputes only those rows. The arrays must not be written to."""
         with self._lock:
             self._expire()
             sel = self._selection(names)
@@ -271,7 +291,7 @@ class ClusterCache:
                 self._refresh(sel)
                 sel.lent = True
                 if sel.memo is None:
-                    sel.memo = BeforeMemo(sel.idx.shape[0])
+                    sel.memo = RowMemo(sel.idx.shape[0])
             rows = sel.copy
             assert rows is not None
             if exclude in self._holds:
@@ -403,24 +423,44 @@ class ClusterCache:
             if len(self._seen_shapes) > 4 * MIX_MEMORY:
                 self._seen_shapes.clear()
             self._seen_shapes.add(uid)
+            if len(self._recent) == MIX_MEMORY:  # the oldest shape leaves the window
+                old = self._recent[0]
+                left = self._shape_count[old] - 1
+                if left:
+                    self._shape_count[old] = left
+                else:
+                    del self._shape_count[old], self._shape_last[old]
             self._recent.append(req)
-            self._mix = None
+            self._shape_count[req] = self._shape_count.get(req, 0) + 1
+            self._shape_last[req] = self.generation
+            self._mix_arrivals += 1
             self.generation += 1
 
     def mix(self) -> kernel.Mix:
-        """The most frequent recent shapes covering :data:`MIX_COVERAGE`, with frequencies."""
+        """The most frequent recent shapes covering :data:`MIX_COVERAGE`, with frequencies
+        (equally frequent shapes: the latest seen first). The counts are kept per arrival, so
+        this sorts the distinct shapes only, not the window. It is worked out again once
+        :data:`MIX_REFRESH` of the window has arrived since, and replaces the mix in use only
+        when it differs from it by more than :data:`MIX_TOLERANCE`: in between it is the same
+        object, so that verdicts scored under it can be kept
+        (:class:`~scheduler_ext.kernel.kept.RowMemo`; each new mix costs every candidate node
+        a full evaluation at its shapes' next pods)."""
         with self._lock:
-            if self._mix is None:
-                counts = collections.Counter(self._recent)
-                total = sum(counts.values())
+            if self._mix is None or self._mix_arrivals >= max(1.0, MIX_REFRESH * len(self._recent)):
+                self._mix_arrivals = 0
+                counts, last = self._shape_count, self._shape_last
+                total = len(self._recent)
                 chosen: list[tuple[kernel.Request, int]] = []
                 covered = 0
-                for shape, n in counts.most_common(MIX_MAX_SHAPES):
+                ranked = sorted(counts, key=lambda shape: (-counts[shape], -last[shape]))[:MIX_MAX_SHAPES]
+                for shape in ranked:
                     if total and covered >= MIX_COVERAGE * total:
                         break
-                    chosen.append((shape, n))
-                    covered += n
-                self._mix = tuple((s, n / covered) for s, n in chosen) if covered else ()
+                    chosen.append((shape, counts[shape]))
+                    covered += counts[shape]
+                new = tuple((s, n / covered) for s, n in chosen) if covered else ()
+                if self._mix is None or mix_distance(self._mix, new) > MIX_TOLERANCE:
+                    self._mix = new
             return self._mix
 
     # --- events ----------------------------------------------------------------------------

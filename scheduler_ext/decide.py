@@ -24,6 +24,7 @@ import numpy
 
 from scheduler_ext import kernel
 from scheduler_ext.cache import ClusterCache
+from scheduler_ext.kernel.kept import RowMemo
 from scheduler_ext.requests import PodDemand
 
 
@@ -195,7 +196,7 @@ class Decider:
 
     def _evaluate(
         self, demand: PodDemand, lead: str, names: Sequence[str], rows: kernel.Slots, pos: numpy.ndarray[Any, Any],
-        score: bool, detail: bool, reasons: bool, memo: kernel.BeforeMemo | None = None, levels: bool = True,
+        score: bool, detail: bool, reasons: bool, memo: RowMemo | None = None, levels: bool = True,
     ) -> tuple[numpy.ndarray[Any, Any], numpy.ndarray[Any, Any], numpy.ndarray[Any, Any], numpy.ndarray[Any, Any],
                numpy.ndarray[Any, Any] | None, list[Group]]:
         """The kernel's verdicts for every resource of a GPU pod on ``rows`` (the known names at
@@ -216,8 +217,7 @@ class Decider:
         for resource in sorted(totals, key=lambda r: r != lead):
             req = self._request(demand, resource, lead)
             mix = self.cache.mix() if self.policy.uses_mix else ()
-            v = kernel.evaluate(rows, req, self.policy, self.xp, mix=mix, score=score and resource == lead,
-                                memo=memo if resource == lead and self.xp is numpy else None, levels=levels)
+            v = self._verdicts(rows, req, mix, score and resource == lead, memo, levels)
             ok = kernel.xp.to_host(v.feasible)
             free = kernel.xp.to_host(v.free_units)
             total = kernel.xp.to_host(v.total_units)
@@ -237,6 +237,14 @@ class Decider:
                         groups.append(Group(pos[j : j + 1], text, "fits", False))
             fits[pos] &= ok
         return fits, unres, level, raw, lead_raw, groups
+
+    def _verdicts(self, rows: kernel.Slots, req: kernel.Request, mix: kernel.Mix, score: bool,
+                  memo: RowMemo | None, levels: bool) -> kernel.Verdicts:
+        """The kernel's verdicts on ``rows``: from the kept rows' memo when there is one (NumPy;
+        only the rows changed since the request was last evaluated are evaluated again)."""
+        if memo is not None and self.xp is numpy:
+            return memo.evaluate(rows, req, self.policy, mix, score=score, levels=levels)
+        return kernel.evaluate(rows, req, self.policy, self.xp, mix=mix, score=score, levels=levels)
 
     def _request(self, demand: PodDemand, resource: str, lead: str) -> kernel.Request:
         """The kernel's request for one resource of the pod; the pod's CPU and memory go with
@@ -268,8 +276,7 @@ class Decider:
                     self.cache.note_shape(demand.uid, req)
                     generation = self.cache.generation
                     mix = self.cache.mix() if self.policy.uses_mix else ()
-                    v = kernel.evaluate(self._to_xp(rows), req, self.policy, self.xp, mix=mix,
-                                        memo=memo if self.xp is numpy else None)
+                    v = self._verdicts(self._to_xp(rows), req, mix, True, memo, True)
                     level[pos] = kernel.xp.to_host(v.level)
                     raw[pos] = lead_raw[pos] = kernel.xp.to_host(v.raw)
                 else:  # no GPUs among the candidates: nothing to strand, every node alike

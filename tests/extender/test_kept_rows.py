@@ -34,7 +34,7 @@ def memo_matches(cache: ClusterCache, names: list[str], parts: list[Request], ex
     with cache.rows_of(names, exclude) as (rows, _, memo):
         if memo is None:
             return True
-        kept = memo.get(rows, parts, numpy)
+        kept = memo.sums.get(rows, parts, numpy)
     want = before_sums(cache.select_positions(names, exclude)[0], parts, numpy)
     same = [numpy.array_equal(getattr(kept, f), getattr(want, f)) for f in ("total_idle", "used_weight", "total_weight")]
     same += [numpy.array_equal(kept.parts[g][i], want.parts[g][i]) for g in parts for i in (0, 1, 2)]
@@ -137,3 +137,27 @@ def test_short_lists_keep_no_copy() -> None:
             read(cache, names)
     kept = {len(sel.names): sel.copy is not None for sel in cache._selections}
     assert kept == {2: False, 3: True}
+
+
+@pytest.mark.parametrize("policy", ["binpack", "fragmentation"])
+@pytest.mark.parametrize("seed", range(4))
+def test_kept_verdicts_decide_as_a_cache_that_keeps_nothing(seed: int, policy: str) -> None:
+    """The verdicts kept with the copy (only changed rows evaluated again) give the decisions
+    of a cache that copies and evaluates every row every time, through any changes."""
+    caches = [ClusterCache(width=4, rows=40, keep_rows_from=k) for k in (1, 10**9)]
+    deciders = [Decider(c, policy) for c in caches]
+    rngs = [random.Random(seed), random.Random(seed)]
+    for c in caches:
+        c.replace_all([node(f"n{k}", n=4) for k in range(40)], [])
+    everyone = [f"n{k}" for k in range(42)]
+    wants = [{contract.NVIDIA_GPU: 1}, {contract.NVIDIA_GPU: 2}, {}]
+    for i in range(80):  # past 40 pods the mix is kept for two pods and more (MIX_REFRESH)
+        for c, rng in zip(caches, rngs):
+            step(c, rng, i)
+        names = everyone if i % 3 else everyone[:30]
+        demand = pod_demand(pod(f"w{i}", gpus=wants[i % 3]))
+        kept, fresh = (d.decide(demand, names) for d in deciders)
+        assert kept.fits.tolist() == fresh.fits.tolist()
+        assert kept.level.tolist() == fresh.level.tolist()
+        numpy.testing.assert_allclose(kept.raw, fresh.raw, rtol=0, atol=1e-12)
+        assert [(g.positions.tolist(), g.text) for g in kept.groups] == [(g.positions.tolist(), g.text) for g in fresh.groups]

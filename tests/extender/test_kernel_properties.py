@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from scheduler_ext import kernel
 from scheduler_ext.kernel import Request, reference
+from scheduler_ext.kernel.kept import RowMemo
 from scheduler_ext.kernel.slots import Slots, take_plan, unit_memory, units
 
 from .kernel_tables import S, slots
@@ -171,3 +172,30 @@ def test_a_kept_memo_gives_the_scores_of_a_fresh_evaluation(rows: list[list[S]],
     fresh = kernel.evaluate(now, req, policy, np, mix=mix)
     assert kept.raw.tolist() == fresh.raw.tolist()
     assert kept.level.tolist() == fresh.level.tolist()
+
+
+@SETTINGS
+@given(clusters, clusters, requests, st.data())
+def test_kept_verdicts_equal_a_fresh_evaluation(rows: list[list[S]], later: list[list[S]], req: Request,
+                                                data: st.DataObject) -> None:
+    """Verdicts kept for a request from an earlier state of the rows, told which rows changed
+    since (only those are evaluated again), equal an evaluation of the rows as they are, for
+    every policy; a new mix is never answered from verdicts kept under the old one."""
+    n = len(rows)
+    changed = data.draw(st.lists(st.integers(0, n - 1), unique=True))
+    before = slots(rows)
+    now = slots([(later[i % len(later)] if i in changed else rows[i]) for i in range(n)])
+    mix = ((req, 0.5), (Request(1, 1, 5000), 0.2), (Request(0, 2), 0.2), (Request(0, 1, models=frozenset({1})), 0.1))
+    other_mix = ((Request(0, 2), 1.0),)
+    for name in kernel.POLICIES:
+        policy = kernel.get_policy(name)
+        memo = RowMemo(n)
+        memo.evaluate(before, req, policy, mix)  # learnt on the old rows
+        memo.evaluate(before, Request(0, 1), policy, mix)
+        memo.mark(np.asarray(changed, dtype=np.int64))
+        for m in (mix, other_mix):
+            kept = memo.evaluate(now, req, policy, m)
+            fresh = kernel.evaluate(now, req, policy, np, mix=m)
+            for f in ("feasible", "reason", "free_units", "total_units", "level"):
+                assert getattr(kept, f).tolist() == getattr(fresh, f).tolist(), (name, f)
+            np.testing.assert_allclose(kept.raw, fresh.raw, rtol=0, atol=1e-12)
