@@ -144,18 +144,20 @@ class Decider:
         with self._memo_lock:
             memo = self._memo.get(demand.uid) if demand.uid else None
         idx = None
+        lead = self.policy.leads(1 if demand.wants_gpu else 0)
         if memo is not None and memo.demand == demand and memo.decision.generation == self.cache.generation:
             idx = memo.positions(names)
         if idx is not None and memo is not None and memo.decision.lead_raw is not None:
             raw = memo.decision.lead_raw[idx]
             fits = memo.decision.fits[idx]
-            level = numpy.asarray(kernel.to_levels(raw, numpy.isfinite(raw), numpy))
+            level = numpy.asarray(kernel.to_levels(raw, numpy.isfinite(raw), numpy, lead))
             level[~fits] = 0
         else:
             d = self.decide(demand, names, reasons=False)
             raw, fits, level = d.raw, d.fits, d.level
         if self.holds and demand.wants_gpu and not demand.error and bool(fits.any()):
-            best = int(numpy.argmax(numpy.where(fits, raw, -numpy.inf)))
+            # the node the levels name (the first at 10), else the best raw score
+            best = int(numpy.argmax(level)) if lead else int(numpy.argmax(numpy.where(fits, raw, -numpy.inf)))
             self.cache.hold(demand, names[best], self.policy)
         return level
 

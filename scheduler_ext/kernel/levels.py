@@ -11,6 +11,16 @@ have ``u`` distinct values, and ``r`` be a node's dense rank among them (0 = bes
 
 so the best nodes always get 10, the worst feasible ones 0 (when u > 1), and a better raw
 score never gets a lower level. Infeasible nodes get 0.
+
+With ``lead`` (packing policies, for requests with GPUs: ``Policy.leads``), one node is named: the first, in the order of the
+list, of the nodes at 10 (the best band) keeps 10 and every other node gets at most
+``10 - LEAD``. kube-scheduler adds the extender's level times ten times its weight to its
+own scores and picks at random among the best totals; the best band holds many nodes of
+nearly equal raw score, and a random pick among them (or NodeResourcesFit's CPU packing)
+spreads a burst over them, where a fixed first choice fills one node after another and
+keeps the rest whole, as first-fit does. On the Alibaba trace with the FGD protocol the
+default policy went from 4.96 % unallocated (random among the best band) to 4.80 %
+(docs/simulator.md).
 """
 
 from __future__ import annotations
@@ -18,10 +28,15 @@ from __future__ import annotations
 from scheduler_ext.kernel.xp import Array, Namespace
 
 MAX_LEVEL = 10
+#: Levels by which the named node leads every other node (``lead``): NodeResourcesFit scores
+#: 0..100 and the shipped extender weight 5 makes a level worth 50 points, so a lead of 2
+#: levels lets NodeResourcesFit break a tie at most, never overrule the choice.
+LEAD = 2
 
 
-def to_levels(raw: Array, feasible: Array, xp: Namespace) -> Array:
-    """int64 levels 0..10 for ``raw`` (higher is better), 0 where not ``feasible``."""
+def to_levels(raw: Array, feasible: Array, xp: Namespace, lead: bool = False) -> Array:
+    """int64 levels 0..10 for ``raw`` (higher is better), 0 where not ``feasible``; with
+    ``lead``, the first node of the best band alone at 10 (see the module)."""
     out = xp.zeros(raw.shape[0], dtype=xp.int64)
     if raw.shape[0] == 0 or not bool(feasible.any()):
         return out
@@ -36,4 +51,8 @@ def to_levels(raw: Array, feasible: Array, xp: Namespace) -> Array:
     else:
         lv = MAX_LEVEL - (r * (MAX_LEVEL + 1)) // u
     out[feasible] = lv
+    if lead:
+        first = int(xp.argmax(out))  # the first node at 10
+        out = xp.minimum(out, MAX_LEVEL - LEAD)
+        out[first] = MAX_LEVEL
     return out

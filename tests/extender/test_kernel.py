@@ -178,6 +178,35 @@ def test_levels(raw: list[float], feasible: list[int], levels: list[int]) -> Non
     assert out.tolist() == levels
 
 
+@pytest.mark.parametrize(
+    "raw,feasible,levels",
+    [
+        pytest.param([3.0, 1.0, 2.0], [1, 1, 1], [10, 0, 5], id="one-best: it leads"),
+        pytest.param([2.0, 3.0, 3.0, 1.0], [1, 1, 1, 1], [5, 10, 8, 0], id="tied-best: the first leads, the other drops to 8"),
+        pytest.param([5.0, 9.0, 4.0], [0, 0, 1], [0, 0, 10], id="only-feasible-leads"),
+        # 22 distinct values, bands of two: the band at 10 is {21, 20}; 20 comes first in the list
+        pytest.param(list(range(20, -1, -1)) + [21], [1] * 22,
+                     [10] + [min(8, 10 - (21 - v) // 2) for v in range(19, -1, -1)] + [8], id="first-of-the-band-not-the-best"),
+        pytest.param([], [], [], id="empty"),
+    ],
+)
+def test_levels_with_a_lead(raw: list[float], feasible: list[int], levels: list[int]) -> None:
+    out = to_levels(np.asarray(raw, dtype=float), np.asarray(feasible, dtype=bool), np, lead=True)
+    assert out.tolist() == levels
+
+
+@pytest.mark.parametrize("name", ["binpack", "fragmentation"])
+def test_packing_policies_name_one_node_for_gpu_requests_only(name: str) -> None:
+    """Four empty nodes score the same: a GPU request names the first alone; a CPU-only pod
+    (nothing to pack) and the spread policy leave them all at 10."""
+    s = slots([[FREE, FREE]] * 4, cpu=[16000] * 4)
+    policy = kernel.get_policy(name)
+    mix = ((Request(GPU, 1, cpu_milli=4000), 1.0),)
+    assert kernel.evaluate(s, Request(GPU, 1), policy, np, mix=mix).level.tolist() == [10, 8, 8, 8]
+    assert kernel.evaluate(s, Request(-1, 0, cpu_milli=1000), policy, np, mix=mix).level.tolist() == [10] * 4
+    assert kernel.evaluate(s, Request(GPU, 1), kernel.get_policy("spread"), np).level.tolist() == [10] * 4
+
+
 def test_unknown_policy_refused() -> None:
     with pytest.raises(ValueError, match="unknown policy 'best'.*binpack"):
         kernel.get_policy("best")

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from scheduler_ext import kernel
 from scheduler_ext.kernel import Request, reference
 from scheduler_ext.kernel.kept import RowMemo
+from scheduler_ext.kernel.levels import LEAD
 from scheduler_ext.kernel.slots import Slots, take_plan, unit_memory, units
 
 from .kernel_tables import S, slots
@@ -144,13 +145,25 @@ def test_policies_order_nodes_as_they_claim(rows: list[list[S]], req: Request) -
         ga, gb = binpack.raw[a] - u[a], binpack.raw[b] - u[b]
         if abs(ga - gb) < 1e-9 and u[a] > u[b] + 1e-9:
             assert binpack.level[a] >= binpack.level[b]
-    # levels keep the raw order, and the best feasible node gets 10
-    for v in (spread, binpack):
-        for a, b in itertools.permutations(ok, 2):
-            if v.raw[a] > v.raw[b] + 1e-9:
-                assert v.level[a] >= v.level[b]
-        if ok:
-            assert max(v.level[i] for i in ok) == 10
+    # spread's levels keep the raw order, and the best feasible node gets 10
+    for a, b in itertools.permutations(ok, 2):
+        if spread.raw[a] > spread.raw[b] + 1e-9:
+            assert spread.level[a] >= spread.level[b]
+    if ok:
+        assert max(spread.level[i] for i in ok) == 10
+    # binpack names one node for a GPU request: the first of the best band, alone at 10; the
+    # others keep the raw order at 8 and below (a CPU-only request: plain levels)
+    plain = kernel.to_levels(binpack.raw, binpack.feasible, np)
+    if req.count <= 0:
+        assert binpack.level.tolist() == plain.tolist()
+    elif ok:
+        first = ok[0] if plain[ok[0]] == 10 else next(i for i in ok if plain[i] == 10)
+        assert [i for i in ok if binpack.level[i] == 10] == [first]
+        others = [i for i in ok if i != first]
+        assert all(binpack.level[i] <= 10 - LEAD for i in others)
+        for a, b in itertools.permutations(others, 2):
+            if binpack.raw[a] > binpack.raw[b] + 1e-9:
+                assert binpack.level[a] >= binpack.level[b]
 
 
 @SETTINGS
