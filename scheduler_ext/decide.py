@@ -324,6 +324,11 @@ class Decider:
         for g in d.groups:
             for i in g.positions.tolist():
                 text.setdefault(i, (g.text, g.code))
+        if score and self.policy.leads(1 if demand.wants_gpu else 0) and bool(d.fits.any()):
+            named = int(numpy.argmax(d.level))
+            fits_text, code = text.get(named, ("", "fits"))
+            note = "named node: first in the list among the best-scored nodes, the others get 8 at most"
+            text[named] = (f"{fits_text}; {note}" if fits_text else note, code)
         return [
             NodeVerdict(name, bool(d.fits[i]), bool(d.unresolvable[i]), int(d.level[i]), float(d.raw[i]),
                         *text.get(i, ("", "fits")))

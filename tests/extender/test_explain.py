@@ -24,6 +24,7 @@ def test_explain_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["NODE", "VERDICT", "SCORE", "RAW", "REASON"]
     assert lines[1].split()[:3] == ["n-half", "fits", "10"]
+    assert "named node" in lines[1]  # the packing policy names one node and says so
     assert lines[2].split()[:3] == ["n-empty", "fits", "0"]
     assert "0 free now of 2" in next(line for line in lines if line.startswith("n-full"))
     assert "never" in next(line for line in lines if line.startswith("n-cpu"))
