@@ -53,6 +53,12 @@ class Metrics:
             "gpupack_extender_node_failures", "Nodes filtered out, by reason.", ["reason"],
             registry=self.registry,
         )
+        self.binds = prometheus_client.Counter(
+            "gpupack_extender_binds",
+            "Successful binds by where they went: held-node (the node gpupack named and held devices "
+            "on at prioritize), other-node (kube-scheduler chose another), no-hold.",
+            ["on"], registry=self.registry,
+        )
         self.registry.register(_CapacityCollector(cache))
 
     def exposition(self) -> bytes:

@@ -228,7 +228,11 @@ class ExtenderApp:
         }
         if self.binder is None:
             return {"Error": "gpupack: this extender runs on a snapshot and cannot bind"}
-        return {"Error": self.binder.bind(bargs)}
+        held = self.cache.held(bargs["PodUID"])  # read before the bind replaces the hold
+        error = self.binder.bind(bargs)
+        if not error:
+            self.metrics.binds.labels("no-hold" if not held else "held-node" if held == bargs["Node"] else "other-node").inc()
+        return {"Error": error}
 
     def preempt(self, args: dict[str, Any]) -> wire.ExtenderPreemptionResult:
         pod = _pod(args)

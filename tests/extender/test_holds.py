@@ -5,12 +5,15 @@ cache's injected clock, moved by hand."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from gpupack import contract
 from scheduler_ext.binder import Binder
 from scheduler_ext.cache import ClusterCache
 from scheduler_ext.decide import Decider
+from scheduler_ext.metrics import Metrics
+from scheduler_ext.server import ExtenderApp
 from scheduler_ext.requests import pod_demand
 
 from .conftest import FakePodApi, cluster_objects
@@ -147,3 +150,25 @@ def test_holds_are_counted_in_metrics() -> None:
     assert b"gpupack_cache_provisional_holds 1.0" in metrics.exposition()
     clock.now += 5
     assert b"gpupack_cache_provisional_holds 0.0" in metrics.exposition()
+
+
+def test_binds_are_counted_by_whether_they_went_to_the_held_node() -> None:
+    """``gpupack_extender_binds_total{on=...}`` tells an operator how often kube-scheduler
+    follows the node gpupack named (and held devices on) at prioritize."""
+    def binds(app: ExtenderApp) -> dict[str, float]:
+        text = app.metrics.exposition().decode()
+        return {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("gpupack_extender_binds_total{")}
+
+    for holds, target, want in ((True, "n-half", "held-node"), (True, "n-empty", "other-node"), (False, "n-half", "no-hold")):
+        cache, d, _ = setup(holds=holds)
+        api = FakePodApi([o for o in cluster_objects() if o["kind"] == "Pod"] + [WANT2])
+        app = ExtenderApp(cache, d, Binder(api, cache, d.policy), Metrics(cache))
+        decide(d, WANT2)
+        body = json.dumps({"PodName": "want2", "PodNamespace": "default", "PodUID": "uid-want2", "Node": target})
+        assert json.loads(app.handle_post("/bind", body.encode()).body) == {"Error": ""}
+        assert binds(app) == {want: 1.0}
+        # a failed bind counts nowhere
+        failed = json.dumps({"PodName": "gone", "PodNamespace": "default", "PodUID": "uid-gone", "Node": target})
+        assert json.loads(app.handle_post("/bind", failed.encode()).body)["Error"]
+        assert binds(app) == {want: 1.0}
