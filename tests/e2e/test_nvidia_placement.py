@@ -8,9 +8,11 @@ and Allocate. The checks read what each container received.
 
 from __future__ import annotations
 
+import urllib.request
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gpupack import contract
 
@@ -63,11 +65,16 @@ def test_pods_are_placed_packed_and_get_their_annotated_devices(
     for node in nodes:
         node.wait_allocatable({contract.NVIDIA_GPU: 8})
 
+    binds_before = extender_binds(cluster)
     for pod, gpus, containers in WAVE:
         cluster.core.create_namespaced_pod(
             namespace, workloads.gpu_pod(pod, group, {contract.NVIDIA_GPU: gpus}, containers=containers)
         )
     pods = cluster.wait_pods(namespace, workloads.all_running(namespace, [p for p, _, _ in WAVE]), "the wave Running")
+    # kube-scheduler, adding its own scores to the extender's (weight 5), bound every pod on
+    # the node gpupack named at prioritize: the named node's lead holds against the real sum
+    binds = {k: v - binds_before.get(k, 0.0) for k, v in extender_binds(cluster).items()}
+    assert binds.get("held-node") == len(WAVE) and not binds.get("other-node"), binds
 
     in_use = workloads.check_allocations(cluster, pods.values(), exact=False)  # a burst: see check_allocations
     assert sum(len(ids) for ids in in_use.values()) == 16
@@ -81,6 +88,14 @@ def test_pods_are_placed_packed_and_get_their_annotated_devices(
     event = cluster.wait_event(namespace, "too-big", "FailedScheduling")
     assert "nvidia.com/gpu" in event.message
     assert cluster.core.read_namespaced_pod("too-big", namespace).spec.node_name is None
+
+
+def extender_binds(cluster: harness.Cluster) -> dict[str, float]:
+    """``gpupack_extender_binds_total`` by ``on``, from the extender's /metrics."""
+    with urllib.request.urlopen(f"{cluster.extender_url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {s.labels["on"]: s.value for family in text_string_to_metric_families(text)
+            if family.name == "gpupack_extender_binds" for s in family.samples if s.name.endswith("_total")}
 
 
 def test_plugin_prefers_the_annotated_devices(cluster: harness.Cluster, group: str, namespace: str) -> None:
