@@ -20,6 +20,16 @@ so these calls never overlap (only binds, from the binding goroutines, run besid
 ``--realistic`` adds a run at 5,000 nodes with 500 candidates per call: kube-scheduler's
 default ``percentageOfNodesToScore`` stops looking after about 10 % of 5,000 nodes, so that is
 the list an extender really gets there.
+
+``--policies null`` times the extender's HTTP edge with no decision behind it (every node
+fits, every score 0): what any extender behind it pays plus the client's own work, the
+baseline the policies' rows compare with.
+
+``--client go`` sends the requests through kube-scheduler's own extender client instead
+(``tests/e2e/go/benchclient``: ``k8s.io/kubernetes/pkg/scheduler.NewHTTPExtender``, its Go
+transport and JSON), built with ``go build`` on first use (needs Go and the module proxy, as
+the end-to-end tests do): the decisions per second an extender gets from a real
+kube-scheduler client on the same two cores.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import multiprocessing
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -87,6 +98,28 @@ def share_pods(nodes: int, total: int, replicas: int) -> Iterator[dict[str, Any]
                "status": {"phase": "Running"}}
 
 
+def null_app(cache: Any) -> Any:
+    """The extender's HTTP edge with no decision behind it: filter lets every node through,
+    prioritize gives every node 0. Timed with the same client, it is the floor any extender
+    behind this edge pays (request parsing, answer writing) plus the client's own work."""
+    import numpy
+
+    from scheduler_ext.decide import Decider
+    from scheduler_ext.metrics import Metrics
+    from scheduler_ext.server import ExtenderApp, Raw, host_priorities
+
+    class NullApp(ExtenderApp):
+        def filter(self, args: dict[str, Any]) -> Any:
+            return {"Nodes": None, "NodeNames": args.get("NodeNames") or [], "FailedNodes": {},
+                    "FailedAndUnresolvableNodes": {}, "Error": ""}
+
+        def prioritize(self, args: dict[str, Any]) -> Raw:
+            names = args.get("NodeNames") or []
+            return Raw(host_priorities(names, numpy.zeros(len(names), numpy.int64)))
+
+    return NullApp(cache, Decider(cache), None, Metrics(cache))
+
+
 def serve(nodes: int, mode: str, pods: int, policy: str, port_q: Any) -> None:
     from scheduler_ext.cache import ClusterCache
     from scheduler_ext.decide import Decider
@@ -94,6 +127,11 @@ def serve(nodes: int, mode: str, pods: int, policy: str, port_q: Any) -> None:
     from scheduler_ext.metrics import Metrics
     from scheduler_ext.server import ExtenderApp, serve as start
 
+    if policy == "null":
+        srv, thread = start(null_app(ClusterCache()), "127.0.0.1", 0)
+        port_q.put((srv.server_address[1], (nodes, 0)))
+        thread.join()
+        return
     tune_malloc()  # as main does
     rng = random.Random(7)
     cache = ClusterCache(rows=nodes)
@@ -123,8 +161,31 @@ def pending_pod(i: int, resource: str, count: int) -> dict[str, Any]:
             "status": {}}
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WARMUP = 20
+
+
+def go_client() -> str:
+    """Builds tests/e2e/go/benchclient (Go's build cache makes a rebuild of unchanged sources
+    quick) and returns the binary's path."""
+    out = os.path.join(os.environ.get("GPUPACK_BIN_CACHE", os.path.expanduser("~/.cache/gpupack/bin")), "benchclient")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly"}
+    subprocess.run(["go", "build", "-trimpath", "-o", out, "./benchclient"], cwd=os.path.join(ROOT, "tests", "e2e", "go"),
+                   env=env, check=True)
+    return out
+
+
+def drive_with_go(binary: str, port: int, names: list[str], pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """Filter then prioritize for each pod through kube-scheduler's extender client."""
+    spec = {"url": f"http://127.0.0.1:{port}", "nodes": names, "pods": pods, "warmup": WARMUP}
+    done = subprocess.run([binary], input=orjson.dumps(spec), capture_output=True, check=True)
+    result: dict[str, Any] = orjson.loads(done.stdout)
+    return result
+
+
 def run(nodes: int, decisions: int, mode: str = "whole", pods: int = 0, policy: str = "binpack",
-        candidates: int = 0) -> dict[str, Any]:
+        candidates: int = 0, go_binary: str = "") -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     proc = ctx.Process(target=serve, args=(nodes, mode, pods, policy, q), daemon=True)
@@ -136,38 +197,13 @@ def run(nodes: int, decisions: int, mode: str = "whole", pods: int = 0, policy: 
     if candidates:
         names = random.Random(3).sample(names, candidates)
     resource = contract.NVIDIA_GPU if mode == "whole" else contract.NVIDIA_GPU_SHARED
+    pending = [pending_pod(i, resource, 2 if i % 3 == 0 else 1) for i in range(decisions + WARMUP)]
+    measured = drive_with_go(go_binary, port, names, pending) if go_binary else drive_with_python(port, names, pending)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    lat: list[float] = []
-    by_verb: dict[str, list[float]] = {"/filter": [], "/prioritize": []}
-    fitting = []
-
-    def call(path: str, body: bytes) -> Any:
-        start = time.perf_counter()
-        conn.request("POST", path, body, {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        data = resp.read()
-        lat.append(time.perf_counter() - start)
-        by_verb[path].append(lat[-1])
-        assert resp.status == 200, data[:200]
-        return orjson.loads(data)
-
-    wall0 = 0.0
-    for i in range(decisions + 20):
-        if i == 20:  # warm-up done
-            lat.clear()
-            for v in by_verb.values():
-                v.clear()
-            wall0 = time.perf_counter()
-        pod = pending_pod(i, resource, 2 if i % 3 == 0 else 1)
-        body = orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": names})
-        result = call("/filter", body)
-        fitting.append(len(result["NodeNames"]))
-        body = orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": result["NodeNames"]})
-        call("/prioritize", body)
-    wall = time.perf_counter() - wall0
     conn.request("GET", "/metrics")
     metrics = conn.getresponse().read().decode()
     conn.close()
+
     def server_total(what: str, verb: str = "") -> float:
         return sum(float(line.split()[-1]) for line in metrics.splitlines()
                    if line.startswith(f"gpupack_extender_request_seconds_{what}") and f'verb="{verb}' in line)
@@ -178,39 +214,80 @@ def run(nodes: int, decisions: int, mode: str = "whole", pods: int = 0, policy: 
     rss = peak_rss_mib(proc.pid)
     proc.kill()
     proc.join()
-    lat.sort()
-    pct = {f"{verb.strip('/')}_p50_p99_ms": [round(statistics.median(v) * 1e3, 2), round(sorted(v)[int(0.99 * (len(v) - 1))] * 1e3, 2)]
+    by_verb = {"filter": measured["filter_ms"], "prioritize": measured["prioritize_ms"]}
+    lat = sorted(by_verb["filter"] + by_verb["prioritize"])
+    wall = measured["wall_s"]
+    pct = {f"{verb}_p50_p99_ms": [round(statistics.median(v), 2), round(sorted(v)[int(0.99 * (len(v) - 1))], 2)]
            for verb, v in by_verb.items()}
     return {
         "nodes": n_nodes, "candidates": len(names), "gpu_pods_in_cache": n_pods, "pods_fed": pods or None, "mode": mode, "policy": policy,
-        "build_s": round(build_s, 1),
-        "p50_ms": round(statistics.median(lat) * 1e3, 2), "p99_ms": round(lat[int(0.99 * (len(lat) - 1))] * 1e3, 2),
+        "client": "go" if go_binary else "python", "build_s": round(build_s, 1),
+        "p50_ms": round(statistics.median(lat), 2), "p99_ms": round(lat[int(0.99 * (len(lat) - 1))], 2),
         **pct,
         "server_mean_ms": round(server_s / max(server_n, 1) * 1e3, 2),  # handling only, from /metrics
         **server_verbs,
         "requests_per_s": round(len(lat) / wall), "decisions_per_s": round(decisions / wall),
-        "server_peak_rss_mib": round(rss), "fitting_nodes_mean": round(statistics.mean(fitting)),
+        # the client's own CPU per decision: what it takes from the two cores the server shares
+        "client_cpu_ms_per_decision": round(measured["cpu_s"] / decisions * 1e3, 2),
+        "server_peak_rss_mib": round(rss), "fitting_nodes_mean": round(statistics.mean(measured["fitting"])),
     }
+
+
+def drive_with_python(port: int, names: list[str], pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """Filter then prioritize for each pod over one keep-alive connection (http.client, orjson);
+    the same result as :func:`drive_with_go`."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def call(path: str, body: bytes) -> tuple[Any, float]:
+        start = time.perf_counter()
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        took = (time.perf_counter() - start) * 1e3
+        assert resp.status == 200, data[:200]
+        return orjson.loads(data), took
+
+    out: dict[str, Any] = {}
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for i, pod in enumerate(pods):
+        if i == WARMUP:
+            out = {"filter_ms": [], "prioritize_ms": [], "fitting": []}
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+        result, took_f = call("/filter", orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": names}))
+        _, took_p = call("/prioritize", orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": result["NodeNames"]}))
+        if out:
+            out["filter_ms"].append(took_f)
+            out["prioritize_ms"].append(took_p)
+            out["fitting"].append(len(result["NodeNames"]))
+    out["wall_s"] = time.perf_counter() - wall0
+    out["cpu_s"] = time.process_time() - cpu0
+    conn.close()
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--sizes", default="1000,5000,10000")
     p.add_argument("--decisions", type=int, default=400)
-    p.add_argument("--policies", default="binpack,fragmentation")
+    p.add_argument("--policies", default="binpack,fragmentation",
+                   help="policies to time; 'null' times the HTTP edge alone (every node fits, every score 0)")
     p.add_argument("--realistic", action="store_true", help="also 5,000 nodes with 500 candidates per call")
     p.add_argument("--memory-pods", type=int, default=150_000, help="0 skips the memory run")
+    p.add_argument("--client", choices=("python", "go"), default="python",
+                   help="go: kube-scheduler's own extender client (built from tests/e2e/go/benchclient)")
     args = p.parse_args()
     policies = args.policies.split(",")
-    print(f"# {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, policies {policies}")
+    go_binary = go_client() if args.client == "go" else ""
+    print(f"# {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, policies {policies}, client {args.client}")
     for policy in policies:
         for n in (int(x) for x in args.sizes.split(",") if x):
-            print(json.dumps(run(n, args.decisions, policy=policy)), flush=True)
+            print(json.dumps(run(n, args.decisions, policy=policy, go_binary=go_binary)), flush=True)
         if args.realistic:
             # kube-scheduler's percentageOfNodesToScore default at 5,000 nodes: 50 - 5000/125 = 10 %
-            print(json.dumps(run(5000, args.decisions, policy=policy, candidates=500)), flush=True)
+            print(json.dumps(run(5000, args.decisions, policy=policy, candidates=500, go_binary=go_binary)), flush=True)
     if args.memory_pods:
-        print(json.dumps(run(5000, args.decisions // 2, mode="shares", pods=args.memory_pods, policy=policies[0])), flush=True)
+        print(json.dumps(run(5000, args.decisions // 2, mode="shares", pods=args.memory_pods, policy=policies[0],
+                             go_binary=go_binary)), flush=True)
 
 
 if __name__ == "__main__":
