@@ -150,13 +150,15 @@ class Decider:
         if idx is not None and memo is not None and memo.decision.lead_raw is not None:
             raw = memo.decision.lead_raw[idx]
             fits = memo.decision.fits[idx]
-            level = numpy.asarray(kernel.to_levels(raw, numpy.isfinite(raw), numpy, lead))
+            level = numpy.asarray(kernel.to_levels(raw, numpy.isfinite(raw), numpy))
             level[~fits] = 0
+            if lead:
+                level = kernel.with_lead(level, names)
         else:
             d = self.decide(demand, names, reasons=False)
             raw, fits, level = d.raw, d.fits, d.level
         if self.holds and demand.wants_gpu and not demand.error and bool(fits.any()):
-            # the node the levels name (the first at 10), else the best raw score
+            # the node the levels name (alone at 10), else the best raw score
             best = int(numpy.argmax(level)) if lead else int(numpy.argmax(numpy.where(fits, raw, -numpy.inf)))
             self.cache.hold(demand, names[best], self.policy)
         return level
@@ -194,6 +196,8 @@ class Decider:
             unres[g.positions] |= g.unresolvable
         level[~fits] = 0
         raw[~fits] = -numpy.inf
+        if score and levels and self.policy.leads(totals[lead]):
+            level = kernel.with_lead(level, names)  # one node named (kernel/levels.py)
         return Decision(names, fits, unres, level, raw, groups, lead_raw, generation)
 
     def _evaluate(
@@ -327,7 +331,7 @@ class Decider:
         if score and self.policy.leads(1 if demand.wants_gpu else 0) and bool(d.fits.any()):
             named = int(numpy.argmax(d.level))
             fits_text, code = text.get(named, ("", "fits"))
-            note = "named node: first in the list among the best-scored nodes, the others get 8 at most"
+            note = "named node: first by name among the best-scored nodes, the others get 8 at most"
             text[named] = (f"{fits_text}; {note}" if fits_text else note, code)
         return [
             NodeVerdict(name, bool(d.fits[i]), bool(d.unresolvable[i]), int(d.level[i]), float(d.raw[i]),

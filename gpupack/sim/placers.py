@@ -16,7 +16,8 @@ its CPU and memory, CPU-only pods' shapes included), the best node, then
 names no ``managedResources``), so CPU-only pods are scored by the kernel too: a request of
 no GPU whose CPU and memory the policy weighs (``fragmentation``: the idle GPUs they would
 strand). ``select="deployed"`` adds the
-extender's 0..10 level, weighted, to kube-scheduler's own scores, as a cluster does;
+extender's 0..10 level, weighted, to kube-scheduler's own scores, as a cluster does (with
+the packing policies' named node for pods with GPUs: ``kernel.with_lead``, by node name);
 ``select="raw"`` takes the extender's raw ranking alone. kube-scheduler runs
 with the profile gpupack deploys (``deploy/scheduler/kube-scheduler-config.yaml``:
 NodeResourcesFit MostAllocated over CPU and memory, BalancedAllocation off, the extender at
@@ -152,7 +153,11 @@ class KernelPlacer:
         if self.select == "raw":
             key = to_host(v.raw)
         else:
-            key = 10.0 * EXTENDER_WEIGHT * to_host(v.level) + node_fit_most_allocated(st, task, rows)
+            level = to_host(v.level)
+            if self.policy.leads(task.request.count):  # one node named, as the extender does
+                names = st.cluster.names
+                level = kernel.with_lead(level, [names[r] for r in rows.tolist()])
+            key = 10.0 * EXTENDER_WEIGHT * level + node_fit_most_allocated(st, task, rows)
         key = numpy.where(feasible, key, -numpy.inf)
         best = numpy.flatnonzero(key == key.max())
         i = int(best[self.rng.integers(best.shape[0])]) if best.shape[0] > 1 else int(best[0])

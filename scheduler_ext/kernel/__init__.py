@@ -15,7 +15,7 @@ choice and the simulator all call these same functions:
 from scheduler_ext.kernel.before import BeforeMemo
 from scheduler_ext.kernel.choose import choose_devices
 from scheduler_ext.kernel.evaluate import Verdicts, evaluate, idle_and_fragmented
-from scheduler_ext.kernel.levels import to_levels
+from scheduler_ext.kernel.levels import named, to_levels, with_lead
 from scheduler_ext.kernel.policies import DEFAULT_POLICY, POLICIES, Policy, get_policy
 from scheduler_ext.kernel.slots import Mix, Reason, Request, Slots
 from scheduler_ext.kernel.xp import namespace
@@ -34,6 +34,8 @@ __all__ = [
     "evaluate",
     "get_policy",
     "idle_and_fragmented",
+    "named",
     "namespace",
     "to_levels",
+    "with_lead",
 ]

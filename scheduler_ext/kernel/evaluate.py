@@ -78,7 +78,7 @@ def evaluate(
     take = take_plan(s, req, xp, avail=u)
     raw = policy.score(ScoreInput(s, take, req, mix if policy.uses_mix else (), xp, memo))
     raw = xp.where(feasible, raw, -xp.inf)
-    level = to_levels(raw, feasible, xp, policy.leads(req.count)) if levels else xp.zeros(n, dtype=xp.int64)
+    level = to_levels(raw, feasible, xp) if levels else xp.zeros(n, dtype=xp.int64)
     return Verdicts(feasible, reason, free_units, total_units, raw, level)
 
 

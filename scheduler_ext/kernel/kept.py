@@ -77,5 +77,5 @@ class RowMemo:
                 entry.stale[:] = False
         v = entry.verdicts
         if levels and score:
-            return dataclasses.replace(v, level=to_levels(v.raw, v.feasible, numpy, policy.leads(req.count)))
+            return dataclasses.replace(v, level=to_levels(v.raw, v.feasible, numpy))
         return v

@@ -12,31 +12,37 @@ have ``u`` distinct values, and ``r`` be a node's dense rank among them (0 = bes
 so the best nodes always get 10, the worst feasible ones 0 (when u > 1), and a better raw
 score never gets a lower level. Infeasible nodes get 0.
 
-With ``lead`` (packing policies, for requests with GPUs: ``Policy.leads``), one node is named: the first, in the order of the
-list, of the nodes at 10 (the best band) keeps 10 and every other node gets at most
-``10 - LEAD``. kube-scheduler adds the extender's level times ten times its weight to its
-own scores and picks at random among the best totals; the best band holds many nodes of
-nearly equal raw score, and a random pick among them (or NodeResourcesFit's CPU packing)
-spreads a burst over them, where a fixed first choice fills one node after another and
-keeps the rest whole, as first-fit does. On the Alibaba trace with the FGD protocol the
-default policy went from 4.96 % unallocated (random among the best band) to 4.80 %
+For packing policies and pods with GPUs (``Policy.leads``) the caller then names one node
+(:func:`with_lead`): among the nodes at 10 (the best band), the one whose name sorts first
+keeps 10 and every other node gets at most ``10 - LEAD``. kube-scheduler adds the
+extender's level times ten times its weight to its own scores and picks at random among the
+best totals; the best band holds many nodes of nearly equal raw score, and a random pick (or
+NodeResourcesFit's CPU packing) spreads a burst over them, where a fixed first choice fills
+one node after another and keeps the rest whole, as first-fit does. The order is the node
+names', not the candidate list's: kube-scheduler's filter runs on parallel workers, so the
+list's order changes from one cycle to the next. On the Alibaba trace with the FGD protocol
+the default policy went from 4.96 % unallocated (random among the best band) to 4.81 %
 (docs/simulator.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import numpy
+
 from scheduler_ext.kernel.xp import Array, Namespace
 
 MAX_LEVEL = 10
-#: Levels by which the named node leads every other node (``lead``): NodeResourcesFit scores
+#: Levels by which the named node leads every other node (:func:`with_lead`): NodeResourcesFit scores
 #: 0..100 and the shipped extender weight 5 makes a level worth 50 points, so a lead of 2
 #: levels lets NodeResourcesFit break a tie at most, never overrule the choice.
 LEAD = 2
 
 
-def to_levels(raw: Array, feasible: Array, xp: Namespace, lead: bool = False) -> Array:
-    """int64 levels 0..10 for ``raw`` (higher is better), 0 where not ``feasible``; with
-    ``lead``, the first node of the best band alone at 10 (see the module)."""
+def to_levels(raw: Array, feasible: Array, xp: Namespace) -> Array:
+    """int64 levels 0..10 for ``raw`` (higher is better), 0 where not ``feasible``."""
     out = xp.zeros(raw.shape[0], dtype=xp.int64)
     if raw.shape[0] == 0 or not bool(feasible.any()):
         return out
@@ -51,8 +57,22 @@ def to_levels(raw: Array, feasible: Array, xp: Namespace, lead: bool = False) ->
     else:
         lv = MAX_LEVEL - (r * (MAX_LEVEL + 1)) // u
     out[feasible] = lv
-    if lead:
-        first = int(xp.argmax(out))  # the first node at 10
-        out = xp.minimum(out, MAX_LEVEL - LEAD)
-        out[first] = MAX_LEVEL
+    return out
+
+
+def named(level: numpy.ndarray[Any, Any], names: Sequence[str]) -> int:
+    """The position of the node the levels name: among those at 10, the one whose name sorts
+    first; -1 when no node is at 10."""
+    band = numpy.flatnonzero(level == MAX_LEVEL).tolist()
+    return min(band, key=names.__getitem__) if band else -1
+
+
+def with_lead(level: numpy.ndarray[Any, Any], names: Sequence[str]) -> numpy.ndarray[Any, Any]:
+    """``level`` (host levels of the nodes ``names``) with one node named: :func:`named` keeps
+    10, every other node gets at most ``10 - LEAD``."""
+    first = named(level, names)
+    if first < 0:
+        return level
+    out: numpy.ndarray[Any, Any] = numpy.minimum(level, MAX_LEVEL - LEAD)
+    out[first] = MAX_LEVEL
     return out

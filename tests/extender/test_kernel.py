@@ -11,11 +11,16 @@ import pytest
 
 from scheduler_ext import kernel
 from scheduler_ext.kernel import Reason, Request, reference
-from scheduler_ext.kernel.levels import to_levels
+from gpupack import contract
+from scheduler_ext.cache import from_objects
+from scheduler_ext.decide import Decider
+from scheduler_ext.kernel.levels import named, to_levels, with_lead
+from scheduler_ext.requests import pod_demand
 from scheduler_ext.kernel import slots as kslots
 from scheduler_ext.kernel.slots import units
 from scheduler_ext.kernel.xp import array_namespace, to_host
 
+from .fixtures import node, pod
 from .kernel_tables import FREE, USED, S, slots
 
 GPU, SHARED, MIG1G, MIG3G, AMD = 0, 1, 2, 3, 4
@@ -179,32 +184,37 @@ def test_levels(raw: list[float], feasible: list[int], levels: list[int]) -> Non
 
 
 @pytest.mark.parametrize(
-    "raw,feasible,levels",
+    "raw,names,levels",
     [
-        pytest.param([3.0, 1.0, 2.0], [1, 1, 1], [10, 0, 5], id="one-best: it leads"),
-        pytest.param([2.0, 3.0, 3.0, 1.0], [1, 1, 1, 1], [5, 10, 8, 0], id="tied-best: the first leads, the other drops to 8"),
-        pytest.param([5.0, 9.0, 4.0], [0, 0, 1], [0, 0, 10], id="only-feasible-leads"),
-        # 22 distinct values, bands of two: the band at 10 is {21, 20}; 20 comes first in the list
-        pytest.param(list(range(20, -1, -1)) + [21], [1] * 22,
-                     [10] + [min(8, 10 - (21 - v) // 2) for v in range(19, -1, -1)] + [8], id="first-of-the-band-not-the-best"),
+        pytest.param([3.0, 1.0, 2.0], ["c", "a", "b"], [10, 0, 5], id="one-best: it is named"),
+        pytest.param([2.0, 3.0, 3.0, 1.0], ["a", "d", "b", "c"], [5, 8, 10, 0],
+                     id="tied-best: the first by name is named, the other drops to 8"),
+        # 22 distinct values, bands of two: the band at 10 is {21, 20}; "n20" sorts before "n21"
+        pytest.param([float(v) for v in range(22)], [f"n{v:02d}" for v in range(22)],
+                     [min(8, 10 - (21 - v) // 2) for v in range(20)] + [10, 8], id="first-of-the-band-by-name-not-the-best"),
         pytest.param([], [], [], id="empty"),
     ],
 )
-def test_levels_with_a_lead(raw: list[float], feasible: list[int], levels: list[int]) -> None:
-    out = to_levels(np.asarray(raw, dtype=float), np.asarray(feasible, dtype=bool), np, lead=True)
-    assert out.tolist() == levels
+def test_with_lead_names_the_band_node_whose_name_sorts_first(raw: list[float], names: list[str], levels: list[int]) -> None:
+    plain = to_levels(np.asarray(raw, dtype=float), np.ones(len(raw), dtype=bool), np)
+    assert with_lead(plain, names).tolist() == levels
+
+
+def test_with_lead_leaves_levels_without_a_best_band_alone() -> None:
+    level = np.asarray([0, 0], dtype=np.int64)  # nothing fits
+    assert with_lead(level, ["a", "b"]).tolist() == [0, 0] and named(level, ["a", "b"]) == -1
 
 
 @pytest.mark.parametrize("name", ["binpack", "fragmentation"])
-def test_packing_policies_name_one_node_for_gpu_requests_only(name: str) -> None:
-    """Four empty nodes score the same: a GPU request names the first alone; a CPU-only pod
-    (nothing to pack) and the spread policy leave them all at 10."""
-    s = slots([[FREE, FREE]] * 4, cpu=[16000] * 4)
-    policy = kernel.get_policy(name)
-    mix = ((Request(GPU, 1, cpu_milli=4000), 1.0),)
-    assert kernel.evaluate(s, Request(GPU, 1), policy, np, mix=mix).level.tolist() == [10, 8, 8, 8]
-    assert kernel.evaluate(s, Request(-1, 0, cpu_milli=1000), policy, np, mix=mix).level.tolist() == [10] * 4
-    assert kernel.evaluate(s, Request(GPU, 1), kernel.get_policy("spread"), np).level.tolist() == [10] * 4
+def test_packing_policies_name_one_node_for_gpu_pods_only(name: str) -> None:
+    """Four empty nodes score the same: the extender names the one whose name sorts first for
+    a pod with GPUs; a CPU-only pod (nothing to pack) and the spread policy leave them all at 10."""
+    cache = from_objects([node(n, n=2) for n in ("n-c", "n-a", "n-d", "n-b")])
+    names = ["n-c", "n-a", "n-d", "n-b"]
+    gpu_pod, cpu_pod = pod("g", gpus={contract.NVIDIA_GPU: 1}), pod("c")
+    assert Decider(cache, name).prioritize(pod_demand(gpu_pod), names).tolist() == [8, 10, 8, 8]
+    assert Decider(cache, name).prioritize(pod_demand(cpu_pod), names).tolist() == [10] * 4
+    assert Decider(cache, "spread").prioritize(pod_demand(gpu_pod), names).tolist() == [10] * 4
 
 
 def test_unknown_policy_refused() -> None:

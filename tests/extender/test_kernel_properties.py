@@ -145,25 +145,33 @@ def test_policies_order_nodes_as_they_claim(rows: list[list[S]], req: Request) -
         ga, gb = binpack.raw[a] - u[a], binpack.raw[b] - u[b]
         if abs(ga - gb) < 1e-9 and u[a] > u[b] + 1e-9:
             assert binpack.level[a] >= binpack.level[b]
-    # spread's levels keep the raw order, and the best feasible node gets 10
-    for a, b in itertools.permutations(ok, 2):
-        if spread.raw[a] > spread.raw[b] + 1e-9:
-            assert spread.level[a] >= spread.level[b]
-    if ok:
-        assert max(spread.level[i] for i in ok) == 10
-    # binpack names one node for a GPU request: the first of the best band, alone at 10; the
-    # others keep the raw order at 8 and below (a CPU-only request: plain levels)
-    plain = kernel.to_levels(binpack.raw, binpack.feasible, np)
-    if req.count <= 0:
-        assert binpack.level.tolist() == plain.tolist()
-    elif ok:
-        first = ok[0] if plain[ok[0]] == 10 else next(i for i in ok if plain[i] == 10)
-        assert [i for i in ok if binpack.level[i] == 10] == [first]
-        others = [i for i in ok if i != first]
-        assert all(binpack.level[i] <= 10 - LEAD for i in others)
-        for a, b in itertools.permutations(others, 2):
-            if binpack.raw[a] > binpack.raw[b] + 1e-9:
-                assert binpack.level[a] >= binpack.level[b]
+    # levels keep the raw order, and the best feasible node gets 10
+    for v in (spread, binpack):
+        for a, b in itertools.permutations(ok, 2):
+            if v.raw[a] > v.raw[b] + 1e-9:
+                assert v.level[a] >= v.level[b]
+        if ok:
+            assert max(v.level[i] for i in ok) == 10
+
+
+@SETTINGS
+@given(st.lists(st.floats(-10, 10), max_size=30), st.data())
+def test_the_named_node_is_the_best_bands_first_by_name(raw: list[float], data: st.DataObject) -> None:
+    """One node at 10, the best band's node whose name sorts first; every other node at 8 at
+    most, in the plain levels' order."""
+    n = len(raw)
+    names = data.draw(st.lists(st.text("abc", min_size=1, max_size=4), min_size=n, max_size=n, unique=True))
+    feasible = np.asarray(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
+    plain = kernel.to_levels(np.asarray(raw, dtype=float), feasible, np)
+    led = kernel.with_lead(plain, names)
+    band = [i for i in range(n) if plain[i] == 10]
+    if not band:
+        assert led.tolist() == plain.tolist()
+        return
+    first = min(band, key=lambda i: names[i])
+    assert [i for i in range(n) if led[i] == 10] == [first]
+    others = [i for i in range(n) if i != first]
+    assert all(led[i] == min(plain[i], 10 - LEAD) for i in others)
 
 
 @SETTINGS
