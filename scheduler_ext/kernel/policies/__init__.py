@@ -6,7 +6,7 @@ by :func:`get_policy` when the extender is built, never per request.
 
 The default is ``fragmentation``, the winner of the simulator's packing benchmark among
 gpupack's policies (docs/simulator.md): on the Alibaba trace with the FGD protocol it leaves
-4.80 % of GPUs unallocated against 5.72 % for ``binpack`` (FGD as published: 4.77 %), and
+4.81 % of GPUs unallocated against 5.69 % for ``binpack`` (FGD as published: 4.77 %), and
 on the built-in example it leaves the fewest replicas never placed. ``binpack`` is the
 cheapest to compute (about half the kernel time) and keeps the most whole nodes empty for the
 cluster autoscaler when the cluster is lightly loaded; ``spread`` is for services that want a
