@@ -150,10 +150,7 @@ class Decider:
         if idx is not None and memo is not None and memo.decision.lead_raw is not None:
             raw = memo.decision.lead_raw[idx]
             fits = memo.decision.fits[idx]
-            level = numpy.asarray(kernel.to_levels(raw, numpy.isfinite(raw), numpy))
-            level[~fits] = 0
-            if lead:
-                level = kernel.with_lead(level, names)
+            level = self._levels(raw, fits, names, 1 if demand.wants_gpu else 0)
         else:
             d = self.decide(demand, names, reasons=False)
             raw, fits, level = d.raw, d.fits, d.level
@@ -162,6 +159,14 @@ class Decider:
             best = int(numpy.argmax(level)) if lead else int(numpy.argmax(numpy.where(fits, raw, -numpy.inf)))
             self.cache.hold(demand, names[best], self.policy)
         return level
+
+    def _levels(self, raw: numpy.ndarray[Any, Any], fits: numpy.ndarray[Any, Any], names: Sequence[str],
+                gpus: int) -> numpy.ndarray[Any, Any]:
+        """0..10 for the nodes that fit every resource (ranked among themselves: a node that fits
+        the leading resource only must not take a level), with the named node for a pod with
+        ``gpus`` under a packing policy."""
+        level = numpy.asarray(kernel.to_levels(raw, fits, numpy))
+        return kernel.with_lead(level, names) if self.policy.leads(gpus) else level
 
     def _to_xp(self, s: kernel.Slots) -> kernel.Slots:
         if self.xp is numpy:
@@ -190,30 +195,29 @@ class Decider:
         # the generation is read before the state: a change in between makes it stale, never wrong
         generation = self.cache.generation
         with self.cache.rows_of(names, exclude=demand.uid) as (rows, pos, memo):
-            fits, unres, level, raw, lead_raw, groups = self._evaluate(demand, lead, names, rows, pos, score, detail,
-                                                                       reasons, memo, levels)
+            fits, unres, raw, lead_raw, groups = self._evaluate(demand, lead, names, rows, pos, score, detail,
+                                                                reasons, memo)
         for g in groups:
             unres[g.positions] |= g.unresolvable
-        level[~fits] = 0
         raw[~fits] = -numpy.inf
-        if score and levels and self.policy.leads(totals[lead]):
-            level = kernel.with_lead(level, names)  # one node named (kernel/levels.py)
+        level = self._levels(raw, fits, names, totals[lead]) if score and levels else numpy.zeros(n, numpy.int64)
         return Decision(names, fits, unres, level, raw, groups, lead_raw, generation)
 
     def _evaluate(
         self, demand: PodDemand, lead: str, names: Sequence[str], rows: kernel.Slots, pos: numpy.ndarray[Any, Any],
-        score: bool, detail: bool, reasons: bool, memo: RowMemo | None = None, levels: bool = True,
-    ) -> tuple[numpy.ndarray[Any, Any], numpy.ndarray[Any, Any], numpy.ndarray[Any, Any], numpy.ndarray[Any, Any],
+        score: bool, detail: bool, reasons: bool, memo: RowMemo | None = None,
+    ) -> tuple[numpy.ndarray[Any, Any], numpy.ndarray[Any, Any], numpy.ndarray[Any, Any],
                numpy.ndarray[Any, Any] | None, list[Group]]:
         """The kernel's verdicts for every resource of a GPU pod on ``rows`` (the known names at
-        positions ``pos``), gathered into arrays in the order of ``names``."""
+        positions ``pos``), gathered into arrays in the order of ``names``: fits, unresolvable,
+        the leading resource's raw score (also as ``lead_raw`` with ``score``), reason groups.
+        Levels are the caller's (:meth:`_levels`, over the nodes that fit every resource)."""
         n = len(names)
         totals = demand.totals()
         rows = self._to_xp(rows)
         fits = numpy.zeros(n, dtype=bool)
         fits[pos] = True
         unres = numpy.zeros(n, dtype=bool)
-        level = numpy.zeros(n, dtype=numpy.int64)
         raw = numpy.full(n, -numpy.inf)
         lead_raw = numpy.full(n, -numpy.inf) if score else None
         groups: list[Group] = []
@@ -223,7 +227,7 @@ class Decider:
         for resource in sorted(totals, key=lambda r: r != lead):
             req = self._request(demand, resource, lead)
             mix = self.cache.mix() if self.policy.uses_mix else ()
-            v = self._verdicts(rows, req, mix, score and resource == lead, memo, levels)
+            v = self._verdicts(rows, req, mix, score and resource == lead, memo, False)
             ok = kernel.xp.to_host(v.feasible)
             free = kernel.xp.to_host(v.free_units)
             total = kernel.xp.to_host(v.total_units)
@@ -232,7 +236,6 @@ class Decider:
                 bad = numpy.nonzero(~ok & fits[pos])[0]
                 groups.extend(self._groups(names, pos[bad], kernel.xp.to_host(v.reason)[bad], free[bad], total[bad], ask))
             if resource == lead:
-                level[pos] = kernel.xp.to_host(v.level)
                 raw[pos] = kernel.xp.to_host(v.raw)
                 if lead_raw is not None:
                     lead_raw[pos] = raw[pos]
@@ -242,7 +245,7 @@ class Decider:
                         text = _reason_text(kernel.Reason.FITS, ask, int(free[j]), 0, "")
                         groups.append(Group(pos[j : j + 1], text, "fits", False))
             fits[pos] &= ok
-        return fits, unres, level, raw, lead_raw, groups
+        return fits, unres, raw, lead_raw, groups
 
     def _verdicts(self, rows: kernel.Slots, req: kernel.Request, mix: kernel.Mix, score: bool,
                   memo: RowMemo | None, levels: bool) -> kernel.Verdicts:

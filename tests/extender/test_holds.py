@@ -17,7 +17,7 @@ from scheduler_ext.server import ExtenderApp
 from scheduler_ext.requests import pod_demand
 
 from .conftest import FakePodApi, cluster_objects
-from .fixtures import pod
+from .fixtures import gpu, node, pod
 
 NAMES = ["n-full", "n-half", "n-empty", "n-cpu"]
 WANT2 = pod("want2", gpus={contract.NVIDIA_GPU: 2})
@@ -172,3 +172,21 @@ def test_binds_are_counted_by_whether_they_went_to_the_held_node() -> None:
         failed = json.dumps({"PodName": "gone", "PodNamespace": "default", "PodUID": "uid-gone", "Node": target})
         assert json.loads(app.handle_post("/bind", failed.encode()).body)["Error"]
         assert binds(app) == {want: 1.0}
+
+
+def test_levels_and_the_hold_rank_only_nodes_that_fit_every_resource() -> None:
+    """A pod of two resources: a node that fits the leading one (NVIDIA) but lost its AMD device
+    between filter and prioritize gets 0, and the node that still fits both is named and held."""
+    amd = contract.AMD_GPU
+    cache = ClusterCache()
+    cache.replace_all([node("a", [gpu("a", 0), gpu("a", 1), gpu("a", 2, resource=amd, vendor="amd")]),
+                       node("b", [gpu("b", i) for i in range(4)] + [gpu("b", 4, resource=amd, vendor="amd")])], [])
+    d = Decider(cache, "binpack", holds=True)
+    want = pod_demand(pod("p", gpus={contract.NVIDIA_GPU: 2, amd: 1}))
+    assert d.filter(want, ["a", "b"]).fitting_names == ["a", "b"]
+    cache.apply_event({"type": "ADDED", "object": pod("q", gpus={amd: 1}, node="a", phase="Running",
+                                                      devices={"c0": {amd: ["GPU-a-2"]}})})
+    assert d.prioritize(want, ["a", "b"]).tolist() == [0, 10]
+    assert cache.held("uid-p") == "b"
+    named = [v for v in d.verdicts(want, ["a", "b"]) if "named node" in v.reason]
+    assert [(v.node, v.fits) for v in named] == [("b", True)]
