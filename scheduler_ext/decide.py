@@ -144,13 +144,13 @@ class Decider:
         with self._memo_lock:
             memo = self._memo.get(demand.uid) if demand.uid else None
         idx = None
-        lead = self.policy.leads(1 if demand.wants_gpu else 0)
+        lead = self._names_one(demand)
         if memo is not None and memo.demand == demand and memo.decision.generation == self.cache.generation:
             idx = memo.positions(names)
         if idx is not None and memo is not None and memo.decision.lead_raw is not None:
             raw = memo.decision.lead_raw[idx]
             fits = memo.decision.fits[idx]
-            level = self._levels(raw, fits, names, 1 if demand.wants_gpu else 0)
+            level = self._levels(raw, fits, names, lead)
         else:
             d = self.decide(demand, names, reasons=False)
             raw, fits, level = d.raw, d.fits, d.level
@@ -160,13 +160,16 @@ class Decider:
             self.cache.hold(demand, names[best], self.policy)
         return level
 
+    def _names_one(self, demand: PodDemand) -> bool:
+        """Whether the levels for this pod name one node (a packing policy, a pod with GPUs)."""
+        return self.policy.leads(1 if demand.wants_gpu else 0)
+
     def _levels(self, raw: numpy.ndarray[Any, Any], fits: numpy.ndarray[Any, Any], names: Sequence[str],
-                gpus: int) -> numpy.ndarray[Any, Any]:
+                lead: bool) -> numpy.ndarray[Any, Any]:
         """0..10 for the nodes that fit every resource (ranked among themselves: a node that fits
-        the leading resource only must not take a level), with the named node for a pod with
-        ``gpus`` under a packing policy."""
+        the leading resource only must not take a level), with one node named when ``lead``."""
         level = numpy.asarray(kernel.to_levels(raw, fits, numpy))
-        return kernel.with_lead(level, names) if self.policy.leads(gpus) else level
+        return kernel.with_lead(level, names) if lead else level
 
     def _to_xp(self, s: kernel.Slots) -> kernel.Slots:
         if self.xp is numpy:
@@ -200,7 +203,7 @@ class Decider:
         for g in groups:
             unres[g.positions] |= g.unresolvable
         raw[~fits] = -numpy.inf
-        level = self._levels(raw, fits, names, totals[lead]) if score and levels else numpy.zeros(n, numpy.int64)
+        level = self._levels(raw, fits, names, self._names_one(demand)) if score and levels else numpy.zeros(n, numpy.int64)
         return Decision(names, fits, unres, level, raw, groups, lead_raw, generation)
 
     def _evaluate(
@@ -331,7 +334,7 @@ class Decider:
         for g in d.groups:
             for i in g.positions.tolist():
                 text.setdefault(i, (g.text, g.code))
-        if score and self.policy.leads(1 if demand.wants_gpu else 0) and bool(d.fits.any()):
+        if score and self._names_one(demand) and bool(d.fits.any()):
             named = int(numpy.argmax(d.level))
             fits_text, code = text.get(named, ("", "fits"))
             note = "named node: first by name among the best-scored nodes, the others get 8 at most"

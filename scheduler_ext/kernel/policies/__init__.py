@@ -29,8 +29,8 @@ ScoreFn = Callable[[ScoreInput], Array]
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """A named scoring function; ``uses_mix`` says whether it reads the recent mix of shapes,
-    ``lead`` whether its levels name one node (the first of the best band, see
-    :func:`~scheduler_ext.kernel.levels.to_levels`): packing policies fill one node after
+    ``lead`` whether its levels name one node (the best band's node whose name sorts first,
+    see :func:`~scheduler_ext.kernel.levels.with_lead`): packing policies fill one node after
     another, a spreading one must not."""
 
     name: str
