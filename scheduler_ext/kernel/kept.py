@@ -27,6 +27,13 @@ from scheduler_ext.kernel.xp import Array
 
 #: Requests whose verdicts are kept per row copy (a few bytes x nodes each).
 KEPT_REQUESTS = 16
+#: Changed rows up to this many are looked up by their state; more are evaluated at once.
+STATE_ROWS = 64
+#: Row states whose verdicts are kept per request (about 500 bytes each for 8 slots).
+KEPT_STATES = 1024
+
+_SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(Slots) if f.name not in ("node_cpu_free", "node_memory_free"))
+_VERDICT_FIELDS = ("feasible", "reason", "free_units", "total_units", "raw")
 
 
 @dataclasses.dataclass
@@ -34,6 +41,8 @@ class _Entry:
     mix: Mix  # the mix the verdicts were scored under (compared by identity)
     verdicts: Verdicts  # levels not kept (0)
     stale: Array  # bool per row: changed since
+    cuts: tuple[Array, Array]  # the policy's node_cuts for the request and mix, as arrays
+    states: dict[bytes, tuple[object, ...]] = dataclasses.field(default_factory=dict)  # row state -> verdict
 
 
 class RowMemo:
@@ -61,21 +70,58 @@ class RowMemo:
         entry = self._entries.get(key)
         if entry is None or entry.mix is not mix:
             v = evaluate(s, req, policy, numpy, mix=mix, score=score, memo=self.sums, levels=False)
-            entry = _Entry(mix, v, numpy.zeros(self.nodes, dtype=bool))
+            cpu, mem = policy.node_cuts(req, mix)
+            entry = _Entry(mix, v, numpy.zeros(self.nodes, dtype=bool),
+                           (numpy.asarray(cpu, dtype=numpy.int64), numpy.asarray(mem, dtype=numpy.int64)))
             self._entries[key] = entry
             while len(self._entries) > self._requests:
                 self._entries.popitem(last=False)
         else:
             self._entries.move_to_end(key)
             at = numpy.nonzero(entry.stale)[0]
-            if at.shape[0]:
-                sub = evaluate(s.rows(at), req, policy, numpy, mix=mix, score=score,
-                               memo=RowSubset(self.sums, s, at), levels=False)
-                kept = entry.verdicts
-                for name in ("feasible", "reason", "free_units", "total_units", "raw"):
-                    getattr(kept, name)[at] = getattr(sub, name)
-                entry.stale[:] = False
+            if at.shape[0] > STATE_ROWS:
+                self._evaluate_rows(entry, s, req, policy, at, score)
+            elif at.shape[0]:
+                self._by_state(entry, s, req, policy, at, score)
+            entry.stale[:] = False
         v = entry.verdicts
         if levels and score:
             return dataclasses.replace(v, level=to_levels(v.raw, v.feasible, numpy))
         return v
+
+    def _evaluate_rows(self, entry: _Entry, s: Slots, req: Request, policy: Policy, at: Array,
+                       score: bool) -> Verdicts:
+        """Evaluates rows ``at`` of ``s`` and writes their verdicts into the entry's."""
+        sub = evaluate(s.rows(at), req, policy, numpy, mix=entry.mix, score=score,
+                       memo=RowSubset(self.sums, s, at), levels=False)
+        kept = entry.verdicts
+        for name in _VERDICT_FIELDS:
+            getattr(kept, name)[at] = getattr(sub, name)
+        return sub
+
+    def _by_state(self, entry: _Entry, s: Slots, req: Request, policy: Policy, at: Array, score: bool) -> None:
+        """Rows ``at``'s verdicts from the states seen before; the rest evaluated and learnt."""
+        keys = _state_keys(s, at, entry.cuts)
+        found = [entry.states.get(k) for k in keys]
+        miss = [i for i, f in enumerate(found) if f is None]
+        hit = [i for i, f in enumerate(found) if f is not None]
+        if miss:
+            sub = self._evaluate_rows(entry, s, req, policy, at[miss], score)
+            if len(entry.states) + len(miss) > KEPT_STATES:
+                entry.states.clear()
+            columns = [getattr(sub, name).tolist() for name in _VERDICT_FIELDS]
+            for j, i in enumerate(miss):
+                entry.states[keys[i]] = tuple(c[j] for c in columns)
+        if hit:
+            kept = entry.verdicts
+            rows = at[hit]
+            for f, name in enumerate(_VERDICT_FIELDS):
+                getattr(kept, name)[rows] = [found[i][f] for i in hit]  # type: ignore[index]
+
+
+def _state_keys(s: Slots, at: Array, cuts: tuple[Array, Array]) -> list[bytes]:
+    """Per row of ``at``: the bytes of its slots and of which cuts its free CPU and memory reach."""
+    parts = [getattr(s, name).take(at, axis=0) for name in _SLOT_FIELDS]
+    parts.append(numpy.searchsorted(cuts[0], s.node_cpu_free.take(at), side="right"))
+    parts.append(numpy.searchsorted(cuts[1], s.node_memory_free.take(at), side="right"))
+    return [b"".join(p[i].tobytes() for p in parts) for i in range(at.shape[0])]

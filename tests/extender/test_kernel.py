@@ -329,3 +329,37 @@ def test_request_pinned_to_models_uses_only_their_slots() -> None:
     assert v.raw[1] > v.raw[0]
     _, ref = reference.evaluate(s, any_model, "fragmentation", ((pinned, 1.0),))
     assert v.raw.tolist() == pytest.approx(ref)
+
+
+def test_a_changed_row_in_a_state_seen_before_is_not_evaluated_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept verdicts remember row states: a node that changes into a state another node
+    was evaluated in takes that verdict without array work, also when its free CPU differs
+    but reaches the same of the mix's CPU amounts; past one of them it is evaluated."""
+    from scheduler_ext.kernel import kept as kept_module
+    from scheduler_ext.kernel.kept import RowMemo
+
+    calls: list[int] = []
+    real = kept_module.evaluate
+
+    def counting(s: Any, *a: Any, **k: Any) -> Any:
+        calls.append(s.shape[0])
+        return real(s, *a, **k)
+
+    monkeypatch.setattr(kept_module, "evaluate", counting)
+    req = Request(0, 1, cpu_milli=1000)
+    mix = ((req, 0.5), (Request(0, 2, cpu_milli=4000), 0.5))  # CPU cuts at 1000, 2000, 4000, 5000
+    policy = kernel.get_policy("fragmentation")
+    rows, cpus = [[FREE] * 4] * 3, [8000] * 3
+    memo = RowMemo(3)
+    memo.evaluate(slots(rows, cpu=cpus), req, policy, mix)
+    assert calls == [3]
+    steps = [(0, 6000, [1]), (1, 7000, []), (2, 4500, [1])]  # row, its new free CPU, rows evaluated
+    for row, cpu, evaluated in steps:
+        rows = [[USED, FREE, FREE, FREE] if i == row else r for i, r in enumerate(rows)]
+        cpus[row] = cpu
+        memo.mark(np.asarray([row]))
+        calls.clear()
+        now = slots(rows, cpu=cpus)
+        got = memo.evaluate(now, req, policy, mix)
+        assert calls == evaluated, (row, cpu)
+        assert got.raw.tolist() == kernel.evaluate(now, req, policy, np, mix=mix).raw.tolist()

@@ -220,3 +220,38 @@ def test_kept_verdicts_equal_a_fresh_evaluation(rows: list[list[S]], later: list
             for f in ("feasible", "reason", "free_units", "total_units", "level"):
                 assert getattr(kept, f).tolist() == getattr(fresh, f).tolist(), (name, f)
             np.testing.assert_allclose(kept.raw, fresh.raw, rtol=0, atol=1e-12)
+
+
+CPU_NEAR_CUTS = [0, 999, 1000, 1500, 2499, 2500, 4000, kernel.slots.UNLIMITED]
+
+
+@SETTINGS
+@given(st.lists(slot(), min_size=1, max_size=4), requests, st.sampled_from([0, 1000, 1500]), st.data())
+def test_verdicts_kept_by_row_state_equal_a_fresh_evaluation(pool: list[S], req: Request, cpu: int,
+                                                             data: st.DataObject) -> None:
+    """Rows that pass through the same few states, with free CPU on either side of the mix's
+    CPU amounts, change a few at a time: the verdicts answered from the states seen before
+    equal an evaluation of the rows as they are, for every policy."""
+    req = dataclasses.replace(req, cpu_milli=cpu)
+    states = [[x] * 2 for x in pool]  # nodes of two slots alike
+    n = 6
+    mix = ((req, 0.4), (Request(0, 1, cpu_milli=1000), 0.3), (Request(-1, 0, cpu_milli=1500), 0.2),
+           (Request(1, 1, 5000, node_memory_mib=2000), 0.1))
+    rounds = data.draw(st.lists(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, len(states) - 1),
+                                                   st.sampled_from(CPU_NEAR_CUTS), st.sampled_from([0, 2000, 4000])),
+                                         min_size=1, max_size=3), min_size=1, max_size=6))
+    for name in kernel.POLICIES:
+        policy = kernel.get_policy(name)
+        rows, cpus, mems = [states[0]] * n, [4000] * n, [4000] * n
+        memo = RowMemo(n)
+        memo.evaluate(slots(rows, cpu=cpus, mem=mems), req, policy, mix)
+        for changes in rounds:
+            for i, state, c, m in changes:
+                rows[i], cpus[i], mems[i] = states[state], c, m
+            memo.mark(np.asarray(sorted({i for i, *_ in changes}), dtype=np.int64))
+            now = slots(rows, cpu=cpus, mem=mems)
+            kept = memo.evaluate(now, req, policy, mix)
+            fresh = kernel.evaluate(now, req, policy, np, mix=mix)
+            for f in ("feasible", "reason", "free_units", "total_units", "level"):
+                assert getattr(kept, f).tolist() == getattr(fresh, f).tolist(), (name, f)
+            np.testing.assert_allclose(kept.raw, fresh.raw, rtol=0, atol=1e-12)

@@ -20,10 +20,19 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from scheduler_ext.kernel.policies import binpack, fragmentation, spread
+from scheduler_ext.kernel.slots import Mix, Request
 from scheduler_ext.kernel.usage import ScoreInput
 from scheduler_ext.kernel.xp import Array
 
 ScoreFn = Callable[[ScoreInput], Array]
+#: ``(request, mix) -> (cpu, memory)``: the node's free CPU and memory amounts at which the
+#: policy's score can change (see :func:`fragmentation.node_cuts`).
+CutsFn = Callable[[Request, Mix], tuple[tuple[int, ...], tuple[int, ...]]]
+
+
+def reads_no_node_resources(req: Request, mix: Mix) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A policy whose score does not read the node's free CPU and memory at all."""
+    return (), ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +40,15 @@ class Policy:
     """A named scoring function; ``uses_mix`` says whether it reads the recent mix of shapes,
     ``lead`` whether its levels name one node (the best band's node whose name sorts first,
     see :func:`~scheduler_ext.kernel.levels.with_lead`): packing policies fill one node after
-    another, a spreading one must not."""
+    another, a spreading one must not. ``node_cuts`` says which amounts of a node's free CPU
+    and memory its score can turn on (none: it does not read them), so that verdicts can be
+    kept by a node's state (:mod:`scheduler_ext.kernel.kept`)."""
 
     name: str
     score: ScoreFn
     uses_mix: bool = False
     lead: bool = False
+    node_cuts: CutsFn = reads_no_node_resources
 
     def leads(self, gpus: int) -> bool:
         """Whether the levels of a request for ``gpus`` units name one node: for packing
@@ -50,7 +62,8 @@ POLICIES: Mapping[str, Policy] = MappingProxyType(
     {
         "binpack": Policy("binpack", binpack.score, lead=True),
         "spread": Policy("spread", spread.score),
-        "fragmentation": Policy("fragmentation", fragmentation.score, uses_mix=True, lead=True),
+        "fragmentation": Policy("fragmentation", fragmentation.score, uses_mix=True, lead=True,
+                                node_cuts=fragmentation.node_cuts),
     }
 )
 

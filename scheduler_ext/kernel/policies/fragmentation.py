@@ -99,6 +99,19 @@ def _fits_cpu(shape: Request, fits: Array, cpu: Array, mem: Array) -> Array:
     return ok
 
 
+def node_cuts(req: Request, mix: Mix) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The free CPU (millicores) and node memory (MiB) amounts at which :func:`score` of
+    ``req`` under ``mix`` can change: a node's free CPU enters the score only through
+    ``cpu >= m.cpu_milli`` (before) and ``cpu - req.cpu_milli >= m.cpu_milli`` (after) for each
+    shape ``m``, so two nodes alike in every slot score alike when their free CPU reaches the
+    same of these amounts (and likewise memory). Sorted, without repeats."""
+    shapes = [m for m, _ in (mix or ((req, 1.0),))]
+    cpu = {c for m in shapes if (c := m.cpu_milli) > 0} | {req.cpu_milli + c for m in shapes if (c := m.cpu_milli) > 0}
+    mem = {c for m in shapes if (c := m.node_memory_mib) > 0} | {req.node_memory_mib + c for m in shapes
+                                                                   if (c := m.node_memory_mib) > 0}
+    return tuple(sorted(cpu)), tuple(sorted(mem))
+
+
 def score(inp: ScoreInput) -> Array:
     """``-(F_after - F_before)`` plus the tie term, per node.
 
