@@ -199,6 +199,16 @@ class _Selection:
     dirty: set[int] = dataclasses.field(default_factory=set)
     lent: bool = False  # a caller is evaluating on ``copy``
     memo: RowMemo | None = None  # per-node sums and recent verdicts of ``copy``, kept with it
+    _at: dict[int, list[int]] | None = None  # row -> its positions in ``idx``, built on first need
+
+    def positions_of(self, rows: Iterable[int]) -> numpy.ndarray[Any, Any]:
+        """The positions in ``idx`` of the given rows (a name listed twice has two)."""
+        if self._at is None:
+            self._at = {}
+            for p, r in enumerate(self.idx.tolist()):
+                self._at.setdefault(r, []).append(p)
+        at = self._at
+        return numpy.asarray(sorted(p for r in rows for p in at.get(r, ())), dtype=numpy.int64)
 
 
 class ClusterCache:
@@ -331,7 +341,7 @@ class ClusterCache:
             sel.copy = self._arrays.rows(sel.idx)
             sel.memo = None
         else:
-            at = numpy.nonzero(numpy.isin(sel.idx, numpy.fromiter(sel.dirty, dtype=numpy.int64)))[0]
+            at = sel.positions_of(sel.dirty)
             src = sel.idx[at]
             for f in dataclasses.fields(copy):
                 getattr(copy, f.name)[at] = getattr(self._arrays, f.name)[src]

@@ -27,7 +27,7 @@ from scheduler_ext.binder import Binder
 from scheduler_ext.cache import ClusterCache
 from scheduler_ext.decide import Decider
 from scheduler_ext.metrics import Metrics
-from scheduler_ext.requests import pod_demand
+from scheduler_ext.requests import PodDemand, pod_demand
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ class ExtenderApp:
         self.decider = decider
         self.binder = binder
         self.metrics = metrics
+        self._last_demand: tuple[dict[str, Any], PodDemand] | None = None
         self._routes: dict[str, Callable[[dict[str, Any]], Any]] = {
             "/filter": self.filter,
             "/prioritize": self.prioritize,
@@ -184,7 +185,7 @@ class ExtenderApp:
     def filter(self, args: dict[str, Any]) -> wire.ExtenderFilterResult:
         pod = _pod(args)
         names, items = _names(args)
-        d = self.decider.filter(pod_demand(pod), names)
+        d = self.decider.filter(self._demand(pod), names)
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
         for g in d.groups:
@@ -201,10 +202,21 @@ class ExtenderApp:
             result["Nodes"] = {"metadata": {}, "items": [items[i] for i in numpy.nonzero(d.fits)[0].tolist()]}
         return result
 
+    def _demand(self, pod: dict[str, Any]) -> PodDemand:
+        """:func:`pod_demand` of ``pod``. kube-scheduler sends prioritize the Pod it sent filter,
+        so the last Pod read and its demand are kept: an equal Pod (compared as parsed JSON, the
+        whole object) is not read again."""
+        last = self._last_demand
+        if last is not None and last[0] == pod:
+            return last[1]
+        demand = pod_demand(pod)
+        self._last_demand = (pod, demand)
+        return demand
+
     def prioritize(self, args: dict[str, Any]) -> Raw:
         pod = _pod(args)
         names, _ = _names(args)
-        level = self.decider.prioritize(pod_demand(pod), names)
+        level = self.decider.prioritize(self._demand(pod), names)
         return Raw(host_priorities(names, level))
 
     def prioritize_cpu_only(self, args: dict[str, Any]) -> Raw:
@@ -214,7 +226,7 @@ class ExtenderApp:
         request cannot be read, get 0 on every node, as the first entry scores them."""
         pod = _pod(args)
         names, _ = _names(args)
-        demand = pod_demand(pod)
+        demand = self._demand(pod)
         if demand.wants_gpu or demand.error:
             return Raw(host_priorities(names, numpy.zeros(len(names), numpy.int64)))
         return Raw(host_priorities(names, self.decider.prioritize(demand, names)))

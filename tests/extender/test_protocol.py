@@ -210,3 +210,15 @@ def test_prioritize_cpu_only_scores_cpu_pods_where_they_strand_fewest_gpus() -> 
         srv.shutdown()
         srv.server_close()
         thread.join()
+
+
+def test_prioritize_reads_a_changed_pod_afresh(client: Client) -> None:
+    """The Pod filter read is kept for its prioritize; a Pod that differs in anything (here
+    the same uid asking for more GPUs than any node has) is read again, never answered from
+    the kept one."""
+    client.post("/filter", cache_capable_args())
+    status, body = client.post("/prioritize", cache_capable_args(POD_WANT2.replace('"2"', '"9"')))
+    assert status == 200
+    assert {h["Host"]: h["Score"] for h in body} == dict.fromkeys(NAMES, 0)
+    status, body = client.post("/prioritize", cache_capable_args())
+    assert {h["Host"]: h["Score"] for h in body}["n-half"] == 10
