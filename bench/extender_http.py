@@ -213,7 +213,7 @@ def run(nodes: int, decisions: int, mode: str = "whole", pods: int = 0, policy: 
     server_s, server_n = server_total("sum"), server_total("count")
     server_verbs = {f"server_{v}_mean_ms": round(server_total("sum", v) / max(server_total("count", v), 1) * 1e3, 2)
                     for v in ("filter", "prioritize")}
-    rss = peak_rss_mib(proc.pid)
+    rss = peak_rss_mib(proc.pid) if proc.pid is not None else float("nan")
     proc.kill()
     proc.join()
     by_verb = {"filter": measured["filter_ms"], "prioritize": measured["prioritize_ms"]}

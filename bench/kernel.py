@@ -7,7 +7,9 @@ before placement kept from the previous request (:class:`scheduler_ext.kernel.Be
 as the extender evaluates pod after pod on its kept candidate rows (only ``fragmentation``
 uses them). "kept verdicts": the request's verdicts kept from its previous evaluation on
 the same rows, one row changed since (:class:`scheduler_ext.kernel.kept.RowMemo`), as the
-extender answers the next pod of a shape it has seen, after one bind.
+extender answers the next pod of a shape it has seen, after one bind: "new state" when the
+changed row is in a state not seen before (evaluated), "seen state" when another node was
+evaluated in that state before (its verdict taken, no array work).
 
     .venv/bin/python bench/kernel.py [--sizes 100,1000,5000] [--policies binpack,fragmentation]
 """
@@ -28,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from scheduler_ext import kernel  # noqa: E402
 from scheduler_ext.kernel import reference  # noqa: E402
-from scheduler_ext.kernel.kept import RowMemo  # noqa: E402
+from scheduler_ext.kernel.kept import KEPT_STATES, RowMemo  # noqa: E402
 from scheduler_ext.kernel.slots import empty_slots  # noqa: E402
 
 GPU, SHARED = 0, 1
@@ -76,7 +78,7 @@ def main() -> None:
         cupy = None
         print(f"# cupy: not timed ({str(err).splitlines()[0][:80]})")
     print(f"# {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, numpy {np.__version__}")
-    print(f"{'nodes':>6} {'policy':>14} {'request':>12} {'numpy ms':>9} {'kept memo':>9} {'kept verdicts':>13} {'python ms':>10} {'ratio':>7} {'cupy ms':>8}")
+    print(f"{'nodes':>6} {'policy':>14} {'request':>12} {'numpy ms':>9} {'kept memo':>9} {'kept, new state':>15} {'kept, seen state':>16} {'python ms':>10} {'ratio':>7} {'cupy ms':>8}")
     mix = ((kernel.Request(GPU, 1), 0.5), (kernel.Request(GPU, 2), 0.2), (kernel.Request(SHARED, 1, 20000), 0.3))
     for n in (int(x) for x in args.sizes.split(",")):
         s = cluster(n)
@@ -91,15 +93,17 @@ def main() -> None:
                 # as the extender runs it: the per-node sums kept from the previous request
                 memo = kernel.BeforeMemo(n)
                 t_memo = timed(lambda: kernel.evaluate(s, req, policy, np, mix=mix, memo=memo))
-                rows = RowMemo(n)
-                rows.evaluate(s, req, policy, mix)
                 one = np.asarray([n // 2])
+                t_kept = []
+                for states in (0, KEPT_STATES):  # 0: nothing kept by state, so the row is always new
+                    rows = RowMemo(n, states=states)
+                    rows.evaluate(s, req, policy, mix)
 
-                def kept_verdicts() -> None:
-                    rows.mark(one)  # a bind changed one node since
-                    rows.evaluate(s, req, policy, mix, levels=False)
+                    def kept_verdicts() -> None:
+                        rows.mark(one)  # a bind changed one node since
+                        rows.evaluate(s, req, policy, mix, levels=False)
 
-                t_kept = timed(kept_verdicts)
+                    t_kept.append(timed(kept_verdicts))
                 t_py = timed(lambda: reference.evaluate(s, req, name, mix if policy.uses_mix else ()), min_s=0.2)
                 t_cp = float("nan")
                 if cupy is not None:
@@ -111,7 +115,7 @@ def main() -> None:
 
                     t_cp = timed(on_gpu)
                 label = f"{req.count}x{'gpu' if req.resource == GPU else 'share'}" + (f"/{req.memory_mib}M" if req.memory_mib else "")
-                print(f"{n:>6} {name:>14} {label:>12} {t_np * 1e3:>9.3f} {t_memo * 1e3:>9.3f} {t_kept * 1e3:>13.3f} {t_py * 1e3:>10.1f} {t_py / t_np:>6.0f}x {t_cp * 1e3:>8.3f}",
+                print(f"{n:>6} {name:>14} {label:>12} {t_np * 1e3:>9.3f} {t_memo * 1e3:>9.3f} {t_kept[0] * 1e3:>15.3f} {t_kept[1] * 1e3:>16.3f} {t_py * 1e3:>10.1f} {t_py / t_np:>6.0f}x {t_cp * 1e3:>8.3f}",
                       flush=True)
 
 

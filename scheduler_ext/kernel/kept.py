@@ -49,10 +49,11 @@ class RowMemo:
     """Per-node sums and recent requests' verdicts of one row copy. The owner of the rows
     calls :meth:`mark` with the positions of the rows it changes."""
 
-    def __init__(self, nodes: int, requests: int = KEPT_REQUESTS) -> None:
+    def __init__(self, nodes: int, requests: int = KEPT_REQUESTS, states: int = KEPT_STATES) -> None:
         self.nodes = nodes
         self.sums = BeforeMemo(nodes)
         self._requests = requests
+        self._states = states  # 0: no verdicts kept by row state
         self._entries: collections.OrderedDict[tuple[str, Request, bool], _Entry] = collections.OrderedDict()
 
     def mark(self, positions: Array) -> None:
@@ -79,7 +80,7 @@ class RowMemo:
         else:
             self._entries.move_to_end(key)
             at = numpy.nonzero(entry.stale)[0]
-            if at.shape[0] > STATE_ROWS:
+            if at.shape[0] > STATE_ROWS or not self._states:
                 self._evaluate_rows(entry, s, req, policy, at, score)
             elif at.shape[0]:
                 self._by_state(entry, s, req, policy, at, score)
@@ -107,7 +108,7 @@ class RowMemo:
         hit = [i for i, f in enumerate(found) if f is not None]
         if miss:
             sub = self._evaluate_rows(entry, s, req, policy, at[miss], score)
-            if len(entry.states) + len(miss) > KEPT_STATES:
+            if len(entry.states) + len(miss) > self._states:
                 entry.states.clear()
             columns = [getattr(sub, name).tolist() for name in _VERDICT_FIELDS]
             for j, i in enumerate(miss):
