@@ -337,7 +337,7 @@ class Decider:
         if score and self._names_one(demand) and bool(d.fits.any()):
             named = int(numpy.argmax(d.level))
             fits_text, code = text.get(named, ("", "fits"))
-            note = "named node: first by name among the best-scored nodes, the others get 8 at most"
+            note = "named node: first by name among the nodes at the top two levels, the others get 8 at most"
             text[named] = (f"{fits_text}; {note}" if fits_text else note, code)
         return [
             NodeVerdict(name, bool(d.fits[i]), bool(d.unresolvable[i]), int(d.level[i]), float(d.raw[i]),

@@ -189,13 +189,17 @@ def test_levels(raw: list[float], feasible: list[int], levels: list[int]) -> Non
         pytest.param([3.0, 1.0, 2.0], ["c", "a", "b"], [10, 0, 5], id="one-best: it is named"),
         pytest.param([2.0, 3.0, 3.0, 1.0], ["a", "d", "b", "c"], [5, 8, 10, 0],
                      id="tied-best: the first by name is named, the other drops to 8"),
-        # 22 distinct values, bands of two: the band at 10 is {21, 20}; "n20" sorts before "n21"
+        # 22 distinct values, bands of two: levels 10 and 9 hold {21, 20, 19, 18}; "n18" sorts first
         pytest.param([float(v) for v in range(22)], [f"n{v:02d}" for v in range(22)],
-                     [min(8, 10 - (21 - v) // 2) for v in range(20)] + [10, 8], id="first-of-the-band-by-name-not-the-best"),
+                     [min(8, 10 - (21 - v) // 2) for v in range(18)] + [10, 8, 8, 8],
+                     id="first-of-the-top-two-levels-by-name-not-the-best"),
+        # 11 distinct values, one level each: the node at 9 sorts first and is named
+        pytest.param([float(v) for v in range(11)], [f"c{v}" for v in range(9)] + ["a", "b"],
+                     list(range(9)) + [10, 8], id="the-second-best-named-when-its-name-sorts-first"),
         pytest.param([], [], [], id="empty"),
     ],
 )
-def test_with_lead_names_the_band_node_whose_name_sorts_first(raw: list[float], names: list[str], levels: list[int]) -> None:
+def test_with_lead_names_the_first_by_name_of_the_top_two_levels(raw: list[float], names: list[str], levels: list[int]) -> None:
     plain = to_levels(np.asarray(raw, dtype=float), np.ones(len(raw), dtype=bool), np)
     assert with_lead(plain, names).tolist() == levels
 
