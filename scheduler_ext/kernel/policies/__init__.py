@@ -6,7 +6,7 @@ by :func:`get_policy` when the extender is built, never per request.
 
 The default is ``fragmentation``, the winner of the simulator's packing benchmark among
 gpupack's policies (docs/simulator.md): on the Alibaba trace with the FGD protocol it leaves
-4.81 % of GPUs unallocated against 5.69 % for ``binpack`` (FGD as published: 4.77 %), and
+4.59 % of GPUs unallocated against 5.74 % for ``binpack`` (FGD as published: 4.77 %), and
 on the built-in example it leaves the fewest replicas never placed. ``binpack`` is the
 cheapest to compute (about half the kernel time) and keeps the most whole nodes empty for the
 cluster autoscaler when the cluster is lightly loaded; ``spread`` is for services that want a
@@ -38,7 +38,7 @@ def reads_no_node_resources(req: Request, mix: Mix) -> tuple[tuple[int, ...], tu
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """A named scoring function; ``uses_mix`` says whether it reads the recent mix of shapes,
-    ``lead`` whether its levels name one node (the best band's node whose name sorts first,
+    ``lead`` whether its levels name one node (the first by name of the top two levels,
     see :func:`~scheduler_ext.kernel.levels.with_lead`): packing policies fill one node after
     another, a spreading one must not. ``node_cuts`` says which amounts of a node's free CPU
     and memory its score can turn on (none: it does not read them), so that verdicts can be
