@@ -47,7 +47,7 @@ def _whole(cols: list[int], nvgroup: list[int], numa: list[int], count: int) -> 
 
 def choose_devices(s: Slots, row: int, req: Request, xp: Namespace) -> tuple[tuple[int, int], ...]:
     """``((column, units), ...)`` for ``req`` on node ``row``; ``()`` when it does not fit."""
-    one = s.rows(xp.asarray([row]))
+    one = s if s.shape[0] == 1 and row == 0 else s.rows(xp.asarray([row]))  # the caller's one-row copy as it is
     avail = units(one, req, xp)
     if int(avail.sum()) < req.count or req.count <= 0:
         return ()
