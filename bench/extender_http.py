@@ -21,6 +21,11 @@ so these calls never overlap (only binds, from the binding goroutines, run besid
 default ``percentageOfNodesToScore`` stops looking after about 10 % of 5,000 nodes, so that is
 the list an extender really gets there.
 
+``--cpu`` gives the nodes 96 cores and the pods 8 to 16 cores per GPU (the pending ones 8 or
+12): the extender then tracks each node's free CPU, and nodes alike in their GPUs differ in
+it, so fewer changed rows are found among the states seen before (see docs/extender.md,
+"Verdicts by row state").
+
 ``--policies null`` times the extender's HTTP edge with no decision behind it (every node
 fits, every score 0): what any extender behind it pays plus the client's own work, the
 baseline the policies' rows compare with.
@@ -57,31 +62,39 @@ GPUS = 8
 OCCUPIED = 0.60
 
 
-def _node(name: str, resource: str, replicas: int) -> dict[str, Any]:
+def _node(name: str, resource: str, replicas: int, cpu: int = 0) -> dict[str, Any]:
     inv = contract.Inventory(name, tuple(
         contract.Gpu(id=f"GPU-{name}-{i}", index=i, vendor="nvidia", model="NVIDIA H100 80GB HBM3", memory_mib=81559,
                      numa_node=i // 4, links=tuple(contract.Link(p, 18) for p in range(GPUS) if p != i),
                      resource=resource, replicas=replicas)
         for i in range(GPUS)))
-    return {"kind": "Node", "metadata": {"name": name, "annotations": {contract.INVENTORY_ANNOTATION: contract.encode_inventory(inv)}}}
+    node: dict[str, Any] = {"kind": "Node", "metadata": {"name": name, "annotations": {contract.INVENTORY_ANNOTATION: contract.encode_inventory(inv)}}}
+    if cpu:
+        node["status"] = {"allocatable": {"cpu": str(cpu), "memory": "1Ti"}}
+    return node
 
 
-def _pod(uid: str, node: str, resource: str, ids: list[str]) -> dict[str, Any]:
+def _pod(uid: str, node: str, resource: str, ids: list[str], cpu: int = 0) -> dict[str, Any]:
+    res: dict[str, Any] = {"limits": {resource: str(len(ids))}}
+    if cpu:
+        res["requests"] = {"cpu": str(cpu)}
     return {"kind": "Pod", "metadata": {"name": uid, "namespace": "bench", "uid": uid,
                                         "annotations": {contract.DEVICES_ANNOTATION: contract.encode_assignment({"c": {resource: ids}})}},
-            "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"limits": {resource: str(len(ids))}}}]},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "resources": res}]},
             "status": {"phase": "Running"}}
 
 
-def whole_gpu_pods(nodes: int, rng: random.Random) -> Iterator[dict[str, Any]]:
-    """Per node, pods of 4, 2 and 1 GPUs until about 60 % of its GPUs are held."""
+def whole_gpu_pods(nodes: int, rng: random.Random, cpu: bool = False) -> Iterator[dict[str, Any]]:
+    """Per node, pods of 4, 2 and 1 GPUs until about 60 % of its GPUs are held; with ``cpu``,
+    each asks 8, 12 or 16 cores per GPU (the node has 96 cores, 12 per GPU)."""
     for n in range(nodes):
         name = f"node-{n:05d}"
         target = min(GPUS, max(0, round(rng.gauss(OCCUPIED * GPUS, 2))))
         i = 0
         while i < target:
             size = min(rng.choice((1, 1, 2, 4)), target - i)
-            yield _pod(f"{name}-p{i}", name, contract.NVIDIA_GPU, [f"GPU-{name}-{g}" for g in range(i, i + size)])
+            yield _pod(f"{name}-p{i}", name, contract.NVIDIA_GPU, [f"GPU-{name}-{g}" for g in range(i, i + size)],
+                       cpu=size * rng.choice((8, 12, 16)) if cpu else 0)
             i += size
 
 
@@ -135,9 +148,10 @@ def serve(nodes: int, mode: str, pods: int, policy: str, port_q: Any) -> None:
     tune_malloc()  # as main does
     rng = random.Random(7)
     cache = ClusterCache(rows=nodes)
-    if mode == "whole":
-        cache.replace_nodes(_node(f"node-{n:05d}", contract.NVIDIA_GPU, 1) for n in range(nodes))
-        cache.replace_pods(whole_gpu_pods(nodes, rng))
+    if mode in ("whole", "whole-cpu"):
+        cpu = mode == "whole-cpu"
+        cache.replace_nodes(_node(f"node-{n:05d}", contract.NVIDIA_GPU, 1, cpu=96 if cpu else 0) for n in range(nodes))
+        cache.replace_pods(whole_gpu_pods(nodes, rng, cpu=cpu))
     else:
         cache.replace_nodes(_node(f"node-{n:05d}", contract.NVIDIA_GPU_SHARED, 4) for n in range(nodes))
         cache.replace_pods(share_pods(nodes, pods, 4))
@@ -155,9 +169,10 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def pending_pod(i: int, resource: str, count: int) -> dict[str, Any]:
+def pending_pod(i: int, resource: str, count: int, cpu: int = 0) -> dict[str, Any]:
+    requests = {resource: str(count), **({"cpu": str(cpu)} if cpu else {})}
     return {"metadata": {"name": f"want-{i}", "namespace": "bench", "uid": f"want-{i}", "creationTimestamp": None},
-            "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": {resource: str(count)}, "requests": {resource: str(count)}}}]},
+            "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": {resource: str(count)}, "requests": requests}}]},
             "status": {}}
 
 
@@ -198,8 +213,10 @@ def run(nodes: int, decisions: int, mode: str = "whole", pods: int = 0, policy: 
     names = [f"node-{n:05d}" for n in range(nodes)]
     if candidates:
         names = random.Random(3).sample(names, candidates)
-    resource = contract.NVIDIA_GPU if mode == "whole" else contract.NVIDIA_GPU_SHARED
-    pending = [pending_pod(i, resource, 2 if i % 3 == 0 else 1) for i in range(decisions + WARMUP)]
+    resource = contract.NVIDIA_GPU_SHARED if mode == "shares" else contract.NVIDIA_GPU
+    gpus = [2 if i % 3 == 0 else 1 for i in range(decisions + WARMUP)]
+    pending = [pending_pod(i, resource, g, cpu=g * (8 if i % 2 else 12) if mode == "whole-cpu" else 0)
+               for i, g in enumerate(gpus)]
     measured = drive_with_go(go_binary, port, names, pending) if go_binary else drive_with_python(port, names, pending)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("GET", "/metrics")
@@ -277,6 +294,9 @@ def main() -> None:
                    help="policies to time; 'null' times the HTTP edge alone (every node fits, every score 0)")
     p.add_argument("--realistic", action="store_true", help="also 5,000 nodes with 500 candidates per call")
     p.add_argument("--memory-pods", type=int, default=150_000, help="0 skips the memory run")
+    p.add_argument("--cpu", dest="mode", action="store_const", const="whole-cpu", default="whole",
+                   help="nodes of 96 cores whose pods ask 8 to 16 cores per GPU: CPU tracked, so kept verdicts by "
+                        "row state find fewer nodes alike")
     p.add_argument("--client", choices=("python", "go"), default="python",
                    help="go: kube-scheduler's own extender client (built from tests/e2e/go/benchclient)")
     args = p.parse_args()
@@ -285,7 +305,7 @@ def main() -> None:
     print(f"# {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, policies {policies}, client {args.client}")
     for policy in policies:
         for n in (int(x) for x in args.sizes.split(",") if x):
-            print(json.dumps(run(n, args.decisions, policy=policy, go_binary=go_binary)), flush=True)
+            print(json.dumps(run(n, args.decisions, mode=args.mode, policy=policy, go_binary=go_binary)), flush=True)
         if args.realistic:
             # kube-scheduler's percentageOfNodesToScore default at 5,000 nodes: 50 - 5000/125 = 10 %
             print(json.dumps(run(5000, args.decisions, policy=policy, candidates=500, go_binary=go_binary)), flush=True)
