@@ -308,7 +308,8 @@ def main() -> None:
             print(json.dumps(run(n, args.decisions, mode=args.mode, policy=policy, go_binary=go_binary)), flush=True)
         if args.realistic:
             # kube-scheduler's percentageOfNodesToScore default at 5,000 nodes: 50 - 5000/125 = 10 %
-            print(json.dumps(run(5000, args.decisions, policy=policy, candidates=500, go_binary=go_binary)), flush=True)
+            print(json.dumps(run(5000, args.decisions, mode=args.mode, policy=policy, candidates=500,
+                                 go_binary=go_binary)), flush=True)
     if args.memory_pods:
         print(json.dumps(run(5000, args.decisions // 2, mode="shares", pods=args.memory_pods, policy=policies[0],
                              go_binary=go_binary)), flush=True)

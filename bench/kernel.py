@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from scheduler_ext import kernel  # noqa: E402
 from scheduler_ext.kernel import reference  # noqa: E402
-from scheduler_ext.kernel.kept import KEPT_STATES, RowMemo  # noqa: E402
+from scheduler_ext.kernel.kept import KEPT_STATE_BYTES, RowMemo  # noqa: E402
 from scheduler_ext.kernel.slots import empty_slots  # noqa: E402
 
 GPU, SHARED = 0, 1
@@ -95,8 +95,8 @@ def main() -> None:
                 t_memo = timed(lambda: kernel.evaluate(s, req, policy, np, mix=mix, memo=memo))
                 one = np.asarray([n // 2])
                 t_kept = []
-                for states in (0, KEPT_STATES):  # 0: nothing kept by state, so the row is always new
-                    rows = RowMemo(n, states=states)
+                for budget in (0, KEPT_STATE_BYTES):  # 0: nothing kept by state, so the row is always new
+                    rows = RowMemo(n, state_bytes=budget)
                     rows.evaluate(s, req, policy, mix)
 
                     def kept_verdicts() -> None:

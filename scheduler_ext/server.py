@@ -130,7 +130,7 @@ class ExtenderApp:
         self.decider = decider
         self.binder = binder
         self.metrics = metrics
-        self._last_demand: tuple[dict[str, Any], PodDemand] | None = None
+        self._last_demand: tuple[bytes, PodDemand] | None = None
         self._routes: dict[str, Callable[[dict[str, Any]], Any]] = {
             "/filter": self.filter,
             "/prioritize": self.prioritize,
@@ -204,13 +204,14 @@ class ExtenderApp:
 
     def _demand(self, pod: dict[str, Any]) -> PodDemand:
         """:func:`pod_demand` of ``pod``. kube-scheduler sends prioritize the Pod it sent filter,
-        so the last Pod read and its demand are kept: an equal Pod (compared as parsed JSON, the
-        whole object) is not read again."""
+        so the last Pod read and its demand are kept: a Pod whose JSON is the same, byte for byte
+        (``1`` and ``1.0`` are equal in Python, not to :func:`pod_demand`), is not read again."""
+        text = orjson.dumps(pod)
         last = self._last_demand
-        if last is not None and last[0] == pod:
+        if last is not None and last[0] == text:
             return last[1]
         demand = pod_demand(pod)
-        self._last_demand = (pod, demand)
+        self._last_demand = (text, demand)
         return demand
 
     def prioritize(self, args: dict[str, Any]) -> Raw:

@@ -9,6 +9,17 @@ with a stale mask each, and recomputes the stale rows alone, on a row subset wit
 per-node sums of :class:`~scheduler_ext.kernel.before.BeforeMemo`. The result equals
 :func:`~scheduler_ext.kernel.evaluate.evaluate` on all rows (levels are ranked afresh from
 the raw scores every time, since they depend on every row).
+
+Rows changed since are few (kube-scheduler binds one pod per cycle), and the nodes of a
+fleet pass through the same states: eight GPUs of one model with five in use look alike on
+every node. So each kept request also remembers verdicts by row *state*: the bytes of the
+row's slots, with the node's free CPU and memory reduced to which of the policy's
+:attr:`~scheduler_ext.kernel.policies.Policy.node_cuts` they reach (its score can change
+nowhere else). A changed row in a state seen before takes that verdict without array work;
+the others are evaluated together. At most :data:`STATE_ROWS` changed rows are looked up
+this way (more are evaluated at once), and the states kept per request take about
+:data:`KEPT_STATE_BYTES` at most (a key grows with the slots per node: about 560 bytes with
+8, 3 KB with 64).
 """
 
 from __future__ import annotations
@@ -29,8 +40,10 @@ from scheduler_ext.kernel.xp import Array
 KEPT_REQUESTS = 16
 #: Changed rows up to this many are looked up by their state; more are evaluated at once.
 STATE_ROWS = 64
-#: Row states whose verdicts are kept per request (about 500 bytes each for 8 slots).
-KEPT_STATES = 1024
+#: Bytes of row states (keys and verdicts) kept per request, about: 16 requests, 4 MiB.
+KEPT_STATE_BYTES = 256 * 1024
+#: What a kept state costs beyond its key's bytes (the bytes and tuple objects, the dict slot).
+_STATE_OVERHEAD = 200
 
 _SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(Slots) if f.name not in ("node_cpu_free", "node_memory_free"))
 _VERDICT_FIELDS = ("feasible", "reason", "free_units", "total_units", "raw")
@@ -49,11 +62,11 @@ class RowMemo:
     """Per-node sums and recent requests' verdicts of one row copy. The owner of the rows
     calls :meth:`mark` with the positions of the rows it changes."""
 
-    def __init__(self, nodes: int, requests: int = KEPT_REQUESTS, states: int = KEPT_STATES) -> None:
+    def __init__(self, nodes: int, requests: int = KEPT_REQUESTS, state_bytes: int = KEPT_STATE_BYTES) -> None:
         self.nodes = nodes
         self.sums = BeforeMemo(nodes)
         self._requests = requests
-        self._states = states  # 0: no verdicts kept by row state
+        self._state_bytes = state_bytes  # 0: no verdicts kept by row state
         self._entries: collections.OrderedDict[tuple[str, Request, bool], _Entry] = collections.OrderedDict()
 
     def mark(self, positions: Array) -> None:
@@ -80,7 +93,7 @@ class RowMemo:
         else:
             self._entries.move_to_end(key)
             at = numpy.nonzero(entry.stale)[0]
-            if at.shape[0] > STATE_ROWS or not self._states:
+            if at.shape[0] > STATE_ROWS or not self._state_bytes:
                 self._evaluate_rows(entry, s, req, policy, at, score)
             elif at.shape[0]:
                 self._by_state(entry, s, req, policy, at, score)
@@ -108,7 +121,8 @@ class RowMemo:
         hit = [i for i, f in enumerate(found) if f is not None]
         if miss:
             sub = self._evaluate_rows(entry, s, req, policy, at[miss], score)
-            if len(entry.states) + len(miss) > self._states:
+            limit = max(STATE_ROWS, self._state_bytes // (len(keys[0]) + _STATE_OVERHEAD))
+            if len(entry.states) + len(miss) > limit:
                 entry.states.clear()
             columns = [getattr(sub, name).tolist() for name in _VERDICT_FIELDS]
             for j, i in enumerate(miss):

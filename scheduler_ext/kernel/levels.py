@@ -14,7 +14,8 @@ score never gets a lower level. Infeasible nodes get 0.
 
 For packing policies and pods with GPUs (``Policy.leads``) the caller then names one node
 (:func:`with_lead`): among the nodes at the top two levels (10 and 9, ``NAMED_FROM``), the
-one whose name sorts first gets 10 and every other node at most ``10 - LEAD``.
+one whose name sorts first gets 10 and every other node at most ``10 - LEAD``. (With seven
+distinct scores or fewer no node is at 9, so the named node is among the best alone.)
 kube-scheduler adds the extender's level times ten times its weight to its own scores and
 picks at random among the best totals; the top levels hold many nodes of nearly equal raw
 score, and a random pick (or NodeResourcesFit's CPU packing) spreads a burst over them,

@@ -367,3 +367,15 @@ def test_a_changed_row_in_a_state_seen_before_is_not_evaluated_again(monkeypatch
         got = memo.evaluate(now, req, policy, mix)
         assert calls == evaluated, (row, cpu)
         assert got.raw.tolist() == kernel.evaluate(now, req, policy, np, mix=mix).raw.tolist()
+
+
+def test_kept_verdicts_take_requests_beyond_any_node() -> None:
+    """A CPU request larger than any node could have (the cuts' sums past 64 bits) is
+    answered as a fresh evaluation answers it, not with an overflow."""
+    from scheduler_ext.kernel.kept import RowMemo
+
+    req = Request(0, 1, cpu_milli=5 * 10**18)
+    s = slots([[FREE] * 2] * 2, cpu=[8000, kslots.UNLIMITED])
+    policy = kernel.get_policy("fragmentation")
+    kept = RowMemo(2).evaluate(s, req, policy, ((req, 1.0),))
+    assert kept.raw.tolist() == kernel.evaluate(s, req, policy, np, mix=((req, 1.0),)).raw.tolist()

@@ -222,3 +222,13 @@ def test_prioritize_reads_a_changed_pod_afresh(client: Client) -> None:
     assert {h["Host"]: h["Score"] for h in body} == dict.fromkeys(NAMES, 0)
     status, body = client.post("/prioritize", cache_capable_args())
     assert {h["Host"]: h["Score"] for h in body}["n-half"] == 10
+
+
+def test_a_pod_equal_only_in_python_is_read_afresh(client: Client) -> None:
+    """``1 == 1.0 == True`` in Python, but a GPU count of ``1.0`` is not a whole number: the
+    Pod kept from filter is reused only when its JSON is the same."""
+    status, body = client.post("/filter", cache_capable_args(POD_WANT2.replace('"2"', "2")))
+    assert body["NodeNames"] == ["n-half", "n-empty"]  # a JSON number of GPUs reads as a count
+    status, body = client.post("/prioritize", cache_capable_args(POD_WANT2.replace('"2"', "2.0")))
+    assert status == 200
+    assert {h["Host"]: h["Score"] for h in body} == dict.fromkeys(NAMES, 0)

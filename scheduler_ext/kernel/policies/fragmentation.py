@@ -36,7 +36,7 @@ test is one comparison per node.
 from __future__ import annotations
 
 from scheduler_ext.kernel.before import allowed_nodes, before_sums
-from scheduler_ext.kernel.slots import Mix, Request, Slots, flat_index, unit_memory, units
+from scheduler_ext.kernel.slots import UNLIMITED, Mix, Request, Slots, flat_index, unit_memory, units
 from scheduler_ext.kernel.usage import ScoreInput, idle_capacity, idle_of_used, slot_used
 from scheduler_ext.kernel.xp import Array, Namespace, row_sum
 
@@ -109,7 +109,8 @@ def node_cuts(req: Request, mix: Mix) -> tuple[tuple[int, ...], tuple[int, ...]]
     cpu = {c for m in shapes if (c := m.cpu_milli) > 0} | {req.cpu_milli + c for m in shapes if (c := m.cpu_milli) > 0}
     mem = {c for m in shapes if (c := m.node_memory_mib) > 0} | {req.node_memory_mib + c for m in shapes
                                                                    if (c := m.node_memory_mib) > 0}
-    return tuple(sorted(cpu)), tuple(sorted(mem))
+    # no node has more than UNLIMITED free: larger amounts are all "more than any node has"
+    return tuple(sorted({min(c, UNLIMITED + 1) for c in cpu})), tuple(sorted({min(c, UNLIMITED + 1) for c in mem}))
 
 
 def score(inp: ScoreInput) -> Array:
