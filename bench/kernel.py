@@ -3,10 +3,10 @@
 Both evaluate one request (feasibility + raw score) on the same random cluster of N nodes x
 8 GPUs, 60 % occupied, in the same run; the ratio is reference time / NumPy time. CuPy is
 timed too when it imports and a GPU answers. "kept memo": NumPy with the per-node sums
-before placement kept from the previous request (:class:`scheduler_ext.kernel.BeforeMemo`),
+before placement kept from the previous request (:class:`gpupack.kernel.NodeSumsMemo`),
 as the extender evaluates pod after pod on its kept candidate rows (only ``fragmentation``
 uses them). "kept verdicts": the request's verdicts kept from its previous evaluation on
-the same rows, one row changed since (:class:`scheduler_ext.kernel.kept.RowMemo`), as the
+the same rows, one row changed since (:class:`gpupack.kernel.verdict_memo.VerdictMemo`), as the
 extender answers the next pod of a shape it has seen, after one bind: "new state" when the
 changed row is in a state not seen before (evaluated), "seen state" when another node was
 evaluated in that state before (its verdict taken, no array work).
@@ -28,10 +28,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scheduler_ext import kernel  # noqa: E402
-from scheduler_ext.kernel import reference  # noqa: E402
-from scheduler_ext.kernel.kept import KEPT_STATE_BYTES, RowMemo  # noqa: E402
-from scheduler_ext.kernel.slots import empty_slots  # noqa: E402
+from gpupack import kernel  # noqa: E402
+from gpupack.kernel import reference  # noqa: E402
+from gpupack.kernel.verdict_memo import KEPT_STATE_BYTES, VerdictMemo  # noqa: E402
+from gpupack.kernel.slots import empty_slots  # noqa: E402
 
 GPU, SHARED = 0, 1
 
@@ -91,12 +91,12 @@ def main() -> None:
                 assert np.allclose(v.raw[v.feasible], np.asarray(ref_raw)[v.feasible])
                 t_np = timed(lambda: kernel.evaluate(s, req, policy, np, mix=mix))
                 # as the extender runs it: the per-node sums kept from the previous request
-                memo = kernel.BeforeMemo(n)
+                memo = kernel.NodeSumsMemo(n)
                 t_memo = timed(lambda: kernel.evaluate(s, req, policy, np, mix=mix, memo=memo))
                 one = np.asarray([n // 2])
                 t_kept = []
                 for budget in (0, KEPT_STATE_BYTES):  # 0: nothing kept by state, so the row is always new
-                    rows = RowMemo(n, state_bytes=budget)
+                    rows = VerdictMemo(n, state_bytes=budget)
                     rows.evaluate(s, req, policy, mix)
 
                     def kept_verdicts() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpupack.sim import main as simulate  # noqa: E402
+from simulator import main as simulate  # noqa: E402
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ import time
 from device_plugin import fake_nvml
 from device_plugin.discovery import NvmlBackend
 from device_plugin.manager import Manager
-from gpupack.kubelet_standin import KubeletStandIn
+from gpupack_cli.kubelet_standin import KubeletStandIn
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 
 

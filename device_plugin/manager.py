@@ -29,10 +29,10 @@ import grpc
 
 from gpupack import contract
 
+from gpupack import node_slots, topology
+
 from device_plugin import allocate as allocate_mod
-from device_plugin import preferred as preferred_mod
 from device_plugin import resources
-from scheduler_ext.preferred import NodeChooser
 from device_plugin.claims import ClaimBook, PodClaim
 from device_plugin.discovery import Backend, ContainerEdits, HealthEvent
 from device_plugin.fswatch import DirWatcher
@@ -104,18 +104,9 @@ class Manager:
         self._gpus: tuple[contract.Gpu, ...] = ()
         self._devices: dict[str, tuple[resources.Device, ...]] = {}
         self._index: dict[str, resources.Device] = {}
-        self._topology = self._build_topology()
         self._refresh()  # raises StrategyError on a node that breaks the MIG strategy
 
     # --- state --------------------------------------------------------------------------
-
-    def _build_topology(self) -> preferred_mod.Topology:
-        pos = {g.index: p for p, g in enumerate(self._found)}  # GPU indices may have gaps
-        return preferred_mod.Topology.build(
-            [g.numa_node for g in self._found],
-            [(p, pos[link.peer], link.nvlinks) for p, g in enumerate(self._found) for link in g.links if link.peer in pos],
-            {g.id: p for p, g in enumerate(self._found)},
-        )
 
     def _refresh(self) -> None:
         """Re-plans advertised devices from GPUs, health and layout; wakes ListAndWatch streams
@@ -123,10 +114,10 @@ class Manager:
         found = tuple(dataclasses.replace(g, healthy=self.tracker.healthy(g.id)) for g in self._found)
         planned = resources.plan(found, self.layout.mig_strategy, self.layout.sharing)
         devices = resources.advertise(planned)
-        chooser = NodeChooser(contract.Inventory(self.node_name, planned))
+        node_row = node_slots.NodeRow(contract.Inventory(self.node_name, planned))
         with self._cond:
             self._gpus = planned
-            self._chooser = chooser
+            self._node_row = node_row
             self._devices = devices
             self._index = resources.index(devices)
             self._version += 1
@@ -211,7 +202,7 @@ class Manager:
             own = {d.id: d for d in self._devices.get(resource, ())}
         foreign = [d for d in available if d not in own]
         if foreign:
-            raise preferred_mod.PreferenceError(f"unknown device ids: {', '.join(foreign)}")
+            raise topology.PreferenceError(f"unknown device ids: {', '.join(foreign)}")
         claim = self._book.take(self.claims(), resource, available, must_include, size)
         if claim is None and self.claims is not no_claims:
             self.refresh_claims()  # the watch may not have delivered the pod being admitted yet
@@ -219,23 +210,15 @@ class Manager:
         if claim is not None:
             log.info("preferring the extender's choice for %s container %s: %s", claim.pod, claim.container, ", ".join(claim.ids))
             return list(claim.ids)
-        if self.layout.sharing.distinct_gpus and any(own[d].replicas > 1 for d in available):
-            # one container's shares on distinct GPUs: a node setting the extender does not model
-            return preferred_mod.choose_shares(
-                available, must_include, size,
-                {d: own[d].visible_id for d in available}, {own[d].visible_id: own[d].replicas for d in available},
-                distinct=True,
-            )
-        # No annotation: the extender's own rule (the kernel), so its guess for pods it did not
-        # place matches what this node really gives them.
+        # No annotation: the extender's own rule (gpupack.node_slots), so its guess for pods it
+        # did not place matches what this node really gives them.
         with self._cond:
-            chooser = self._chooser
-        chosen = chooser.choose(resource, available, must_include, size)
-        if len(chosen) == size:
-            return chosen
-        log.info("the packing rule found no %d of the offered %s devices; using the topology rule", size, resource)
-        gpu_of = {i: self._topology.gpu_of[own[i].gpu_id] for i in available}
-        return preferred_mod.choose(available, must_include, size, dataclasses.replace(self._topology, gpu_of=gpu_of))
+            node_row = self._node_row
+        choice = node_row.choose(resource, available, must_include, size,
+                                 distinct_shares=self.layout.sharing.distinct_gpus)
+        if choice.rule == "topology":
+            log.info("the packing rule found no %d of the offered %s devices; using the topology rule", size, resource)
+        return choice.ids
 
     def allocate(self, resource: str, ids: Sequence[str]) -> ContainerEdits:
         with self._cond:

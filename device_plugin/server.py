@@ -24,7 +24,7 @@ from gpupack.kubeletapi import deviceplugin_v1beta1_pb2_grpc as pb_grpc
 from device_plugin.allocate import AllocationError
 from device_plugin.discovery import ContainerEdits
 from device_plugin.metrics import PluginMetrics
-from device_plugin.preferred import PreferenceError
+from gpupack.topology import PreferenceError
 from device_plugin.resources import Device
 
 log = logging.getLogger("gpupack.server")

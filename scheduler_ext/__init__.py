@@ -5,8 +5,8 @@ Layers, each importing only the ones below it:
 - protocol edges: :mod:`scheduler_ext.server` (extender HTTP + JSON), :mod:`scheduler_ext.watch`
   and :mod:`scheduler_ext.binder` (Kubernetes API), :mod:`scheduler_ext.main` (flags);
 - core: :mod:`scheduler_ext.cache` (cluster state as arrays, fed by events),
-  :mod:`scheduler_ext.requests` (what a pod asks for), :mod:`scheduler_ext.decide`
+  :mod:`scheduler_ext.podspec` (what a pod asks for), :mod:`scheduler_ext.decide`
   (filter / prioritize / preempt answers from the cache and the kernel);
-- kernel: :mod:`scheduler_ext.kernel`, pure array functions over NumPy or CuPy;
+- kernel: :mod:`gpupack.kernel`, pure array functions over NumPy or CuPy;
 - the contract: :mod:`gpupack.contract`.
 """

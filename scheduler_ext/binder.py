@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from gpupack import contract
 from scheduler_ext.cache import ClusterCache
-from scheduler_ext.kernel import Policy
-from scheduler_ext.requests import pod_demand
+from gpupack.kernel import Policy
+from scheduler_ext.podspec import pod_demand
 from scheduler_ext.wire import ExtenderBindingArgs, KubeObject
 
 

@@ -40,11 +40,12 @@ from typing import Any
 
 import numpy
 
-from gpupack import contract
-from scheduler_ext import kernel, requests
-from scheduler_ext.kernel import slots as kslots
-from scheduler_ext.kernel.kept import RowMemo
-from scheduler_ext.requests import PodDemand, pod_demand
+from gpupack import contract, node_slots
+from gpupack import kernel
+from scheduler_ext import podspec
+from gpupack.kernel import slots as kslots
+from gpupack.kernel.verdict_memo import VerdictMemo
+from scheduler_ext.podspec import PodDemand, pod_demand
 from scheduler_ext.wire import KubeObject
 
 #: Shapes of recent requests (GPU part, CPU, memory; CPU-only pods too) remembered for the
@@ -58,7 +59,7 @@ MIX_COVERAGE = 0.95
 MIX_MAX_SHAPES = 128
 #: The mix is worked out again once this fraction of its window has arrived since (so it
 #: lags the window by under 5 % of it): every new mix makes every kept verdict stale
-#: (:class:`~scheduler_ext.kernel.kept.RowMemo`), and a mix per pod would keep none.
+#: (:class:`~gpupack.kernel.verdict_memo.VerdictMemo`), and a mix per pod would keep none.
 MIX_REFRESH = 0.05
 #: ... and replaces the mix in use when the two differ by more than this (total variation
 #: distance: the share of pods whose shape would have to change). Traffic of a steady make-up
@@ -81,40 +82,6 @@ def mix_distance(a: kernel.Mix, b: kernel.Mix) -> float:
     return 0.5 * sum(abs(pa.get(s, 0.0) - pb.get(s, 0.0)) for s in pa.keys() | pb.keys())
 
 
-class Interner:
-    """Names to small ints, stable for the process's life (resource names, GPU models)."""
-
-    def __init__(self) -> None:
-        self._ids: dict[str, int] = {}
-        self.names: list[str] = []
-
-    def id(self, name: str) -> int:
-        found = self._ids.get(name)
-        if found is None:
-            found = self._ids[name] = len(self.names)
-            self.names.append(name)
-        return found
-
-    def find(self, name: str) -> int | None:
-        return self._ids.get(name)
-
-
-@dataclasses.dataclass(frozen=True)
-class SlotInfo:
-    """One column of a node's row: the device behind it."""
-
-    device_id: str  # GPU or MIG UUID (no replica suffix)
-    resource: str
-    replicas: int
-    memory_mib: int
-    healthy: bool
-    weight: float
-    model: str
-    gpu: int
-    numa: int
-    nvgroup: int
-
-
 @dataclasses.dataclass(frozen=True)
 class Use:
     """One unit a pod holds: a column and a replica (-1: a phantom unit of unknown replica)."""
@@ -130,7 +97,7 @@ class NodeState:
 
     name: str
     row: int
-    slots: tuple[SlotInfo, ...] = ()
+    slots: tuple[node_slots.SlotInfo, ...] = ()
     col_of: dict[str, int] = dataclasses.field(default_factory=dict)
     error: str = ""  # why its inventory could not be read
     used: list[set[int]] = dataclasses.field(default_factory=list)
@@ -149,43 +116,6 @@ class PodRecord:
     provisional: bool = False  # a hold from prioritize (reserved too), not yet a bind
 
 
-def _nvgroups(gpus: tuple[contract.Gpu, ...]) -> dict[int, int]:
-    """GPU index -> NVLink-connected group (the smallest index in it); -1 without links."""
-    parent = {g.index: g.index for g in gpus}
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    linked: set[int] = set()
-    for g in gpus:
-        for link in g.links:
-            if link.nvlinks > 0 and link.peer in parent:
-                linked.update((g.index, link.peer))
-                a, b = root(g.index), root(link.peer)
-                parent[max(a, b)] = min(a, b)
-    return {i: (root(i) if i in linked else -1) for i in parent}
-
-
-def inventory_slots(inv: contract.Inventory) -> tuple[SlotInfo, ...]:
-    """The advertised devices of an inventory as slots: whole GPUs, then MIG instances."""
-    groups = _nvgroups(inv.gpus)
-    out: list[SlotInfo] = []
-    for g in sorted(inv.gpus, key=lambda g: g.index):
-        if g.resource:
-            out.append(SlotInfo(g.id, g.resource, g.replicas, g.memory_mib, g.healthy, 1.0,
-                                g.model, g.index, g.numa_node, groups[g.index]))
-        for m in g.mig:
-            if m.resource:
-                weight = m.memory_mib / g.memory_mib if g.memory_mib > 0 else 0.0
-                out.append(SlotInfo(m.id, m.resource, m.replicas, m.memory_mib,
-                                    g.healthy and m.healthy, min(weight, 1.0), g.model,
-                                    g.index, g.numa_node, -1))
-    return tuple(out)
-
-
 @dataclasses.dataclass
 class _Selection:
     """A candidate list seen before: its rows, and a copy of them kept current (after its
@@ -198,7 +128,7 @@ class _Selection:
     copy: kslots.Slots | None = None
     dirty: set[int] = dataclasses.field(default_factory=set)
     lent: bool = False  # a caller is evaluating on ``copy``
-    memo: RowMemo | None = None  # per-node sums and recent verdicts of ``copy``, kept with it
+    memo: VerdictMemo | None = None  # per-node sums and recent verdicts of ``copy``, kept with it
     _at: dict[int, list[int]] | None = None  # row -> its positions in ``idx``, built on first need
 
     def positions_of(self, rows: Iterable[int]) -> numpy.ndarray[Any, Any]:
@@ -223,8 +153,8 @@ class ClusterCache:
         self.hold_seconds = hold_seconds
         # provisional holds: uid -> expiry, in expiry order (one lifetime, a monotonic clock)
         self._holds: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self.resources = Interner()
-        self.models = Interner()
+        self.resources = node_slots.Interner()
+        self.models = node_slots.Interner()
         self._width = max(width, 1)
         self._arrays = kslots.empty_slots(numpy, max(rows, 1), self._width)
         self._nodes: dict[str, NodeState] = {}
@@ -285,9 +215,9 @@ class ClusterCache:
     @contextlib.contextmanager
     def rows_of(
         self, names: Sequence[str], exclude: str = ""
-    ) -> Iterator[tuple[kslots.Slots, numpy.ndarray[Any, Any], RowMemo | None]]:
+    ) -> Iterator[tuple[kslots.Slots, numpy.ndarray[Any, Any], VerdictMemo | None]]:
         """:meth:`select_positions` for reading within the ``with`` block only, with a memo of
-        the rows' per-node sums and recent verdicts (:class:`~scheduler_ext.kernel.kept.RowMemo`,
+        the rows' per-node sums and recent verdicts (:class:`~gpupack.kernel.verdict_memo.VerdictMemo`,
         or None). kube-scheduler sends the same candidate list (every node, to filter) pod after
         pod; copying its rows costs a third of a filter at thousands of nodes, so the copy is
         kept and only the rows changed since are copied again; the memo is kept with it and
@@ -301,7 +231,7 @@ class ClusterCache:
                 self._refresh(sel)
                 sel.lent = True
                 if sel.memo is None:
-                    sel.memo = RowMemo(sel.idx.shape[0])
+                    sel.memo = VerdictMemo(sel.idx.shape[0])
             rows = sel.copy
             assert rows is not None
             if exclude in self._holds:
@@ -425,7 +355,7 @@ class ClusterCache:
                 return kslots.UNLIMITED, kslots.UNLIMITED
             return self._free_cpu_memory(st)
 
-    def note_shape(self, uid: str, req: kernel.Request) -> None:
+    def record_shape(self, uid: str, req: kernel.Request) -> None:
         """Remember a request shape for the mix, once per pod."""
         with self._lock:
             if uid in self._seen_shapes:
@@ -453,7 +383,7 @@ class ClusterCache:
         :data:`MIX_REFRESH` of the window has arrived since, and replaces the mix in use only
         when it differs from it by more than :data:`MIX_TOLERANCE`: in between it is the same
         object, so that verdicts scored under it can be kept
-        (:class:`~scheduler_ext.kernel.kept.RowMemo`; each new mix costs every candidate node
+        (:class:`~gpupack.kernel.verdict_memo.VerdictMemo`; each new mix costs every candidate node
         a full evaluation at its shapes' next pods)."""
         with self._lock:
             if self._mix is None or self._mix_arrivals >= max(1.0, MIX_REFRESH * len(self._recent)):
@@ -528,18 +458,18 @@ class ClusterCache:
         meta = obj.get("metadata") or {}
         name = str(meta.get("name", ""))
         raw = (meta.get("annotations") or {}).get(contract.INVENTORY_ANNOTATION)
-        slots: tuple[SlotInfo, ...] = ()
+        slots: tuple[node_slots.SlotInfo, ...] = ()
         error = ""
         if raw is None:
             error = f"no {contract.INVENTORY_ANNOTATION} annotation (is the gpupack device plugin running there?)"
         else:
             try:
-                slots = inventory_slots(contract.decode_inventory(str(raw)))
+                slots = node_slots.inventory_slots(contract.decode_inventory(str(raw)))
             except contract.ContractError as err:
                 error = f"unreadable {contract.INVENTORY_ANNOTATION} annotation: {err}"
         allocatable = _dict((obj.get("status") or {}).get("allocatable"))
-        cpu = requests.cpu_milli(allocatable["cpu"]) if "cpu" in allocatable else kslots.UNLIMITED
-        mem = requests.memory_mib(allocatable["memory"]) if "memory" in allocatable else kslots.UNLIMITED
+        cpu = podspec.cpu_milli(allocatable["cpu"]) if "cpu" in allocatable else kslots.UNLIMITED
+        mem = podspec.memory_mib(allocatable["memory"]) if "memory" in allocatable else kslots.UNLIMITED
         with self._lock:
             st = self._nodes.get(name)
             if st is not None and st.slots == slots and st.error == error:
@@ -660,23 +590,12 @@ class ClusterCache:
                 self._release(demand.uid)
             rows = self._arrays.rows(numpy.asarray([st.row]))
             chosen: dict[str, list[str]] = {}
-            taken: dict[int, set[int]] = collections.defaultdict(set)
             for resource, count in demand.totals().items():
                 req = self.request(resource, count, demand.memory_mib, products=demand.products)
                 picks = kernel.choose_devices(rows, 0, req, numpy)
                 if not picks:
                     return None
-                ids: list[str] = []
-                for col, n in picks:
-                    info = st.slots[col]
-                    for _ in range(n):
-                        if info.replicas <= 1:
-                            ids.append(info.device_id)
-                        else:
-                            busy = st.used[col] | taken[col]
-                            r = next(i for i in range(info.replicas) if i not in busy)
-                            taken[col].add(r)
-                            ids.append(contract.share_id(info.device_id, r))
+                ids = node_slots.device_ids(st.slots, st.used, picks)
                 chosen[resource] = ids
             assignment: contract.Assignment = {}
             for ask in demand.asks:
@@ -747,17 +666,7 @@ class ClusterCache:
         st.phantom = [0] * n
         st.memory_used = [0] * n
         self._clear_row(st.row)
-        a, row = self._arrays, st.row
-        for i, s in enumerate(st.slots):
-            a.resource[row, i] = self.resources.id(s.resource)
-            a.capacity[row, i] = s.replicas
-            a.memory_mib[row, i] = s.memory_mib
-            a.healthy[row, i] = s.healthy
-            a.weight[row, i] = s.weight
-            a.model[row, i] = self.models.id(s.model)
-            a.gpu[row, i] = s.gpu
-            a.numa[row, i] = s.numa
-            a.nvgroup[row, i] = s.nvgroup
+        node_slots.write_slots(self._arrays, st.row, st.slots, self.resources, self.models)
         self._write_row(st)
         recs = [self._pods[u] for u in self._node_pods.get(st.name, ()) if u in self._pods]
         for rec in recs:
@@ -809,11 +718,6 @@ class ClusterCache:
                 self._changed(st.row)
                 self.generation += 1
 
-    def _unit_memory(self, s: SlotInfo, hint: int) -> int:
-        if s.replicas <= 1:
-            return s.memory_mib
-        return hint if hint > 0 else s.memory_mib // s.replicas
-
     def _hold(self, st: NodeState, rec: PodRecord) -> None:
         """Adds the pod's units to the node's counters (the row is written by the caller)."""
         uses: list[Use] = []
@@ -832,7 +736,7 @@ class ClusterCache:
                             continue
                         info = st.slots[col]
                         st.used[col].add(replica)
-                        mem = self._unit_memory(info, d.memory_mib)
+                        mem = node_slots.unit_memory(info, d.memory_mib)
                         st.memory_used[col] += mem
                         uses.append(Use(col, replica, mem))
                         if missing.get(resource, 0) > 0:
@@ -850,7 +754,7 @@ class ClusterCache:
                 picks = tuple((int(c), int(avail[0, c])) for c in numpy.nonzero(avail[0])[0])
             for col, n in picks:
                 info = st.slots[col]
-                mem = self._unit_memory(info, d.memory_mib)
+                mem = node_slots.unit_memory(info, d.memory_mib)
                 for _ in range(n):
                     st.phantom[col] += 1
                     st.memory_used[col] += mem

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy
 
-from scheduler_ext import kernel
+from gpupack import kernel
 from scheduler_ext.cache import ClusterCache
-from scheduler_ext.kernel.kept import RowMemo
-from scheduler_ext.requests import PodDemand
+from gpupack.kernel.verdict_memo import VerdictMemo
+from scheduler_ext.podspec import PodDemand
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +194,7 @@ class Decider:
         totals = demand.totals()
         # the resource with the most units leads the score; every resource must fit
         lead = max(totals, key=lambda r: (totals[r], r))
-        self.cache.note_shape(demand.uid, self._request(demand, lead, lead))
+        self.cache.record_shape(demand.uid, self._request(demand, lead, lead))
         # the generation is read before the state: a change in between makes it stale, never wrong
         generation = self.cache.generation
         with self.cache.rows_of(names, exclude=demand.uid) as (rows, pos, memo):
@@ -208,7 +208,7 @@ class Decider:
 
     def _evaluate(
         self, demand: PodDemand, lead: str, names: Sequence[str], rows: kernel.Slots, pos: numpy.ndarray[Any, Any],
-        score: bool, detail: bool, reasons: bool, memo: RowMemo | None = None,
+        score: bool, detail: bool, reasons: bool, memo: VerdictMemo | None = None,
     ) -> tuple[numpy.ndarray[Any, Any], numpy.ndarray[Any, Any], numpy.ndarray[Any, Any],
                numpy.ndarray[Any, Any] | None, list[Group]]:
         """The kernel's verdicts for every resource of a GPU pod on ``rows`` (the known names at
@@ -251,7 +251,7 @@ class Decider:
         return fits, unres, raw, lead_raw, groups
 
     def _verdicts(self, rows: kernel.Slots, req: kernel.Request, mix: kernel.Mix, score: bool,
-                  memo: RowMemo | None, levels: bool) -> kernel.Verdicts:
+                  memo: VerdictMemo | None, levels: bool) -> kernel.Verdicts:
         """The kernel's verdicts on ``rows``: from the kept rows' memo when there is one (NumPy;
         only the rows changed since the request was last evaluated are evaluated again)."""
         if memo is not None and self.xp is numpy:
@@ -285,7 +285,7 @@ class Decider:
                 # nodes are tainted, the many CPU-only pods reach the extender with CPU nodes
                 # alone, and counted they would crowd the GPU shapes out of it.
                 if pos.shape[0] and bool((rows.capacity > 0).any()):
-                    self.cache.note_shape(demand.uid, req)
+                    self.cache.record_shape(demand.uid, req)
                     generation = self.cache.generation
                     mix = self.cache.mix() if self.policy.uses_mix else ()
                     v = self._verdicts(self._to_xp(rows), req, mix, True, memo, True)

@@ -14,10 +14,10 @@ from typing import TextIO
 
 import yaml
 
-from scheduler_ext import kernel
+from gpupack import kernel
 from scheduler_ext.cache import ClusterCache, from_snapshot
 from scheduler_ext.decide import Decider, NodeVerdict
-from scheduler_ext.requests import pod_demand
+from scheduler_ext.podspec import pod_demand
 from scheduler_ext.wire import KubeObject
 
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from scheduler_ext import kernel
+from gpupack import kernel
 from scheduler_ext.binder import Binder, KubePodApi
 from scheduler_ext.cache import HOLD_SECONDS, ClusterCache, from_snapshot
 from scheduler_ext.decide import Decider

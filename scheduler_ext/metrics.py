@@ -10,7 +10,7 @@ import numpy
 import prometheus_client
 from prometheus_client.core import GaugeMetricFamily
 
-from scheduler_ext import kernel
+from gpupack import kernel
 from scheduler_ext.cache import ClusterCache
 
 

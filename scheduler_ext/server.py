@@ -27,7 +27,7 @@ from scheduler_ext.binder import Binder
 from scheduler_ext.cache import ClusterCache
 from scheduler_ext.decide import Decider
 from scheduler_ext.metrics import Metrics
-from scheduler_ext.requests import PodDemand, pod_demand
+from scheduler_ext.podspec import PodDemand, pod_demand
 
 log = logging.getLogger(__name__)
 

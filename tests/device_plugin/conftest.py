@@ -13,7 +13,7 @@ from device_plugin import fake_nvml
 from device_plugin.discovery import NvmlBackend
 from device_plugin.health import HealthSettings
 from device_plugin.manager import Manager
-from gpupack.kubelet_standin import KubeletStandIn
+from gpupack_cli.kubelet_standin import KubeletStandIn
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from device_plugin import fake_nvml
 from device_plugin.manager import Manager
-from gpupack.kubelet_standin import KubeletStandIn
+from gpupack_cli.kubelet_standin import KubeletStandIn
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 
 

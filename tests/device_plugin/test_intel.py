@@ -14,7 +14,7 @@ from device_plugin.discovery import DiscoveryError
 from device_plugin.health import HealthSettings
 from device_plugin.manager import Manager
 from gpupack import contract
-from gpupack.kubelet_standin import KubeletStandIn
+from gpupack_cli.kubelet_standin import KubeletStandIn
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 
 

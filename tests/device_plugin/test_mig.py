@@ -11,7 +11,7 @@ import pytest
 from device_plugin import fake_nvml, resources
 from device_plugin.discovery import NvmlBackend, mig_profile_name
 from device_plugin.manager import Manager
-from gpupack.kubelet_standin import KubeletStandIn
+from gpupack_cli.kubelet_standin import KubeletStandIn
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 
 A100_40GB = 40960 * 2**20

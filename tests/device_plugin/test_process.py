@@ -10,7 +10,7 @@ import subprocess
 import sys
 import urllib.request
 
-from gpupack.kubelet_standin import KubeletStandIn
+from gpupack_cli.kubelet_standin import KubeletStandIn
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 
 PLUGIN = [sys.executable, "-m", "device_plugin.main"]

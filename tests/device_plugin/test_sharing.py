@@ -7,12 +7,13 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from device_plugin import fake_nvml, preferred, resources
+from device_plugin import fake_nvml, resources
+from gpupack import topology
 from device_plugin.discovery import NvmlBackend
 from device_plugin.manager import Manager
 from device_plugin.resources import Layout, ShareRule, Sharing
 from gpupack import contract
-from gpupack.kubelet_standin import KubeletStandIn
+from gpupack_cli.kubelet_standin import KubeletStandIn
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 
 
@@ -77,7 +78,7 @@ REPLICAS = {"a": 4, "b": 4, "c": 4}
     ],
 )
 def test_share_packing(size: int, must: list[str], distinct: bool, expected: list[str]) -> None:
-    assert preferred.choose_shares(list(SHARES), must, size, SHARES, REPLICAS, distinct) == expected
+    assert topology.choose_shares(list(SHARES), must, size, SHARES, REPLICAS, distinct) == expected
 
 
 def shared_manager(kubelet: KubeletStandIn, start: Callable[..., Manager], **sharing: object) -> tuple[fake_nvml.FakeNvml, Manager]:

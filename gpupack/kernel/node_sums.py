@@ -1,0 +1,125 @@
+"""Per-node sums of the state before a placement, and a memo that keeps them across requests.
+
+``fragmentation`` needs, for every node, sums over all its slots of the state *before* the
+placement: idle capacity, weighted use, and per GPU part of the mix how many units the node
+can host and how much idle capacity is stranded for that part. They depend on the rows only,
+not on the request, so a caller that evaluates pod after pod on the same rows (the extender's
+kept candidate copy) can keep them and recompute only the rows that changed
+(:class:`NodeSumsMemo`); the request's own effect is then worked out on the few columns it
+touches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Protocol
+
+import numpy
+
+from gpupack.kernel.slots import Request, Slots, of_models, units
+from gpupack.kernel.usage import idle_of_used, slot_used
+from gpupack.kernel.xp import Array, Namespace, row_sum
+
+
+@dataclasses.dataclass(frozen=True)
+class BeforeSums:
+    """Per node: ``total_idle`` (idle GPU capacity of healthy slots, in GPUs), ``used_weight``
+    (``sum(weight * used)``), ``total_weight`` (``sum(weight)`` over slots that exist), and per
+    GPU part ``parts[gpu] = (count, stranded, allowed)``: units of the part the node can host,
+    its idle capacity on slots that can host none, and whether the node has a GPU of a model
+    the part may run on (always, for a part without models)."""
+
+    total_idle: Array
+    used_weight: Array
+    total_weight: Array
+    parts: dict[Request, tuple[Array, Array, Array]]
+
+
+def allowed_nodes(s: Slots, gpu: Request, xp: Namespace) -> Array:
+    """Per node: it has a device of one of ``gpu.models`` (every node when ``models`` is empty)."""
+    if not gpu.models:
+        return xp.ones(s.shape[0], dtype=bool)
+    return xp.any(of_models(s, gpu.models, xp) & (s.capacity > 0), axis=1)
+
+
+def part_sums(s: Slots, gpu: Request, idle: Array, xp: Namespace) -> tuple[Array, Array, Array]:
+    """``(count, stranded, allowed)`` of one GPU part on every node of ``s``; ``idle`` is
+    :func:`~gpupack.kernel.usage.idle_capacity` of ``s`` now."""
+    u = units(s, gpu, xp)
+    return row_sum(u, xp), row_sum(idle * (u == 0), xp), allowed_nodes(s, gpu, xp)
+
+
+def before_sums(s: Slots, gpus: Iterable[Request], xp: Namespace) -> BeforeSums:
+    """:class:`BeforeSums` of ``s`` now, for the GPU parts ``gpus`` (parts with ``count <= 0``,
+    CPU-only shapes, need none and are skipped)."""
+    used = slot_used(s, s.free, s.free_memory_mib, xp)
+    idle = idle_of_used(s, used, xp)
+    parts = {g: part_sums(s, g, idle, xp) for g in gpus if g.count > 0}
+    return BeforeSums(row_sum(idle, xp), row_sum(s.weight * used, xp), row_sum(s.weight * (s.capacity > 0), xp), parts)
+
+
+class NodeSumsProvider(Protocol):
+    """Where a policy gets :class:`BeforeSums` of the rows it scores from."""
+
+    def get(self, s: Slots, gpus: Iterable[Request], xp: Namespace) -> BeforeSums: ...
+
+
+class NodeSumsMemo:
+    """:class:`BeforeSums` of a row copy that lives across requests (NumPy only).
+
+    The owner of the rows calls :meth:`mark` with the positions of the rows it changes; the
+    next :meth:`get` recomputes those rows (for every part it keeps) and computes parts it has
+    not seen on all rows. Row-wise sums are computed the same way on a subset as on all rows,
+    so the result equals :func:`before_sums` of the rows as they are."""
+
+    def __init__(self, nodes: int) -> None:
+        self._sums: BeforeSums | None = None
+        self._stale = numpy.zeros(nodes, dtype=bool)
+
+    def mark(self, positions: Array) -> None:
+        self._stale[positions] = True
+
+    def get(self, s: Slots, gpus: Iterable[Request], xp: Namespace) -> BeforeSums:
+        wanted = {g for g in gpus if g.count > 0}
+        if self._sums is None:
+            self._sums = before_sums(s, wanted, xp)
+            self._stale[:] = False
+            return self._sums
+        sums = self._sums
+        at = numpy.nonzero(self._stale)[0]
+        if at.shape[0]:
+            fresh = before_sums(s.rows(at), sums.parts, xp)
+            sums.total_idle[at], sums.used_weight[at], sums.total_weight[at] = (
+                fresh.total_idle, fresh.used_weight, fresh.total_weight)
+            for g, fresh_part in fresh.parts.items():
+                for kept, now in zip(sums.parts[g], fresh_part):
+                    kept[at] = now
+            self._stale[:] = False
+        if len(sums.parts) > 4 * max(len(wanted), 8):  # parts the mix has long forgotten
+            for g in sums.parts.keys() - wanted:
+                del sums.parts[g]
+        new = wanted - sums.parts.keys()
+        if new:
+            idle = idle_of_used(s, slot_used(s, s.free, s.free_memory_mib, xp), xp)
+            for g in new:
+                sums.parts[g] = part_sums(s, g, idle, xp)
+        return sums
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSubset:
+    """The sums of some rows of a memo's arrays: for a caller that keeps a memo of all its
+    nodes and scores a different subset each time (the simulator's candidates). ``get``'s
+    ``s`` must be ``full.rows(rows)``."""
+
+    memo: NodeSumsMemo
+    full: Slots
+    rows: Array
+
+    def get(self, s: Slots, gpus: Iterable[Request], xp: Namespace) -> BeforeSums:
+        wanted = [g for g in gpus if g.count > 0]
+        sums = self.memo.get(self.full, wanted, xp)
+        r = self.rows
+        parts = {g: (sums.parts[g][0][r], sums.parts[g][1][r], sums.parts[g][2][r]) for g in wanted}
+        return BeforeSums(sums.total_idle[r], sums.used_weight[r], sums.total_weight[r], parts)

@@ -1,0 +1,142 @@
+"""Verdicts kept across requests on a row copy that lives across them (NumPy only).
+
+kube-scheduler sends the extender the same candidate list pod after pod, and pods come in a
+few shapes. A node's verdict for a request (feasible, reason, units, raw score) depends on
+that node's row, the request, the policy and the mix of shapes only, never on the other
+nodes. So for a request seen before, with the same policy and the same mix, only the rows
+changed since need evaluating again: :class:`VerdictMemo` keeps the last few requests' verdicts
+with a stale mask each, and recomputes the stale rows alone, on a row subset with the kept
+per-node sums of :class:`~gpupack.kernel.node_sums.NodeSumsMemo`. The result equals
+:func:`~gpupack.kernel.evaluate.evaluate` on all rows (levels are ranked afresh from
+the raw scores every time, since they depend on every row).
+
+Rows changed since are few (kube-scheduler binds one pod per cycle), and the nodes of a
+fleet pass through the same states: eight GPUs of one model with five in use look alike on
+every node. So each kept request also remembers verdicts by row *state*: the bytes of the
+row's slots, with the node's free CPU and memory reduced to which of the policy's
+:attr:`~gpupack.kernel.policies.Policy.node_cuts` they reach (its score can change
+nowhere else). A changed row in a state seen before takes that verdict without array work;
+the others are evaluated together. At most :data:`STATE_ROWS` changed rows are looked up
+this way (more are evaluated at once), and the states kept per request take about
+:data:`KEPT_STATE_BYTES` at most (a key grows with the slots per node: about 560 bytes with
+8, 3 KB with 64).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import numpy
+
+from gpupack.kernel.node_sums import NodeSumsMemo, RowSubset
+from gpupack.kernel.evaluate import Verdicts, evaluate
+from gpupack.kernel.levels import to_levels
+from gpupack.kernel.policies import Policy
+from gpupack.kernel.slots import Mix, Request, Slots
+from gpupack.kernel.xp import Array
+
+#: Requests whose verdicts are kept per row copy (a few bytes x nodes each).
+KEPT_REQUESTS = 16
+#: Changed rows up to this many are looked up by their state; more are evaluated at once.
+STATE_ROWS = 64
+#: Bytes of row states (keys and verdicts) kept per request, about: 16 requests, 4 MiB.
+KEPT_STATE_BYTES = 256 * 1024
+#: What a kept state costs beyond its key's bytes (the bytes and tuple objects, the dict slot).
+_STATE_OVERHEAD = 200
+
+_SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(Slots) if f.name not in ("node_cpu_free", "node_memory_free"))
+_VERDICT_FIELDS = ("feasible", "reason", "free_units", "total_units", "raw")
+
+
+@dataclasses.dataclass
+class _Entry:
+    mix: Mix  # the mix the verdicts were scored under (compared by identity)
+    verdicts: Verdicts  # levels not kept (0)
+    stale: Array  # bool per row: changed since
+    cuts: tuple[Array, Array]  # the policy's node_cuts for the request and mix, as arrays
+    states: dict[bytes, tuple[object, ...]] = dataclasses.field(default_factory=dict)  # row state -> verdict
+
+
+class VerdictMemo:
+    """Per-node sums and recent requests' verdicts of one row copy. The owner of the rows
+    calls :meth:`mark` with the positions of the rows it changes."""
+
+    def __init__(self, nodes: int, requests: int = KEPT_REQUESTS, state_bytes: int = KEPT_STATE_BYTES) -> None:
+        self.nodes = nodes
+        self.sums = NodeSumsMemo(nodes)
+        self._requests = requests
+        self._state_bytes = state_bytes  # 0: no verdicts kept by row state
+        self._entries: collections.OrderedDict[tuple[str, Request, bool], _Entry] = collections.OrderedDict()
+
+    def mark(self, positions: Array) -> None:
+        self.sums.mark(positions)
+        for e in self._entries.values():
+            e.stale[positions] = True
+
+    def evaluate(self, s: Slots, req: Request, policy: Policy, mix: Mix = (), score: bool = True,
+                 levels: bool = True) -> Verdicts:
+        """:func:`~gpupack.kernel.evaluate.evaluate` of ``req`` on ``s`` (the kept rows,
+        NumPy), from the kept verdicts where the rows have not changed. The arrays returned
+        are read-only and valid until the next call."""
+        mix = mix if policy.uses_mix else ()
+        key = (policy.name, req, score)
+        entry = self._entries.get(key)
+        if entry is None or entry.mix is not mix:
+            v = evaluate(s, req, policy, numpy, mix=mix, score=score, memo=self.sums, levels=False)
+            cpu, mem = policy.node_cuts(req, mix)
+            entry = _Entry(mix, v, numpy.zeros(self.nodes, dtype=bool),
+                           (numpy.asarray(cpu, dtype=numpy.int64), numpy.asarray(mem, dtype=numpy.int64)))
+            self._entries[key] = entry
+            while len(self._entries) > self._requests:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+            at = numpy.nonzero(entry.stale)[0]
+            if at.shape[0] > STATE_ROWS or not self._state_bytes:
+                self._evaluate_rows(entry, s, req, policy, at, score)
+            elif at.shape[0]:
+                self._by_state(entry, s, req, policy, at, score)
+            entry.stale[:] = False
+        v = entry.verdicts
+        if levels and score:
+            return dataclasses.replace(v, level=to_levels(v.raw, v.feasible, numpy))
+        return v
+
+    def _evaluate_rows(self, entry: _Entry, s: Slots, req: Request, policy: Policy, at: Array,
+                       score: bool) -> Verdicts:
+        """Evaluates rows ``at`` of ``s`` and writes their verdicts into the entry's."""
+        sub = evaluate(s.rows(at), req, policy, numpy, mix=entry.mix, score=score,
+                       memo=RowSubset(self.sums, s, at), levels=False)
+        kept = entry.verdicts
+        for name in _VERDICT_FIELDS:
+            getattr(kept, name)[at] = getattr(sub, name)
+        return sub
+
+    def _by_state(self, entry: _Entry, s: Slots, req: Request, policy: Policy, at: Array, score: bool) -> None:
+        """Rows ``at``'s verdicts from the states seen before; the rest evaluated and learnt."""
+        keys = _state_keys(s, at, entry.cuts)
+        found = [entry.states.get(k) for k in keys]
+        miss = [i for i, f in enumerate(found) if f is None]
+        hit = [i for i, f in enumerate(found) if f is not None]
+        if miss:
+            sub = self._evaluate_rows(entry, s, req, policy, at[miss], score)
+            limit = max(STATE_ROWS, self._state_bytes // (len(keys[0]) + _STATE_OVERHEAD))
+            if len(entry.states) + len(miss) > limit:
+                entry.states.clear()
+            columns = [getattr(sub, name).tolist() for name in _VERDICT_FIELDS]
+            for j, i in enumerate(miss):
+                entry.states[keys[i]] = tuple(c[j] for c in columns)
+        if hit:
+            kept = entry.verdicts
+            rows = at[hit]
+            for f, name in enumerate(_VERDICT_FIELDS):
+                getattr(kept, name)[rows] = [found[i][f] for i in hit]  # type: ignore[index]
+
+
+def _state_keys(s: Slots, at: Array, cuts: tuple[Array, Array]) -> list[bytes]:
+    """Per row of ``at``: the bytes of its slots and of which cuts its free CPU and memory reach."""
+    parts = [getattr(s, name).take(at, axis=0) for name in _SLOT_FIELDS]
+    parts.append(numpy.searchsorted(cuts[0], s.node_cpu_free.take(at), side="right"))
+    parts.append(numpy.searchsorted(cuts[1], s.node_memory_free.take(at), side="right"))
+    return [b"".join(p[i].tobytes() for p in parts) for i in range(at.shape[0])]

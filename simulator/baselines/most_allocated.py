@@ -1,0 +1,41 @@
+"""kube-scheduler's MostAllocated scoring strategy, with first-fit devices.
+
+    score = floor(mean_r (100 * used_r))        r = CPU, memory, GPU (opaque node-level count)
+
+``used_r`` is the node's used fraction once the pod is placed: the fullest node wins. The
+bin-packing setting operators reach for today; it cannot tell a GPU that fits from one that
+only adds up on the node, so its device choice is the plugin's first fit.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy
+
+from simulator.baselines import common
+from simulator.model import IntArray, State, Task
+
+if TYPE_CHECKING:
+    from simulator.placers import Choice, Workload
+
+
+def score(used: list[common.HostArray]) -> common.HostArray:
+    out: common.HostArray = numpy.floor((100.0 * numpy.clip(numpy.stack(used), 0.0, 1.0)).mean(axis=0))
+    return out
+
+
+class Placer:
+    name = "most-allocated"
+
+    def __init__(self, wl: Workload) -> None:
+        self.wl = wl
+
+    def choose(self, st: State, task: Task, rows: IntArray) -> Choice:
+        if rows.shape[0] == 0:
+            return None
+        sub, units, feasible = common.view(st, task, rows)
+        i = common.pick(score(common.fractions_after(st, task, rows, sub)), feasible)
+        if i is None:
+            return None
+        return int(rows[i]), common.first_fit(units[i], task.count)

@@ -1,0 +1,256 @@
+"""Hypothesis properties of the kernel on small random clusters."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpupack import kernel
+from gpupack.kernel import Request, reference
+from gpupack.kernel.verdict_memo import VerdictMemo
+from gpupack.kernel.levels import LEAD
+from gpupack.kernel.slots import Slots, take_plan, unit_memory, units
+
+from tests.gpupack.kernel.kernel_tables import S, slots
+
+
+@st.composite
+def slot(draw: st.DrawFn) -> S:
+    cap = draw(st.sampled_from([1, 1, 2, 4]))
+    free = draw(st.integers(0, cap))
+    mem = draw(st.sampled_from([10240, 40960]))
+    free_mem = draw(st.integers(0, mem)) if cap > 1 else (mem if free else 0)
+    return S(resource=draw(st.integers(0, 2)), cap=cap, free=free, mem=mem, free_mem=free_mem,
+             healthy=draw(st.booleans()), weight=draw(st.sampled_from([1.0, 0.5, 0.25])),
+             nvgroup=draw(st.integers(-1, 1)), numa=draw(st.integers(-1, 1)), model=draw(st.integers(0, 1)))
+
+
+clusters = st.lists(st.lists(slot(), min_size=0, max_size=5), min_size=1, max_size=4)
+requests = st.builds(Request, st.integers(0, 2), st.integers(0, 4), st.sampled_from([0, 0, 5000, 12000, 50000]))
+SETTINGS = settings(max_examples=150, deadline=None)
+
+
+def _slot_ok(x: S, n: int, req: Request) -> bool:
+    """Can slot ``x`` give ``n`` units of ``req``? Checked from the definitions directly."""
+    if n == 0:
+        return True
+    if x.resource != req.resource or not x.healthy:
+        return False
+    free_mem = x.free_mem if x.free_mem is not None else x.mem
+    if x.cap == 1:
+        return n == 1 and x.free == 1 and free_mem >= x.mem and req.memory_mib <= x.mem
+    per = req.memory_mib or x.mem // x.cap
+    return n <= x.free and n * per <= free_mem
+
+
+def brute_force_fits(row: list[S], req: Request) -> bool:
+    for split in itertools.product(range(req.count + 1), repeat=len(row)):
+        if sum(split) == req.count and all(_slot_ok(x, n, req) for x, n in zip(row, split)):
+            return True
+    return False
+
+
+@SETTINGS
+@given(clusters, requests)
+def test_feasibility_equals_brute_force(rows: list[list[S]], req: Request) -> None:
+    v = kernel.evaluate(slots(rows), req, kernel.get_policy("binpack"), np, score=False)
+    assert v.feasible.tolist() == [brute_force_fits(r, req) for r in rows]
+
+
+@SETTINGS
+@given(clusters, requests)
+def test_placement_never_beyond_capacity(rows: list[list[S]], req: Request) -> None:
+    s = slots(rows)
+    take = take_plan(s, req, np)
+    per = unit_memory(s, req, np)
+    assert (take <= units(s, req, np)).all()
+    assert (s.free - take >= 0).all()
+    assert (s.free_memory_mib - take * per >= 0).all()
+
+
+@SETTINGS
+@given(clusters, requests)
+def test_chosen_devices_exist_are_free_and_healthy(rows: list[list[S]], req: Request) -> None:
+    s = slots(rows)
+    feasible = kernel.evaluate(s, req, kernel.get_policy("binpack"), np, score=False).feasible
+    for i, row in enumerate(rows):
+        chosen = kernel.choose_devices(s, i, req, np)
+        if not feasible[i]:
+            assert chosen == ()
+            continue
+        assert sum(n for _, n in chosen) == req.count
+        for col, n in chosen:
+            assert 0 <= col < len(row)
+            assert _slot_ok(row[col], n, req)
+
+
+cpu_mem = st.sampled_from([0, 2000, 4000, 8000])
+
+
+@SETTINGS
+@given(clusters, requests, st.sampled_from(sorted(kernel.POLICIES)), st.data())
+def test_array_kernel_equals_plain_python_reference(rows: list[list[S]], req: Request, policy: str,
+                                                    data: st.DataObject) -> None:
+    n = len(rows)
+    free_cpu = data.draw(st.lists(st.sampled_from([0, 3000, 8000, 16000]), min_size=n, max_size=n))
+    free_mem = data.draw(st.lists(st.sampled_from([1000, 6000, 2**62]), min_size=n, max_size=n))
+    req = dataclasses.replace(req, cpu_milli=data.draw(cpu_mem), node_memory_mib=data.draw(cpu_mem))
+    s = slots(rows, cpu=free_cpu, mem=free_mem)
+    mix = ((req, 0.5), (Request(1, 1, 5000, cpu_milli=data.draw(cpu_mem)), 0.2),
+           (Request(1, 1, 5000, node_memory_mib=data.draw(cpu_mem)), 0.1),
+           (Request(-1, 0, cpu_milli=data.draw(cpu_mem), node_memory_mib=data.draw(cpu_mem)), 0.1),
+           (Request(0, data.draw(st.integers(1, 2)), models=frozenset({data.draw(st.integers(0, 2))})), 0.1))
+    v = kernel.evaluate(s, req, kernel.get_policy(policy), np, mix=mix)
+    feasible, raw = reference.evaluate(s, req, policy, mix if policy == "fragmentation" else ())
+    assert v.feasible.tolist() == feasible
+    assert v.raw.tolist() == pytest.approx(raw)
+
+
+@SETTINGS
+@given(clusters, requests, st.data())
+def test_cpu_and_memory_never_change_feasibility(rows: list[list[S]], req: Request, data: st.DataObject) -> None:
+    n = len(rows)
+    free_cpu = data.draw(st.lists(st.sampled_from([0, 3000]), min_size=n, max_size=n))
+    big = dataclasses.replace(req, cpu_milli=data.draw(cpu_mem), node_memory_mib=data.draw(cpu_mem))
+    with_cpu = kernel.evaluate(slots(rows, cpu=free_cpu, mem=free_cpu), big, kernel.get_policy("fragmentation"), np)
+    without = kernel.evaluate(slots(rows), req, kernel.get_policy("fragmentation"), np)
+    assert with_cpu.feasible.tolist() == without.feasible.tolist()
+
+
+def _u_after(s: Slots, req: Request) -> list[float]:
+    from gpupack.kernel.usage import ScoreInput, node_utilisation
+
+    free, free_mem = ScoreInput(s, take_plan(s, req, np), req, (), np).after()
+    return [float(x) for x in node_utilisation(s, free, free_mem, np)]
+
+
+@SETTINGS
+@given(clusters, requests)
+def test_policies_order_nodes_as_they_claim(rows: list[list[S]], req: Request) -> None:
+    s = slots(rows)
+    u = _u_after(s, req)
+    spread = kernel.evaluate(s, req, kernel.get_policy("spread"), np)
+    binpack = kernel.evaluate(s, req, kernel.get_policy("binpack"), np)
+    ok = [i for i in range(len(rows)) if spread.feasible[i]]
+    for a, b in itertools.permutations(ok, 2):
+        # spread: an emptier node after placement never scores lower
+        if u[a] < u[b] - 1e-9:
+            assert spread.level[a] >= spread.level[b]
+        # binpack: a fuller node scores at least as high when both fill the same share of used slots
+        ga, gb = binpack.raw[a] - u[a], binpack.raw[b] - u[b]
+        if abs(ga - gb) < 1e-9 and u[a] > u[b] + 1e-9:
+            assert binpack.level[a] >= binpack.level[b]
+    # levels keep the raw order, and the best feasible node gets 10
+    for v in (spread, binpack):
+        for a, b in itertools.permutations(ok, 2):
+            if v.raw[a] > v.raw[b] + 1e-9:
+                assert v.level[a] >= v.level[b]
+        if ok:
+            assert max(v.level[i] for i in ok) == 10
+
+
+@SETTINGS
+@given(st.lists(st.floats(-10, 10), max_size=30), st.data())
+def test_the_named_node_is_the_first_by_name_of_the_top_two_levels(raw: list[float], data: st.DataObject) -> None:
+    """One node at 10, the node of the top two levels (10 and 9) whose name sorts first; every
+    other node at 8 at most, in the plain levels' order."""
+    n = len(raw)
+    names = data.draw(st.lists(st.text("abc", min_size=1, max_size=4), min_size=n, max_size=n, unique=True))
+    feasible = np.asarray(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
+    plain = kernel.to_levels(np.asarray(raw, dtype=float), feasible, np)
+    led = kernel.with_lead(plain, names)
+    band = [i for i in range(n) if plain[i] >= 9]
+    if not band:
+        assert led.tolist() == plain.tolist()
+        return
+    first = min(band, key=lambda i: names[i])
+    assert [i for i in range(n) if led[i] == 10] == [first]
+    others = [i for i in range(n) if i != first]
+    assert all(led[i] == min(plain[i], 10 - LEAD) for i in others)
+
+
+@SETTINGS
+@given(clusters, clusters, requests, st.data())
+def test_a_kept_memo_gives_the_scores_of_a_fresh_evaluation(rows: list[list[S]], later: list[list[S]], req: Request,
+                                                           data: st.DataObject) -> None:
+    """A memo kept from an earlier state of the rows, told which rows changed since, gives
+    exactly the raw scores of an evaluation without it."""
+    n = len(rows)
+    changed = data.draw(st.lists(st.integers(0, n - 1), unique=True))
+    before = slots(rows)
+    now = slots([(later[i % len(later)] if i in changed else rows[i]) for i in range(n)])
+    mix = ((req, 0.5), (Request(1, 1, 5000), 0.2), (Request(0, 2), 0.2), (Request(0, 1, models=frozenset({1})), 0.1))
+    policy = kernel.get_policy("fragmentation")
+    memo = kernel.NodeSumsMemo(n)
+    kernel.evaluate(before, Request(0, 1), policy, np, mix=mix, memo=memo)  # the memo learns the old rows
+    memo.mark(np.asarray(changed, dtype=np.int64))
+    kept = kernel.evaluate(now, req, policy, np, mix=mix, memo=memo)
+    fresh = kernel.evaluate(now, req, policy, np, mix=mix)
+    assert kept.raw.tolist() == fresh.raw.tolist()
+    assert kept.level.tolist() == fresh.level.tolist()
+
+
+@SETTINGS
+@given(clusters, clusters, requests, st.data())
+def test_kept_verdicts_equal_a_fresh_evaluation(rows: list[list[S]], later: list[list[S]], req: Request,
+                                                data: st.DataObject) -> None:
+    """Verdicts kept for a request from an earlier state of the rows, told which rows changed
+    since (only those are evaluated again), equal an evaluation of the rows as they are, for
+    every policy; a new mix is never answered from verdicts kept under the old one."""
+    n = len(rows)
+    changed = data.draw(st.lists(st.integers(0, n - 1), unique=True))
+    before = slots(rows)
+    now = slots([(later[i % len(later)] if i in changed else rows[i]) for i in range(n)])
+    mix = ((req, 0.5), (Request(1, 1, 5000), 0.2), (Request(0, 2), 0.2), (Request(0, 1, models=frozenset({1})), 0.1))
+    other_mix = ((Request(0, 2), 1.0),)
+    for name in kernel.POLICIES:
+        policy = kernel.get_policy(name)
+        memo = VerdictMemo(n)
+        memo.evaluate(before, req, policy, mix)  # learnt on the old rows
+        memo.evaluate(before, Request(0, 1), policy, mix)
+        memo.mark(np.asarray(changed, dtype=np.int64))
+        for m in (mix, other_mix):
+            kept = memo.evaluate(now, req, policy, m)
+            fresh = kernel.evaluate(now, req, policy, np, mix=m)
+            for f in ("feasible", "reason", "free_units", "total_units", "level"):
+                assert getattr(kept, f).tolist() == getattr(fresh, f).tolist(), (name, f)
+            np.testing.assert_allclose(kept.raw, fresh.raw, rtol=0, atol=1e-12)
+
+
+CPU_NEAR_CUTS = [0, 999, 1000, 1500, 2499, 2500, 4000, kernel.slots.UNLIMITED]
+
+
+@SETTINGS
+@given(st.lists(slot(), min_size=1, max_size=4), requests, st.sampled_from([0, 1000, 1500]), st.data())
+def test_verdicts_kept_by_row_state_equal_a_fresh_evaluation(pool: list[S], req: Request, cpu: int,
+                                                             data: st.DataObject) -> None:
+    """Rows that pass through the same few states, with free CPU on either side of the mix's
+    CPU amounts, change a few at a time: the verdicts answered from the states seen before
+    equal an evaluation of the rows as they are, for every policy."""
+    req = dataclasses.replace(req, cpu_milli=cpu)
+    states = [[x] * 2 for x in pool]  # nodes of two slots alike
+    n = 6
+    mix = ((req, 0.4), (Request(0, 1, cpu_milli=1000), 0.3), (Request(-1, 0, cpu_milli=1500), 0.2),
+           (Request(1, 1, 5000, node_memory_mib=2000), 0.1))
+    rounds = data.draw(st.lists(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, len(states) - 1),
+                                                   st.sampled_from(CPU_NEAR_CUTS), st.sampled_from([0, 2000, 4000])),
+                                         min_size=1, max_size=3), min_size=1, max_size=6))
+    for name in kernel.POLICIES:
+        policy = kernel.get_policy(name)
+        rows, cpus, mems = [states[0]] * n, [4000] * n, [4000] * n
+        memo = VerdictMemo(n)
+        memo.evaluate(slots(rows, cpu=cpus, mem=mems), req, policy, mix)
+        for changes in rounds:
+            for i, state, c, m in changes:
+                rows[i], cpus[i], mems[i] = states[state], c, m
+            memo.mark(np.asarray(sorted({i for i, *_ in changes}), dtype=np.int64))
+            now = slots(rows, cpu=cpus, mem=mems)
+            kept = memo.evaluate(now, req, policy, mix)
+            fresh = kernel.evaluate(now, req, policy, np, mix=mix)
+            for f in ("feasible", "reason", "free_units", "total_units", "level", "raw"):  # raw bit for bit
+                assert getattr(kept, f).tolist() == getattr(fresh, f).tolist(), (name, f)
