@@ -7,6 +7,7 @@ Layers, each importing only the ones below it:
 - core: :mod:`scheduler_ext.cache` (cluster state as arrays, fed by events),
   :mod:`scheduler_ext.podspec` (what a pod asks for), :mod:`scheduler_ext.decide`
   (filter / prioritize / preempt answers from the cache and the kernel);
-- kernel: :mod:`gpupack.kernel`, pure array functions over NumPy or CuPy;
-- the contract: :mod:`gpupack.contract`.
+- the shared floor below: :mod:`gpupack.kernel` (pure array functions over NumPy or CuPy),
+  :mod:`gpupack.node_slots` (a node's inventory as a kernel row, the device choice) and
+  :mod:`gpupack.contract`. The extender never imports :mod:`device_plugin`.
 """

@@ -22,11 +22,7 @@ score, and a random pick (or NodeResourcesFit's CPU packing) spreads a burst ove
 where a fixed first choice among the good nodes fills one node after another and keeps the
 rest whole, as first-fit does. The order is the node names', not the candidate list's:
 kube-scheduler's filter runs on parallel workers, so the list's order changes from one
-cycle to the next. How wide "the good nodes" are was measured (docs/simulator.md): on the
-Alibaba trace with the FGD protocol (10 seeds), random among the best band 4.96 %
-unallocated, first by name among the nodes with the best raw score (up to the tie term)
-5.29 %, among level 10 4.81 %, among levels 9 and 10 4.59 %, among 8 to 10 4.70 %; the
-top two levels were then run unchanged on the four other workload shapes.
+cycle to the next. Why the top two levels and not one or three: docs/history/simulator.md.
 """
 
 from __future__ import annotations

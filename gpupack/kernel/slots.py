@@ -186,7 +186,9 @@ def take_plan(s: Slots, req: Request, xp: Namespace, avail: Array | None = None)
         return take
     rows = xp.arange(left.shape[0])
     big = xp.iinfo(xp.int32).max
-    for _ in range(req.count):
+    # past the most units any node has, a step takes nothing: a count of 10^18 costs no more
+    steps = min(req.count, int(left.sum(axis=1).max())) if left.shape[0] else 0
+    for _ in range(steps):
         key = xp.where(left > 0, left, big)
         col = xp.argmin(key, axis=1)
         got = (left[rows, col] > 0).astype(xp.int32)

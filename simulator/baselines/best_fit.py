@@ -9,17 +9,13 @@ least idle capacity that still fits it; whole GPUs to the lowest-index free ones
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy
 
 from simulator.baselines import common
-from simulator.model import IntArray, State, Task
+from simulator.model import Devices, State, Task
+from gpupack.kernel import Slots
 from gpupack.kernel.usage import idle_capacity
 from gpupack.kernel.xp import to_host
-
-if TYPE_CHECKING:
-    from simulator.placers import Choice, Workload
 
 
 def score(used: list[common.HostArray]) -> common.HostArray:
@@ -27,20 +23,13 @@ def score(used: list[common.HostArray]) -> common.HostArray:
     return numpy.floor(100.0 * (1.0 - ((1.0 - cpu) + (1.0 - gpu)) / 2.0))
 
 
-class Placer:
+class Placer(common.NodeScoringPlacer):
     name = "best-fit"
+    score = staticmethod(score)
 
-    def __init__(self, wl: Workload) -> None:
-        self.wl = wl
-
-    def choose(self, st: State, task: Task, rows: IntArray) -> Choice:
-        if rows.shape[0] == 0:
-            return None
-        sub, units, feasible = common.view(st, task, rows)
-        i = common.pick(score(common.fractions_after(st, task, rows, sub)), feasible)
-        if i is None:
-            return None
+    def devices(self, st: State, task: Task, sub: Slots, units: common.HostArray, i: int) -> Devices:
+        """One unit: the slot with the least idle capacity that fits; more: first fit."""
         if task.count == 1 and task.wants_gpu:
             idle = to_host(idle_capacity(sub, sub.free, sub.free_memory_mib, st.xp))[i]
-            return int(rows[i]), common.tightest(units[i], idle)
-        return int(rows[i]), common.first_fit(units[i], task.count)
+            return common.tightest(units[i], idle)
+        return common.first_fit(units[i], task.count)

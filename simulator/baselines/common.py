@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy
 
@@ -11,6 +12,9 @@ from gpupack.kernel import Slots
 from gpupack.kernel import slots as kslots
 from gpupack.kernel.usage import idle_capacity
 from gpupack.kernel.xp import row_sum, to_host
+
+if TYPE_CHECKING:
+    from simulator.placers import Choice, Workload
 
 HostArray = numpy.ndarray[Any, Any]
 
@@ -71,3 +75,28 @@ def pick(score: HostArray, feasible: HostArray) -> int | None:
     if not feasible.any():
         return None
     return int(numpy.argmax(numpy.where(feasible, score, -numpy.inf)))
+
+
+class NodeScoringPlacer:
+    """A baseline that scores each feasible node from its used fractions once the pod is placed
+    (:func:`fractions_after`), takes the best (:func:`pick`) and first-fit devices there. A
+    baseline module sets ``name`` and ``score`` (its formula) and may override :meth:`devices`."""
+
+    name = ""
+    score: Callable[[list[HostArray]], HostArray]
+
+    def __init__(self, wl: Workload) -> None:
+        self.wl = wl
+
+    def devices(self, st: State, task: Task, sub: Slots, units: HostArray, i: int) -> Devices:
+        """The devices on candidate ``i`` (a row of ``sub``): the lowest-index ones with room."""
+        return first_fit(units[i], task.count)
+
+    def choose(self, st: State, task: Task, rows: IntArray) -> Choice:
+        if rows.shape[0] == 0:
+            return None
+        sub, units, feasible = view(st, task, rows)
+        i = pick(type(self).score(fractions_after(st, task, rows, sub)), feasible)
+        if i is None:
+            return None
+        return int(rows[i]), self.devices(st, task, sub, units, i)

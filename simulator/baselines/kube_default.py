@@ -14,15 +14,9 @@ cannot fit), which only flatters this baseline. Devices: the lowest-index ones w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy
 
 from simulator.baselines import common
-from simulator.model import IntArray, State, Task
-
-if TYPE_CHECKING:
-    from simulator.placers import Choice, Workload
 
 
 def score(used: list[common.HostArray]) -> common.HostArray:
@@ -33,17 +27,6 @@ def score(used: list[common.HostArray]) -> common.HostArray:
     return out
 
 
-class Placer:
+class Placer(common.NodeScoringPlacer):
     name = "kube-default"
-
-    def __init__(self, wl: Workload) -> None:
-        self.wl = wl
-
-    def choose(self, st: State, task: Task, rows: IntArray) -> Choice:
-        if rows.shape[0] == 0:
-            return None
-        sub, units, feasible = common.view(st, task, rows)
-        i = common.pick(score(common.fractions_after(st, task, rows, sub)), feasible)
-        if i is None:
-            return None
-        return int(rows[i]), common.first_fit(units[i], task.count)
+    score = staticmethod(score)

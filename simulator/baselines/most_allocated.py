@@ -9,15 +9,9 @@ only adds up on the node, so its device choice is the plugin's first fit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy
 
 from simulator.baselines import common
-from simulator.model import IntArray, State, Task
-
-if TYPE_CHECKING:
-    from simulator.placers import Choice, Workload
 
 
 def score(used: list[common.HostArray]) -> common.HostArray:
@@ -25,17 +19,6 @@ def score(used: list[common.HostArray]) -> common.HostArray:
     return out
 
 
-class Placer:
+class Placer(common.NodeScoringPlacer):
     name = "most-allocated"
-
-    def __init__(self, wl: Workload) -> None:
-        self.wl = wl
-
-    def choose(self, st: State, task: Task, rows: IntArray) -> Choice:
-        if rows.shape[0] == 0:
-            return None
-        sub, units, feasible = common.view(st, task, rows)
-        i = common.pick(score(common.fractions_after(st, task, rows, sub)), feasible)
-        if i is None:
-            return None
-        return int(rows[i]), common.first_fit(units[i], task.count)
+    score = staticmethod(score)

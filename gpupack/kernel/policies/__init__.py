@@ -4,10 +4,9 @@ A raw score is a float per node, higher is better; only its order matters, becau
 :func:`~gpupack.kernel.levels.to_levels` maps it to 0..10. Unknown names are refused
 by :func:`get_policy` when the extender is built, never per request.
 
-The default is ``fragmentation``, the winner of the simulator's packing benchmark among
-gpupack's policies (docs/simulator.md): on the Alibaba trace with the FGD protocol it leaves
-4.59 % of GPUs unallocated against 5.74 % for ``binpack`` (FGD as published: 4.77 %), and
-on the built-in example it leaves the fewest replicas never placed. ``binpack`` is the
+The default is ``fragmentation``, the one that leaves the fewest GPUs unallocated among
+gpupack's policies in the simulator's packing benchmark (figures in docs/simulator.md).
+``binpack`` is the
 cheapest to compute (about half the kernel time) and keeps the most whole nodes empty for the
 cluster autoscaler when the cluster is lightly loaded; ``spread`` is for services that want a
 quiet GPU.
@@ -53,8 +52,7 @@ class Policy:
     def leads(self, gpus: int) -> bool:
         """Whether the levels of a request for ``gpus`` units name one node: for packing
         policies and requests with GPUs. A CPU-only pod has no GPU to pack; filling one node
-        after another with them uses up the CPU beside idle GPUs (on the trace with three
-        times the CPU-only tasks: 21.4 % unallocated with a lead for them too, FGD 15.2 %)."""
+        after another with them uses up the CPU beside idle GPUs (docs/simulator.md)."""
         return self.lead and gpus > 0
 
 

@@ -23,8 +23,7 @@ shares is a fragment for a large-memory share, and a free MIG 1g slice is a frag
 product) may run only on nodes with a GPU of one of them, and counts nothing elsewhere: the
 GPUs of another model are not fragments *for it*, since nothing placed there could ever
 change that (counted, they made every node of a model few shapes want look better to fill,
-whatever the placement did to its own fragmentation; on the trace with half the tasks pinned
-to a model, 9.8 % unallocated against best-fit's 7.3 %, 7.3 % with the rule). The small
+whatever the placement did to its own fragmentation). The small
 ``u_after`` term breaks ties towards fuller nodes, like FGD's first-fit ties. Without a
 recorded mix, the request itself is the only shape. Nodes whose CPU and memory are not
 tracked (``UNLIMITED``) fit every shape's CPU and memory.
