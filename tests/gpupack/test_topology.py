@@ -6,10 +6,12 @@ import itertools
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from gpupack.topology import EXHAUSTIVE_LIMIT, PreferenceError, Topology, choose
+
+from tests.profiles import explore, invariant
 
 
 def pairs_machine() -> Topology:
@@ -71,7 +73,7 @@ def machines(draw: st.DrawFn) -> tuple[Topology, list[str], list[str], int]:
     return topo, available, must, size
 
 
-@settings(max_examples=200, deadline=None)
+@invariant(200)
 @given(machines())
 def test_answer_is_a_subset_of_the_right_size_holding_must_include(case: tuple[Topology, list[str], list[str], int]) -> None:
     topo, available, must, size = case
@@ -80,7 +82,7 @@ def test_answer_is_a_subset_of_the_right_size_holding_must_include(case: tuple[T
     assert set(must) <= set(got) <= set(available)
 
 
-@settings(max_examples=100, deadline=None)
+@explore(100)
 @given(machines())
 def test_no_other_set_has_more_nvlinks_when_searched_exhaustively(case: tuple[Topology, list[str], list[str], int]) -> None:
     topo, available, must, size = case

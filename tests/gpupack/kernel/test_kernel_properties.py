@@ -7,7 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from gpupack import kernel
@@ -17,6 +17,7 @@ from gpupack.kernel.levels import LEAD
 from gpupack.kernel.slots import Slots, take_plan, unit_memory, units
 
 from tests.gpupack.kernel.kernel_tables import S, slots
+from tests.profiles import SIZES, invariant
 
 
 @st.composite
@@ -30,9 +31,10 @@ def slot(draw: st.DrawFn) -> S:
              nvgroup=draw(st.integers(-1, 1)), numa=draw(st.integers(-1, 1)), model=draw(st.integers(0, 1)))
 
 
-clusters = st.lists(st.lists(slot(), min_size=0, max_size=5), min_size=1, max_size=4)
-requests = st.builds(Request, st.integers(0, 2), st.integers(0, 4), st.sampled_from([0, 0, 5000, 12000, 50000]))
-SETTINGS = settings(max_examples=150, deadline=None)
+clusters = st.lists(st.lists(slot(), min_size=0, max_size=SIZES.slots), min_size=1, max_size=SIZES.nodes)
+requests = st.builds(Request, st.integers(0, 2), st.integers(0, SIZES.count), st.sampled_from([0, 0, 5000, 12000, 50000]))
+#: every property here guards an invariant of the kernel: derandomized in CI (tests/profiles.py)
+SETTINGS = invariant(150)
 
 
 def _slot_ok(x: S, n: int, req: Request) -> bool:
