@@ -1,10 +1,14 @@
-"""Bind: choose the devices, write the pod's ``gpupack.io/devices`` annotation, create the Binding.
+"""Bind: choose the devices, claim them, write the pod's ``gpupack.io/devices`` annotation,
+create the Binding.
 
 The Kubernetes API is reached through :class:`PodApi`, a three-method interface, so tests
 hand in a fake and :class:`KubePodApi` is the only code that talks to the real client. The
 devices are reserved in the cache before any API call, under the cache's lock, so two racing
-binds never get the same device; the annotation patch carries the pod's resourceVersion
-as a precondition and a conflict is retried with a fresh read, never overwritten blindly.
+binds through one replica never get the same device; they are then claimed in the node's
+ledger (:mod:`scheduler_ext.ledger`), so two binds through two replicas never do either: a
+device another replica claimed is counted in this replica's cache and the choice is made
+again. The annotation patch carries the pod's resourceVersion as a precondition and a
+conflict is retried with a fresh read, never overwritten blindly.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import json
 from typing import Any, Protocol
 
 from gpupack import contract
-from scheduler_ext.cache import ClusterCache
 from gpupack.kernel import Policy
-from scheduler_ext.podspec import pod_demand
+from scheduler_ext import ledger as ledger_mod
+from scheduler_ext.cache import ClusterCache
+from scheduler_ext.podspec import ContainerAsk, PodDemand, pod_demand
 from scheduler_ext.wire import ExtenderBindingArgs, KubeObject
 
 
@@ -37,13 +42,24 @@ class PodApi(Protocol):
 
 #: How often an annotation patch is retried after a conflict before the bind is reported failed.
 PATCH_RETRIES = 3
+#: How often the devices are chosen again after another replica claimed some of them first.
+CLAIM_ROUNDS = 4
+
+
+class DeviceLedger(Protocol):
+    def claim(self, node: str, uid: str, pod: str, devices: contract.Assignment,
+              memory_mib: int) -> ledger_mod.Outcome: ...
+
+    def release(self, node: str, uid: str) -> None: ...
 
 
 class Binder:
-    def __init__(self, api: PodApi, cache: ClusterCache, policy: Policy) -> None:
+    def __init__(self, api: PodApi, cache: ClusterCache, policy: Policy,
+                 ledger: DeviceLedger | None = None) -> None:
         self.api = api
         self.cache = cache
         self.policy = policy
+        self.ledger: DeviceLedger = ledger if ledger is not None else ledger_mod.NoLedger()
 
     def bind(self, args: ExtenderBindingArgs) -> str:
         """Binds and returns "" or the error for ``ExtenderBindingResult.Error``."""
@@ -58,20 +74,56 @@ class Binder:
         if demand.error:
             return f"gpupack: pod {ns}/{name}: {demand.error}"
         if demand.wants_gpu:
-            self.cache.release(demand.uid)
-            assignment = self.cache.assign(demand, node, self.policy)
+            assignment, error = self._claim(demand, node)
             if assignment is None:
-                return f"gpupack: no room left on {node} for {ns}/{name} (taken by a concurrent bind?)"
+                return error
             error = self._annotate(ns, name, pod, assignment)
             if error:
-                self.cache.release(demand.uid)
+                self._unclaim(demand.uid, node)
                 return error
         try:
             self.api.create_binding(ns, name, demand.uid or uid, node)
         except Exception as err:
-            self.cache.release(demand.uid)
+            if demand.wants_gpu:
+                self._unclaim(demand.uid, node)
+            else:
+                self.cache.release(demand.uid)
             return f"gpupack: binding {ns}/{name} to {node}: {err}"
         return ""
+
+    def _claim(self, demand: PodDemand, node: str) -> tuple[contract.Assignment | None, str]:
+        """Chooses the devices and claims them in the node's ledger; after another replica's
+        claim wins, counts its devices and chooses again."""
+        pod = f"{demand.namespace}/{demand.name}"
+        for _ in range(CLAIM_ROUNDS):
+            self.cache.release(demand.uid)
+            assignment = self.cache.assign(demand, node, self.policy)
+            if assignment is None:
+                return None, f"gpupack: no room left on {node} for {pod} (taken by a concurrent bind?)"
+            outcome = self.ledger.claim(node, demand.uid, pod, assignment, demand.memory_mib)
+            if outcome.ok:
+                return assignment, ""
+            self.cache.release(demand.uid)
+            if outcome.error:
+                return None, outcome.error
+            for uid, claim in outcome.taken.items():
+                self._count_claim(uid, node, claim)
+        return None, f"gpupack: the devices on {node} kept being claimed by other replicas; {pod} is retried"
+
+    def _count_claim(self, uid: str, node: str, claim: ledger_mod.Claim) -> None:
+        """Counts another replica's claim in this cache until the pod's own events arrive."""
+        known = self.cache.pod(uid)
+        if known is not None and not known.reserved:
+            return  # the watch already shows that pod bound: its annotation is the truth
+        namespace, _, name = claim.pod.partition("/")
+        asks = tuple(ContainerAsk(c, r, len(ids)) for c, per in sorted(claim.devices.items())
+                     for r, ids in sorted(per.items()))
+        other = PodDemand(uid, namespace, name, "", asks, claim.memory_mib, 0, False, None)
+        self.cache.reserve(other, node, claim.devices, provisional=True)
+
+    def _unclaim(self, uid: str, node: str) -> None:
+        self.cache.release(uid)
+        self.ledger.release(node, uid)
 
     def _annotate(self, ns: str, name: str, pod: KubeObject, assignment: contract.Assignment) -> str:
         value = contract.encode_assignment(assignment)

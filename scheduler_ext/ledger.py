@@ -1,0 +1,240 @@
+"""One truth for device assignments across extender replicas: a compare-and-swap per node.
+
+Each replica keeps its own cache, and a cache cannot see what another replica chose a moment
+ago: two binds through two replicas could give one device to two pods. So every bind of a
+GPU pod first *claims* its devices in the node's ledger, a ConfigMap
+``gpupack-node-<node>`` in the extender's namespace (created on the node's first bind),
+written with the ConfigMap's resourceVersion as precondition. Of two replicas that read the
+same version, one write wins and the other gets a conflict, re-reads, and sees the winner's
+claim: a device already claimed by another live pod is never claimed twice, whatever the
+number of extender or kube-scheduler replicas.
+
+A claim lives :data:`CLAIM_SECONDS`: long enough for the pod's own ``gpupack.io/devices``
+annotation, which every replica's watch sees, to have become the truth; older claims are
+dropped on the node's next write. A bind that fails removes its claim; a replica killed
+mid-bind leaves one that blocks its devices for at most :data:`CLAIM_SECONDS` (the pod itself,
+retried by kube-scheduler through another replica, may reuse its own claim at once).
+
+The Kubernetes API is reached through :class:`LedgerApi` (three calls), so tests hand in a
+fake and :class:`KubeLedgerApi` is the only code that talks to the real client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from gpupack import contract
+
+#: Seconds a claim counts after it was written (the pod's annotation is the truth by then).
+CLAIM_SECONDS = 120.0
+#: How often a claim is written again after a conflict (another replica wrote the node's
+#: ledger between our read and our write) before the bind is reported failed.
+WRITE_RETRIES = 8
+#: The ledger ConfigMap of a node is this prefix and the node's name.
+PREFIX = "gpupack-node-"
+#: Kubernetes object names are DNS subdomains of at most 253 characters.
+NAME_LIMIT = 253
+_NAME_OK = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class Conflict(Exception):
+    """The ledger changed since it was read (HTTP 409), or it was created meanwhile."""
+
+
+class LedgerApi(Protocol):
+    def read(self, name: str) -> tuple[dict[str, str], str] | None:
+        """The ConfigMap's data and resourceVersion; None when it does not exist."""
+
+    def create(self, name: str, data: dict[str, str]) -> None:
+        """Creates it; raises :class:`Conflict` when it exists already."""
+
+    def replace(self, name: str, data: dict[str, str], resource_version: str) -> None:
+        """Replaces its data with ``resource_version`` as precondition; raises :class:`Conflict`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """What one pod's bind claimed on a node."""
+
+    pod: str  # namespace/name, for operators reading the ConfigMap
+    devices: contract.Assignment
+    memory_mib: int  # the pod's per-unit memory hint, so other replicas count it alike
+    at: float  # seconds since the epoch when it was written
+    replica: str  # which extender replica wrote it
+
+    def ids(self) -> set[str]:
+        return {d for per in self.devices.values() for ids in per.values() for d in ids}
+
+    def encode(self) -> str:
+        return json.dumps({"pod": self.pod, "devices": self.devices, "memoryMiB": self.memory_mib,
+                           "at": round(self.at, 3), "replica": self.replica}, sort_keys=True, separators=(",", ":"))
+
+    @staticmethod
+    def decode(text: str) -> Claim | None:
+        """The claim, or None for a value this version cannot read (it then counts as gone
+        only once its ConfigMap entry is rewritten by a newer replica)."""
+        try:
+            raw = json.loads(text)
+            devices = raw["devices"]
+            if not isinstance(devices, dict) or not all(
+                isinstance(per, dict) and all(isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+                                              for ids in per.values()) for per in devices.values()):
+                return None
+            return Claim(str(raw["pod"]), devices, int(raw.get("memoryMiB", 0)), float(raw["at"]), str(raw.get("replica", "")))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def ledger_name(node: str) -> str:
+    """The ConfigMap name for ``node``: the prefix and the name, or a hash where that is too
+    long or not a valid object name."""
+    name = PREFIX + node
+    if len(name) <= NAME_LIMIT and _NAME_OK.match(name):
+        return name
+    return PREFIX + hashlib.sha256(node.encode()).hexdigest()[:40]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """The result of :meth:`Ledger.claim`: ``ok``, or the live claims of other pods that hold
+    some of the devices asked for (``taken``), or an ``error`` (the API failed)."""
+
+    ok: bool
+    taken: Mapping[str, Claim] = dataclasses.field(default_factory=dict)
+    error: str = ""
+
+
+class Ledger:
+    """Claims and releases devices in the per-node ledgers through a :class:`LedgerApi`."""
+
+    def __init__(self, api: LedgerApi, replica: str, clock: Callable[[], float] = time.time,
+                 claim_seconds: float = CLAIM_SECONDS) -> None:
+        self.api = api
+        self.replica = replica
+        self.clock = clock  # wall clock: claims are compared across processes
+        self.claim_seconds = claim_seconds
+
+    def _live(self, data: Mapping[str, str], now: float) -> dict[str, Claim]:
+        out: dict[str, Claim] = {}
+        for uid, text in data.items():
+            claim = Claim.decode(text)
+            if claim is not None and now - claim.at < self.claim_seconds:
+                out[uid] = claim
+        return out
+
+    def claim(self, node: str, uid: str, pod: str, devices: contract.Assignment, memory_mib: int) -> Outcome:
+        """Claims ``devices`` for pod ``uid`` on ``node``: ok when none of them is claimed by
+        another live pod and the write won; otherwise the claims that hold them."""
+        name = ledger_name(node)
+        mine = Claim(pod, devices, memory_mib, self.clock(), self.replica)
+        wanted = mine.ids()
+        for _ in range(WRITE_RETRIES):
+            try:
+                found = self.api.read(name)
+                now = self.clock()
+                live = self._live(found[0] if found else {}, now)
+                live.pop(uid, None)  # this pod's own earlier claim (a retried bind) is replaced
+                taken = {u: c for u, c in live.items() if c.ids() & wanted}
+                if taken:
+                    return Outcome(False, taken)
+                data = {u: c.encode() for u, c in live.items()}
+                data[uid] = dataclasses.replace(mine, at=now).encode()
+                if found is None:
+                    self.api.create(name, data)
+                else:
+                    self.api.replace(name, data, found[1])
+                return Outcome(True)
+            except Conflict:
+                continue  # someone wrote in between: read again
+            except Exception as err:  # the API's errors are many; the scheduler needs the text
+                return Outcome(False, error=f"gpupack: claiming devices on {node} in ConfigMap {name}: {err}")
+        return Outcome(False, error=f"gpupack: the device ledger of {node} kept changing; gave up after {WRITE_RETRIES} tries")
+
+    def release(self, node: str, uid: str) -> None:
+        """Removes pod ``uid``'s claim (a bind that failed after claiming). Best effort: a
+        claim left behind expires after :attr:`claim_seconds`."""
+        name = ledger_name(node)
+        for _ in range(WRITE_RETRIES):
+            try:
+                found = self.api.read(name)
+                if found is None or uid not in found[0]:
+                    return
+                data = {u: c.encode() for u, c in self._live(found[0], self.clock()).items() if u != uid}
+                self.api.replace(name, data, found[1])
+                return
+            except Conflict:
+                continue
+            except Exception:
+                return
+
+
+class NoLedger:
+    """A ledger for a single replica (``--ledger off``, or serving a snapshot): every claim
+    succeeds, nothing is written."""
+
+    def claim(self, node: str, uid: str, pod: str, devices: contract.Assignment, memory_mib: int) -> Outcome:
+        return Outcome(True)
+
+    def release(self, node: str, uid: str) -> None:
+        return None
+
+
+class KubeLedgerApi:
+    """:class:`LedgerApi` over the official kubernetes client's ``CoreV1Api``, in one namespace.
+    Responses are read and released, so connections go back to the pool."""
+
+    def __init__(self, core_v1: Any, namespace: str) -> None:
+        self.core = core_v1
+        self.namespace = namespace
+
+    def read(self, name: str) -> tuple[dict[str, str], str] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resp = self.core.read_namespaced_config_map(name, self.namespace, _preload_content=False)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        try:
+            obj = json.loads(resp.data)
+        finally:
+            resp.release_conn()
+        data = obj.get("data") or {}
+        return {str(k): str(v) for k, v in data.items()}, str(obj["metadata"]["resourceVersion"])
+
+    def create(self, name: str, data: dict[str, str]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        body = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": self.namespace,
+                             "labels": {"app.kubernetes.io/part-of": "gpupack", "gpupack.io/ledger": "node"}},
+                "data": data}
+        try:
+            resp = self.core.create_namespaced_config_map(self.namespace, body, _preload_content=False)
+            resp.release_conn()
+        except ApiException as err:
+            if err.status == 409:
+                raise Conflict(str(err.reason)) from err
+            raise
+
+    def replace(self, name: str, data: dict[str, str], resource_version: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        body = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": self.namespace, "resourceVersion": resource_version,
+                             "labels": {"app.kubernetes.io/part-of": "gpupack", "gpupack.io/ledger": "node"}},
+                "data": data}
+        try:
+            resp = self.core.replace_namespaced_config_map(name, self.namespace, body, _preload_content=False)
+            resp.release_conn()
+        except ApiException as err:
+            if err.status == 409:
+                raise Conflict(str(err.reason)) from err
+            raise

@@ -1,0 +1,222 @@
+"""One truth across replicas: binds through different extender replicas (each with its own
+cache) never give one device to two pods, because every bind claims its devices in the
+node's ledger with a compare-and-swap (scheduler_ext/ledger.py).
+
+The replicas here share one fake API server (pods and ConfigMaps with resourceVersions);
+their reads of the ledger are forced to interleave (every racer reads before any writes),
+which is the race that gave one GPU to two pods before the ledger existed.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+import pytest
+
+from gpupack import contract
+from scheduler_ext import ledger as ledger_mod
+from scheduler_ext.binder import Binder
+from scheduler_ext.cache import ClusterCache, from_objects
+from scheduler_ext.decide import Decider
+
+from .conftest import FakePodApi
+from tests.fixtures import node, pod
+
+GPU = contract.NVIDIA_GPU
+SHARED = contract.NVIDIA_GPU_SHARED
+
+
+class FakeLedgerApi:
+    """ConfigMaps by name with resourceVersions; 409 on a stale write. The first ``together``
+    reads wait for each other, so that many racers read the same version."""
+
+    def __init__(self, together: int = 0) -> None:
+        self.maps: dict[str, tuple[dict[str, str], int]] = {}
+        self.lock = threading.Lock()
+        self.barrier = threading.Barrier(together) if together > 1 else None
+        self.reads = 0
+        self.together = together
+        self.writes = 0
+        self.conflicts = 0
+
+    def read(self, name: str) -> tuple[dict[str, str], str] | None:
+        with self.lock:
+            self.reads += 1
+            wait = self.barrier is not None and self.reads <= self.together
+            found = self.maps.get(name)
+            out = (dict(found[0]), str(found[1])) if found else None
+        if wait:
+            assert self.barrier is not None
+            self.barrier.wait(timeout=10)
+        return out
+
+    def create(self, name: str, data: dict[str, str]) -> None:
+        with self.lock:
+            if name in self.maps:
+                self.conflicts += 1
+                raise ledger_mod.Conflict("already exists")
+            self.maps[name] = (dict(data), 1)
+            self.writes += 1
+
+    def replace(self, name: str, data: dict[str, str], resource_version: str) -> None:
+        with self.lock:
+            found = self.maps.get(name)
+            if found is None or str(found[1]) != resource_version:
+                self.conflicts += 1
+                raise ledger_mod.Conflict("the object has been modified")
+            self.maps[name] = (dict(data), found[1] + 1)
+            self.writes += 1
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def replicas(objs: list[dict[str, Any]], pending: list[dict[str, Any]], n: int, ledger_api: Any,
+             clock: Clock | None = None) -> tuple[list[Binder], FakePodApi]:
+    """``n`` extender replicas, each with its own cache of ``objs``, over one API server."""
+    api = FakePodApi(objs[1:] + pending if objs and objs[0]["kind"] == "Node" else pending)
+    binders = []
+    for i in range(n):
+        cache = from_objects(copy.deepcopy(objs))
+        led = ledger_mod.Ledger(ledger_api, f"replica-{i}", clock or Clock()) if ledger_api is not None else None
+        binders.append(Binder(api, cache, Decider(cache).policy, led))
+    return binders, api
+
+
+def race(binders: list[Binder], pods: list[str]) -> dict[str, str]:
+    """Binds pod i through replica i, all at once; the errors by pod ("" = bound)."""
+    out: dict[str, str] = {}
+    start = threading.Barrier(len(pods))
+
+    def bind(i: int) -> None:
+        start.wait(timeout=10)
+        out[pods[i]] = binders[i].bind({"PodName": pods[i], "PodNamespace": "default",
+                                        "PodUID": f"uid-{pods[i]}", "Node": "n1"})
+
+    threads = [threading.Thread(target=bind, args=(i,)) for i in range(len(pods))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive(), "a bind hung"
+    return out
+
+
+def devices_of(api: FakePodApi, name: str) -> list[str]:
+    ann = api.read_pod("default", name)["metadata"].get("annotations", {}).get(contract.DEVICES_ANNOTATION)
+    if ann is None:
+        return []
+    return [d for per in contract.decode_assignment(ann).values() for ids in per.values() for d in ids]
+
+
+def one_gpu_used() -> list[dict[str, Any]]:
+    return [node("n1", n=2), pod("a", gpus={GPU: 1}, node="n1", phase="Running", devices={"c0": {GPU: ["GPU-n1-0"]}})]
+
+
+def test_without_the_ledger_two_replicas_give_one_gpu_to_two_pods() -> None:
+    # the finding this module fixes: each replica's cache sees the one free GPU, both bind
+    binders, api = replicas(one_gpu_used(), [pod(f"p{i}", gpus={GPU: 1}) for i in range(2)], 2, None)
+    errors = race(binders, ["p0", "p1"])
+    assert errors == {"p0": "", "p1": ""}
+    assert devices_of(api, "p0") == devices_of(api, "p1") == ["GPU-n1-1"]
+
+
+def test_two_replicas_racing_for_the_last_gpu_bind_one_pod() -> None:
+    led = FakeLedgerApi(together=2)
+    binders, api = replicas(one_gpu_used(), [pod(f"p{i}", gpus={GPU: 1}) for i in range(2)], 2, led)
+    errors = race(binders, ["p0", "p1"])
+    winners = [p for p, e in errors.items() if e == ""]
+    assert len(winners) == 1, errors
+    loser = ({"p0", "p1"} - set(winners)).pop()
+    assert "no room left on n1" in errors[loser]
+    assert devices_of(api, winners[0]) == ["GPU-n1-1"] and devices_of(api, loser) == []
+    assert [b[1] for b in api.bindings] == winners
+    assert led.conflicts >= 1  # both read the same version: one write lost and read again
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_replicas_racing_for_free_gpus_get_distinct_ones(n: int) -> None:
+    # n racers, n free GPUs: without the ledger every replica's kernel picks the same GPU
+    led = FakeLedgerApi(together=n)
+    pods = [f"p{i}" for i in range(n)]
+    binders, api = replicas([node("n1", n=n)], [pod(p, gpus={GPU: 1}) for p in pods], n, led)
+    errors = race(binders, pods)
+    assert set(errors.values()) == {""}
+    given = [d for p in pods for d in devices_of(api, p)]
+    assert sorted(given) == [f"GPU-n1-{i}" for i in range(n)]
+
+
+def test_three_replicas_two_free_gpus_never_one_twice() -> None:
+    led = FakeLedgerApi(together=3)
+    pods = ["p0", "p1", "p2"]
+    binders, api = replicas([node("n1", n=2)], [pod(p, gpus={GPU: 1}) for p in pods], 3, led)
+    errors = race(binders, pods)
+    bound = [p for p, e in errors.items() if e == ""]
+    assert len(bound) == 2
+    given = [d for p in bound for d in devices_of(api, p)]
+    assert sorted(given) == ["GPU-n1-0", "GPU-n1-1"]
+
+
+def test_shares_through_two_replicas_get_distinct_replicas() -> None:
+    led = FakeLedgerApi(together=2)
+    binders, api = replicas([node("n1", n=1, resource=SHARED, replicas=4)],
+                            [pod(f"s{i}", gpus={SHARED: 1}) for i in range(2)], 2, led)
+    errors = race(binders, ["s0", "s1"])
+    assert set(errors.values()) == {""}
+    assert sorted(devices_of(api, "s0") + devices_of(api, "s1")) == [contract.share_id("GPU-n1-0", r) for r in (0, 1)]
+
+
+def test_a_claim_expires_and_a_retried_pod_reuses_its_own() -> None:
+    led, clock = FakeLedgerApi(), Clock()
+    ledger = ledger_mod.Ledger(led, "r0", clock, claim_seconds=60)
+    gpu0 = {"c0": {GPU: ["GPU-n1-0"]}}
+    assert ledger.claim("n1", "uid-a", "default/a", gpu0, 0).ok
+    # another pod cannot claim GPU 0 while a's claim lives ...
+    blocked = ledger.claim("n1", "uid-b", "default/b", gpu0, 0)
+    assert not blocked.ok and set(blocked.taken) == {"uid-a"} and blocked.taken["uid-a"].pod == "default/a"
+    # ... a retried bind of a itself may (its old claim is replaced, not counted)
+    assert ledger.claim("n1", "uid-a", "default/a", gpu0, 0).ok
+    # 60 s on, a's claim is gone from the count and dropped from the ConfigMap at the next write
+    clock.now += 60
+    assert ledger.claim("n1", "uid-b", "default/b", gpu0, 0).ok
+    data, _ = led.maps[ledger_mod.ledger_name("n1")]
+    assert set(data) == {"uid-b"}
+
+
+def test_a_failed_bind_releases_its_claim() -> None:
+    led = FakeLedgerApi()
+
+    class NoBinding(FakePodApi):
+        def create_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
+            raise RuntimeError("the API server went away")
+
+    objs = [node("n1", n=1)]
+    api = NoBinding([pod("p0", gpus={GPU: 1})])
+    cache: ClusterCache = from_objects(objs)
+    binder = Binder(api, cache, Decider(cache).policy, ledger_mod.Ledger(led, "r0", Clock()))
+    error = binder.bind({"PodName": "p0", "PodNamespace": "default", "PodUID": "uid-p0", "Node": "n1"})
+    assert "the API server went away" in error
+    data, _ = led.maps[ledger_mod.ledger_name("n1")]
+    assert data == {}  # nothing left claimed
+    rows, _, _ = cache.select(["n1"])
+    assert rows.free[0, 0] == 1  # nor reserved in the cache
+
+
+def test_the_ledger_names_every_node_validly() -> None:
+    assert ledger_mod.ledger_name("gpu-node-1") == "gpupack-node-gpu-node-1"
+    long = ledger_mod.ledger_name("n" * 250)
+    assert long.startswith("gpupack-node-") and len(long) <= 253
+    assert ledger_mod.ledger_name("Upper_Case") != ledger_mod.ledger_name("upper_case")
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", '{"pod": "a"}', '{"pod": "a", "devices": 3, "at": 1}',
+                                  '{"pod": "a", "devices": {"c": {"r": [1]}}, "at": 1}'])
+def test_an_unreadable_claim_is_not_counted(text: str) -> None:
+    assert ledger_mod.Claim.decode(text) is None
