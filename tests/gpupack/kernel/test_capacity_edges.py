@@ -9,6 +9,7 @@ too many, a model pin that leaks) fails one of these rows, whatever the random s
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -134,7 +135,10 @@ def _cupy() -> Any:
         xp.zeros(1).sum()
         return xp
     except Exception as err:  # no CuPy, or no GPU behind it
-        pytest.skip(f"CuPy is not usable here ({type(err).__name__}: {err}); tools/gpu-check.sh runs this on a GPU")
+        reason = f"CuPy is not usable here ({type(err).__name__}: {err})"
+        if os.environ.get("GPUPACK_REQUIRE_GPU") == "1":
+            pytest.fail(reason + ", and GPUPACK_REQUIRE_GPU=1 asks for it")
+        pytest.skip(reason + "; tools/gpu-check.sh runs this on a GPU")
 
 
 def test_capacity_edges_on_cupy() -> None:
