@@ -3,5 +3,7 @@
 Layers, outermost first: ``main`` (flags, wiring) -> ``manager`` (lifecycle: servers,
 registration, restarts, health) -> ``server`` (gRPC servicer, only converts protobuf) ->
 ``resources``/``preferred``/``health`` (pure decisions) -> ``discovery`` (the hardware seam:
-NVML, fake) -> ``gpupack.contract``.
+one backend per file, NVML, AMD and Intel sysfs, behind ``discovery.backend``) ->
+``gpupack.contract``. ``fakes`` (fake NVML, fake sysfs trees, the fake inventory file) stand
+beside it for tests and demos; production code loads them only for ``--backend fake``.
 """

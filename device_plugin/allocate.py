@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from device_plugin.discovery import ContainerEdits
+from device_plugin.discovery.backend import ContainerEdits
 from device_plugin.resources import Device
 
 

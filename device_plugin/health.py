@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from device_plugin import xids
-from device_plugin.discovery import HealthEvent
+from device_plugin.discovery.backend import HealthEvent
 
 log = logging.getLogger("gpupack.health")
 

@@ -34,7 +34,7 @@ from gpupack import node_slots, topology
 from device_plugin import allocate as allocate_mod
 from device_plugin import resources
 from device_plugin.claims import ClaimBook, PodClaim
-from device_plugin.discovery import Backend, ContainerEdits, HealthEvent
+from device_plugin.discovery.backend import Backend, ContainerEdits, HealthEvent
 from device_plugin.fswatch import DirWatcher
 from device_plugin.health import HealthSettings, HealthTracker
 from device_plugin.metrics import PluginMetrics

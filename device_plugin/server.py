@@ -22,7 +22,7 @@ from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2_grpc as pb_grpc
 
 from device_plugin.allocate import AllocationError
-from device_plugin.discovery import ContainerEdits
+from device_plugin.discovery.backend import ContainerEdits
 from device_plugin.metrics import PluginMetrics
 from gpupack.topology import PreferenceError
 from device_plugin.resources import Device

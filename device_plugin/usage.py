@@ -30,18 +30,11 @@ from gpupack import contract
 from gpupack.kubeletapi import podresources_v1_pb2 as prpb
 from gpupack.kubeletapi import podresources_v1_pb2_grpc as prpb_grpc
 
+from device_plugin.discovery.backend import Reading
+
 log = logging.getLogger("gpupack.usage")
 
 DEFAULT_POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
-
-
-@dataclasses.dataclass(frozen=True)
-class Reading:
-    """One GPU's (or MIG device's) utilisation and memory; None where NVML gives none."""
-
-    utilization: float | None
-    memory_used: int | None
-    memory_total: int | None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,8 +19,8 @@ import grpc
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 from gpupack_cli.kubelet_standin import KubeletStandIn
 
-from device_plugin import fake_nvml
-from device_plugin.discovery import NvmlBackend
+from device_plugin.discovery.nvml import NvmlBackend
+from device_plugin.fakes import nvml as fake_nvml
 from device_plugin.health import HealthSettings
 from device_plugin.manager import Manager
 

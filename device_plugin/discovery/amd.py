@@ -18,7 +18,6 @@ presence: the GPU answers while its PCI device, its render minor and its attribu
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import pathlib
@@ -26,8 +25,8 @@ import re
 
 from gpupack import contract
 
-from device_plugin import sysfs
-from device_plugin.discovery import ContainerEdits, DiscoveryError, HealthEvent
+from device_plugin.discovery import sysfs
+from device_plugin.discovery.backend import DiscoveryError
 
 log = logging.getLogger("gpupack.amd")
 
@@ -75,29 +74,16 @@ def model_name(device_id: int) -> str:
     return MODELS.get(device_id, f"AMD GPU 0x{device_id:04x}")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Found:
-    gpu: contract.Gpu
-    pci_dir: pathlib.Path
-    card: int
-    render: int
-
-
-class AmdBackend:
-    """AMD GPUs of the node, read from ``sysfs_root`` (the host's /sys); ``dev_root`` is where
-    the host's /dev is seen, to warn when the device nodes a container needs are missing."""
+class AmdBackend(sysfs.SysfsBackend):
+    """AMD GPUs of the node on amdgpu, read from ``sysfs_root`` (the host's /sys); every
+    container given one also gets ``/dev/kfd``."""
 
     name = "amd"
+    vendor = "AMD"
+    shared_device_nodes = (KFD_DEVICE,)
+    logger = log
 
-    def __init__(self, sysfs_root: pathlib.Path = pathlib.Path("/sys"), dev_root: pathlib.Path = pathlib.Path("/dev")) -> None:
-        self.sysfs_root = sysfs_root
-        self.dev_root = dev_root
-        self._found: dict[str, _Found] = {}
-        self._health = sysfs.PresenceWatch(self._check)
-
-    # --- discovery ----------------------------------------------------------------------
-
-    def discover(self) -> tuple[contract.Gpu, ...]:
+    def _find(self) -> dict[str, sysfs.Found]:
         nodes_dir = self.sysfs_root / KFD_NODES
         try:
             nodes = sorted((n for n in os.listdir(nodes_dir) if n.isdigit()), key=int)
@@ -106,7 +92,7 @@ class AmdBackend:
                 f"no AMD GPU found: cannot read the KFD topology {nodes_dir} ({err.strerror}); is the amdgpu "
                 "driver loaded, and is the host's /sys mounted (--sysfs-root)?"
             ) from err
-        found: dict[str, _Found] = {}
+        found: dict[str, sysfs.Found] = {}
         for node in nodes:
             entry = self._gpu_of_node(nodes_dir / node, len(found))
             if entry is None:
@@ -122,12 +108,9 @@ class AmdBackend:
                 f"no AMD GPU found: none of the {len(nodes)} KFD topology node(s) under {nodes_dir} is a GPU "
                 "bound to amdgpu (GPU nodes have simd_count > 0)"
             )
-        self._found = found
-        self._warn_missing_device_nodes()
-        self._health.watch(found)
-        return tuple(f.gpu for f in found.values())
+        return found
 
-    def _gpu_of_node(self, node_dir: pathlib.Path, index: int) -> _Found | None:
+    def _gpu_of_node(self, node_dir: pathlib.Path, index: int) -> sysfs.Found | None:
         props = sysfs.read_properties(node_dir / "properties")
         if props is None:
             log.warning("KFD node %s has no readable properties; skipped", node_dir.name)
@@ -164,12 +147,7 @@ class AmdBackend:
             pci_bus_id=address,
             resource=contract.AMD_GPU,
         )
-        entry = _Found(gpu, pci_dir, card, render)
-        problem = self._check_entry(entry)
-        if problem is not None:
-            log.warning("GPU %s does not answer (%s); advertising it as Unhealthy", gpu.id, problem)
-            entry = dataclasses.replace(entry, gpu=dataclasses.replace(gpu, healthy=False))
-        return entry
+        return self._as_found(sysfs.Found(gpu, pci_dir, card, render))
 
     @staticmethod
     def _vram_bytes(node_dir: pathlib.Path, pci_dir: pathlib.Path) -> int:
@@ -184,37 +162,9 @@ class AmdBackend:
                 total += props.get("size_in_bytes", 0)
         return total or sysfs.read_int(pci_dir / "mem_info_vram_total") or 0
 
-    def _warn_missing_device_nodes(self) -> None:
-        if not self.dev_root.is_dir():
-            return
-        wanted = [KFD_DEVICE] + [p for f in self._found.values() for p in self._nodes_of(f)]
-        missing = [p for p in wanted if not (self.dev_root / p.removeprefix("/dev/")).exists()]
-        if missing:
-            log.warning(
-                "device nodes missing under %s: %s; containers given these GPUs will not start "
-                "(is /dev mounted, or --dev-root set to where it is?)", self.dev_root, ", ".join(missing),
-            )
-
-    # --- allocation ---------------------------------------------------------------------
-
-    @staticmethod
-    def _nodes_of(entry: _Found) -> list[str]:
-        return [f"/dev/dri/card{entry.card}", f"/dev/dri/renderD{entry.render}"]
-
-    def container_edits(self, visible_ids: list[str], pass_device_specs: bool) -> ContainerEdits:
-        # AMD has no container toolkit that turns an env var into devices: always give nodes.
-        nodes = [KFD_DEVICE]
-        for gpu_id in visible_ids:
-            entry = self._found.get(gpu_id)
-            if entry is None:
-                log.error("asked for device nodes of unknown AMD GPU %s", gpu_id)
-                continue
-            nodes += self._nodes_of(entry)
-        return ContainerEdits({}, tuple(dict.fromkeys(nodes)))
-
     # --- health -------------------------------------------------------------------------
 
-    def _check_entry(self, entry: _Found) -> str | None:
+    def _check_found(self, entry: sysfs.Found) -> str | None:
         if not entry.pci_dir.is_dir():
             return f"PCI device {entry.gpu.pci_bus_id} is gone from {entry.pci_dir.parent}"
         if not (entry.pci_dir / "drm" / f"renderD{entry.render}").exists():
@@ -222,16 +172,3 @@ class AmdBackend:
         if sysfs.read_int(entry.pci_dir / "vendor") != AMD_VENDOR_ID:
             return f"PCI device {entry.gpu.pci_bus_id} does not answer (vendor unreadable)"
         return None
-
-    def _check(self, gpu_id: str) -> str | None:
-        entry = self._found.get(gpu_id)
-        return "not an AMD GPU of this node" if entry is None else self._check_entry(entry)
-
-    def wait_event(self, timeout_s: float) -> HealthEvent | None:
-        return self._health.wait_event(timeout_s)
-
-    def probe(self, gpu_id: str) -> str | None:
-        return self._health.probe(gpu_id)
-
-    def close(self) -> None:
-        self._health.close()

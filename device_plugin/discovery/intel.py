@@ -14,15 +14,14 @@ presence: the card answers while its PCI device, render minor and attributes are
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import pathlib
 
 from gpupack import contract
 
-from device_plugin import sysfs
-from device_plugin.discovery import ContainerEdits, DiscoveryError, HealthEvent
+from device_plugin.discovery import sysfs
+from device_plugin.discovery.backend import DiscoveryError
 
 log = logging.getLogger("gpupack.intel")
 
@@ -51,30 +50,14 @@ def model_name(device_id: int) -> str:
     return MODELS.get(device_id, f"Intel GPU 0x{device_id:04x}")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Found:
-    gpu: contract.Gpu
-    card_dir: pathlib.Path
-    pci_dir: pathlib.Path  # the card's PCI device, resolved: it outlives the card's class link
-    card: int
-    render: int
-
-
-class IntelBackend:
-    """Intel GPUs of the node on i915 or xe, read from ``sysfs_root`` (the host's /sys);
-    ``dev_root`` is where the host's /dev is seen, to warn when device nodes are missing."""
+class IntelBackend(sysfs.SysfsBackend):
+    """Intel GPUs of the node on i915 or xe, read from ``sysfs_root`` (the host's /sys)."""
 
     name = "intel"
+    vendor = "Intel"
+    logger = log
 
-    def __init__(self, sysfs_root: pathlib.Path = pathlib.Path("/sys"), dev_root: pathlib.Path = pathlib.Path("/dev")) -> None:
-        self.sysfs_root = sysfs_root
-        self.dev_root = dev_root
-        self._found: dict[str, _Found] = {}
-        self._health = sysfs.PresenceWatch(self._check)
-
-    # --- discovery ----------------------------------------------------------------------
-
-    def discover(self) -> tuple[contract.Gpu, ...]:
+    def _find(self) -> dict[str, sysfs.Found]:
         drm = self.sysfs_root / DRM_CLASS
         try:
             names = os.listdir(drm)
@@ -83,7 +66,7 @@ class IntelBackend:
                 f"no Intel GPU found: cannot read {drm} ({err.strerror}); is the host's /sys mounted (--sysfs-root)?"
             ) from err
         cards = sorted((int(m.group(1)), name) for name in names if (m := sysfs.CARD.match(name)))
-        found: dict[str, _Found] = {}
+        found: dict[str, sysfs.Found] = {}
         for minor, name in cards:
             entry = self._card(drm / name, minor, len(found))
             if entry is not None:
@@ -93,12 +76,9 @@ class IntelBackend:
                 f"no Intel GPU found: none of the {len(cards)} DRM card(s) under {drm} has vendor 0x8086 "
                 "and the i915 or xe driver"
             )
-        self._found = found
-        self._warn_missing_device_nodes()
-        self._health.watch(found)
-        return tuple(f.gpu for f in found.values())
+        return found
 
-    def _card(self, card_dir: pathlib.Path, minor: int, index: int) -> _Found | None:
+    def _card(self, card_dir: pathlib.Path, minor: int, index: int) -> sysfs.Found | None:
         device = card_dir / "device"
         if sysfs.read_int(device / "vendor") != INTEL_VENDOR_ID:
             return None
@@ -122,12 +102,7 @@ class IntelBackend:
             pci_bus_id=address,
             resource=RESOURCES[driver],
         )
-        entry = _Found(gpu, card_dir, pci_dir, minor, render)
-        problem = self._check_entry(entry)
-        if problem is not None:
-            log.warning("Intel GPU %s does not answer (%s); advertising it as Unhealthy", gpu.id, problem)
-            entry = dataclasses.replace(entry, gpu=dataclasses.replace(gpu, healthy=False))
-        return entry
+        return self._as_found(sysfs.Found(gpu, pci_dir, minor, render))
 
     @staticmethod
     def _local_memory_bytes(card_dir: pathlib.Path, device: pathlib.Path) -> int:
@@ -146,37 +121,9 @@ class IntelBackend:
             total += sysfs.read_int(device / tile / "physical_vram_size_bytes") or 0
         return total
 
-    def _warn_missing_device_nodes(self) -> None:
-        if not self.dev_root.is_dir():
-            return
-        wanted = [p for f in self._found.values() for p in self._nodes_of(f)]
-        missing = [p for p in wanted if not (self.dev_root / p.removeprefix("/dev/")).exists()]
-        if missing:
-            log.warning(
-                "device nodes missing under %s: %s; containers given these GPUs will not start "
-                "(is /dev mounted, or --dev-root set to where it is?)", self.dev_root, ", ".join(missing),
-            )
-
-    # --- allocation ---------------------------------------------------------------------
-
-    @staticmethod
-    def _nodes_of(entry: _Found) -> list[str]:
-        return [f"/dev/dri/card{entry.card}", f"/dev/dri/renderD{entry.render}"]
-
-    def container_edits(self, visible_ids: list[str], pass_device_specs: bool) -> ContainerEdits:
-        # Intel has no container toolkit that turns an env var into devices: always give nodes.
-        nodes: list[str] = []
-        for gpu_id in visible_ids:
-            entry = self._found.get(gpu_id)
-            if entry is None:
-                log.error("asked for device nodes of unknown Intel GPU %s", gpu_id)
-                continue
-            nodes += self._nodes_of(entry)
-        return ContainerEdits({}, tuple(dict.fromkeys(nodes)))
-
     # --- health -------------------------------------------------------------------------
 
-    def _check_entry(self, entry: _Found) -> str | None:
+    def _check_found(self, entry: sysfs.Found) -> str | None:
         if not entry.pci_dir.is_dir():
             return f"PCI device {entry.gpu.pci_bus_id} is gone"
         if not (entry.pci_dir / "drm" / f"card{entry.card}").exists():
@@ -186,16 +133,3 @@ class IntelBackend:
         if sysfs.read_int(entry.pci_dir / "vendor") != INTEL_VENDOR_ID:
             return f"PCI device {entry.gpu.pci_bus_id} does not answer (vendor unreadable)"
         return None
-
-    def _check(self, gpu_id: str) -> str | None:
-        entry = self._found.get(gpu_id)
-        return "not an Intel GPU of this node" if entry is None else self._check_entry(entry)
-
-    def wait_event(self, timeout_s: float) -> HealthEvent | None:
-        return self._health.wait_event(timeout_s)
-
-    def probe(self, gpu_id: str) -> str | None:
-        return self._health.probe(gpu_id)
-
-    def close(self) -> None:
-        self._health.close()

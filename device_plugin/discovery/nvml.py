@@ -1,87 +1,29 @@
-"""The hardware seam: what GPUs this node has, how they are reached, and what goes wrong.
+"""NVIDIA GPUs through NVML: whole GPUs, MIG devices, NVLink peers, XID events and usage.
 
-A :class:`Backend` answers four questions for the rest of the plugin, which never touches a
-hardware library itself: which GPUs exist (:meth:`Backend.discover`), which device nodes and
-environment a container needs for some of them, what health events happen
-(:meth:`Backend.wait_event`), and whether a GPU answers again (:meth:`Backend.probe`).
-
-- :class:`NvmlBackend` speaks NVML through the module it is given (``pynvml`` on a real node,
-  :class:`~device_plugin.fake_nvml.FakeNvml` in tests).
-- :class:`FakeFileBackend` is the NVML backend over a fake machine read from an inventory file;
-  rewriting the file (``healthy: false``) injects a fault into the running plugin.
-- :mod:`device_plugin.sysfs_amd` and :mod:`device_plugin.sysfs_intel` read AMD and Intel GPUs
-  from a sysfs root; :mod:`device_plugin.fake_sysfs` builds such roots for tests and demos.
-- :func:`open_backend` chooses: ``nvml``, ``amd``, ``intel``, ``fake``, or ``auto`` (NVML where
-  libnvidia-ml loads, else AMD, else Intel GPUs in sysfs).
+:class:`NvmlBackend` is given the NVML module it speaks through (``pynvml`` on a real node,
+:class:`~device_plugin.fakes.nvml.FakeNvml` in tests and for ``--backend fake``) and never
+imports one itself. GPU ids are NVML's UUIDs; MIG devices get NVIDIA's profile names
+(:func:`mig_profile_name`); a container is given ``NVIDIA_VISIBLE_DEVICES`` for the NVIDIA
+container toolkit and, with ``--pass-device-specs``, the ``/dev/nvidia*`` nodes as well.
 """
 
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import logging
 import math
-import os
 import pathlib
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from gpupack import contract
 
-from device_plugin import fake_nvml
-
-if TYPE_CHECKING:
-    from device_plugin import usage
+from device_plugin.discovery.backend import ContainerEdits, DiscoveryError, HealthEvent, Reading
 
 log = logging.getLogger("gpupack.discovery")
 
 #: Device nodes every NVIDIA container needs besides its GPUs' own /dev/nvidiaN.
 NVIDIA_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
 NVIDIA_CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
-
-
-class DiscoveryError(RuntimeError):
-    """The backend cannot start; the message says why in an operator's words."""
-
-
-@dataclasses.dataclass(frozen=True)
-class HealthEvent:
-    """Something happened to a GPU (or, with ``gpu_id`` None, to every GPU)."""
-
-    gpu_id: str | None
-    reason: str
-    xid: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ContainerEdits:
-    """What a container is given for its devices: environment and host device nodes."""
-
-    envs: dict[str, str]
-    device_nodes: tuple[str, ...]  # host paths, mapped to the same path in the container
-
-
-class Backend(Protocol):
-    name: str
-
-    def discover(self) -> tuple[contract.Gpu, ...]:
-        """Every GPU of the node, with its health as of now; resource and replicas unset."""
-        ...
-
-    def container_edits(self, visible_ids: list[str], pass_device_specs: bool) -> ContainerEdits:
-        """What a container needs for these devices (GPU or MIG ids, each once). NVIDIA gives
-        NVIDIA_VISIBLE_DEVICES and device nodes only with ``pass_device_specs``; vendors
-        without a container toolkit (AMD, Intel) always give device nodes."""
-        ...
-
-    def wait_event(self, timeout_s: float) -> HealthEvent | None:
-        """Blocks up to ``timeout_s`` for the next health event; None when there was none."""
-        ...
-
-    def probe(self, gpu_id: str) -> str | None:
-        """None when the GPU answers normally, else why not."""
-        ...
-
-    def close(self) -> None: ...
 
 
 def mig_profile_name(gi_slices: int, ci_slices: int, memory_mb: int, gpu_total_bytes: int) -> str:
@@ -339,24 +281,22 @@ class NvmlBackend:
             return f"NVML: {err}"
         return None
 
-    def read_usage(self, visible_id: str) -> "usage.Reading":
+    def read_usage(self, visible_id: str) -> Reading:
         """Utilisation and memory of a GPU or MIG device, None where NVML has no answer."""
-        from device_plugin import usage
-
         nvml = self.nvml
         try:
             handle = nvml.nvmlDeviceGetHandleByUUID(visible_id)
         except nvml.NVMLError:
-            return usage.Reading(None, None, None)
+            return Reading(None, None, None)
         try:
             ratio: float | None = nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0
         except nvml.NVMLError:
             ratio = None  # MIG mode and some GPUs give no utilisation
         try:
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            return usage.Reading(ratio, int(memory.used), int(memory.total))
+            return Reading(ratio, int(memory.used), int(memory.total))
         except nvml.NVMLError:
-            return usage.Reading(ratio, None, None)
+            return Reading(ratio, None, None)
 
     def close(self) -> None:
         try:
@@ -365,112 +305,3 @@ class NvmlBackend:
             self.nvml.nvmlShutdown()
         except self.nvml.NVMLError:
             pass
-
-
-class FakeFileBackend(NvmlBackend):
-    """The NVML backend over a fake machine described by an inventory file (demos, e2e tests).
-
-    The file is re-read when its modification time changes, checked on each event wait: a GPU
-    marked ``healthy: false`` falls off the bus (XID 79), and ``healthy: true`` brings it back.
-    """
-
-    name = "fake"
-
-    def __init__(self, path: pathlib.Path) -> None:
-        self.path = path
-        try:
-            raw = fake_nvml.load_inventory_file(path)
-            fake = fake_nvml.from_inventory(raw, seed=str(path))
-        except (ValueError, KeyError, TypeError) as err:
-            raise DiscoveryError(str(err)) from err
-        self.fake = fake
-        self._mtime = self._stat()
-        super().__init__(fake)
-
-    def _stat(self) -> float:
-        try:
-            return os.stat(self.path).st_mtime_ns
-        except OSError:
-            return 0
-
-    def wait_event(self, timeout_s: float) -> HealthEvent | None:
-        mtime = self._stat()
-        if mtime != self._mtime:
-            self._mtime = mtime
-            try:
-                fake_nvml.update_from_inventory(self.fake, fake_nvml.load_inventory_file(self.path))
-            except ValueError as err:
-                log.warning("ignoring unreadable fake inventory change: %s", err)
-        # Wake at least every 0.2 s to notice file changes.
-        return super().wait_event(min(timeout_s, 0.2))
-
-
-def fake_backend(path: pathlib.Path) -> Backend:
-    """The fake backend for an inventory file: the NVML backend over a fake NVML for NVIDIA GPUs
-    (no ``vendor``, or ``nvidia``); the real AMD or Intel backend over a fake sysfs tree for
-    ``vendor: amd`` or ``vendor: intel``. One vendor per file, as one node has."""
-    try:
-        raw = fake_nvml.load_inventory_file(path)
-    except ValueError as err:
-        raise DiscoveryError(str(err)) from err
-    vendors = sorted({str(g.get("vendor", "nvidia")) if isinstance(g, dict) else "?" for g in raw["gpus"]})
-    if vendors in ([], ["nvidia"]):
-        return FakeFileBackend(path)
-    if vendors in (["amd"], ["intel"]):
-        from device_plugin import fake_sysfs  # imports this module
-
-        return fake_sysfs.FakeSysfsFileBackend(path, raw)
-    raise DiscoveryError(
-        f"fake inventory {path}: GPUs of vendor(s) {', '.join(vendors)}; expected one of nvidia, amd or intel per file"
-    )
-
-
-def _auto(sysfs_root: pathlib.Path, dev_root: pathlib.Path) -> Backend:
-    """NVML where libnvidia-ml loads, else AMD GPUs in sysfs, else Intel GPUs in sysfs."""
-    from device_plugin import sysfs_amd, sysfs_intel  # they import this module
-
-    tried = []
-    try:
-        return open_backend("nvml", sysfs_root=sysfs_root)
-    except DiscoveryError as err:
-        tried.append(f"NVIDIA: libnvidia-ml.so.1 did not load ({err})")
-    for backend in (sysfs_amd.AmdBackend(sysfs_root, dev_root), sysfs_intel.IntelBackend(sysfs_root, dev_root)):
-        try:
-            backend.discover()
-        except DiscoveryError as err:
-            tried.append(str(err))
-            continue
-        return backend
-    raise DiscoveryError(
-        "no GPU backend found. " + "; ".join(tried) + ". On an NVIDIA node, run with the NVIDIA container "
-        "runtime or mount the driver libraries; on an AMD or Intel node, mount the host's /sys (--sysfs-root); "
-        "elsewhere use --backend fake --fake-inventory FILE."
-    )
-
-
-def open_backend(
-    kind: str,
-    fake_inventory: pathlib.Path | None = None,
-    sysfs_root: pathlib.Path = pathlib.Path("/sys"),
-    dev_root: pathlib.Path = pathlib.Path("/dev"),
-) -> Backend:
-    """The backend named by ``--backend``; a DiscoveryError says what to do when it cannot start."""
-    if kind == "fake":
-        if fake_inventory is None:
-            raise DiscoveryError("--backend fake needs --fake-inventory FILE (a YAML or JSON GPU list)")
-        return fake_backend(fake_inventory)
-    if kind == "auto":
-        return _auto(sysfs_root, dev_root)
-    if kind == "nvml":
-        try:
-            import pynvml
-        except ImportError as err:  # pragma: no cover - a dependency of the package
-            raise DiscoveryError(f"the nvidia-ml-py package is missing: {err}") from err
-        return NvmlBackend(pynvml, sysfs_root)
-    if kind in ("amd", "intel"):
-        from device_plugin import sysfs_amd, sysfs_intel  # they import this module
-
-        backend: Backend = (sysfs_amd.AmdBackend if kind == "amd" else sysfs_intel.IntelBackend)(sysfs_root, dev_root)
-        backend.discover()  # refuses a node without such GPUs now, with the reason
-        return backend
-    raise DiscoveryError(f"unknown backend {kind!r}: choose auto, nvml, amd, intel or fake")

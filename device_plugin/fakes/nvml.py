@@ -11,21 +11,19 @@ make every NVML call fail.
 Two machines are modelled after real ones: :func:`a100_sxm4_8x` (DGX A100 40GB: 8 GPUs, each
 with 12 NVLinks into six NVSwitches, GPUs 0-3 on NUMA node 0 and 4-7 on node 1) and
 :func:`h100_pcie_pairs` (8 H100 PCIe 80GB joined in pairs by NVLink bridges of 4 links).
-:func:`from_inventory_file` builds one from the fake inventory file of the ``fake`` backend.
+:func:`from_inventory` builds one from the fake inventory of the ``fake`` backend
+(:mod:`device_plugin.fakes.inventory`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import pathlib
 import queue
 import threading
 from typing import Any
 
 import pynvml
-import yaml
 
 # Re-exported so the fake can stand in for the module: the backend reads these off `nvml`.
 NVMLError = pynvml.NVMLError
@@ -452,21 +450,6 @@ def h100_pcie_pairs(seed: str = "h100-node") -> FakeNvml:
         for i in range(8)
     ]
     return FakeNvml(gpus)
-
-
-def load_inventory_file(path: pathlib.Path) -> dict[str, Any]:
-    """Reads a fake inventory file (YAML or JSON) into a dict; raises ValueError with the path."""
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ValueError(f"fake inventory {path}: cannot read ({err.strerror})") from err
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"fake inventory {path}: not valid YAML/JSON ({err})") from err
-    if not isinstance(raw, dict) or not isinstance(raw.get("gpus"), list):
-        raise ValueError(f"fake inventory {path}: expected an object with a 'gpus' list")
-    return raw
 
 
 def from_inventory(raw: dict[str, Any], seed: str = "fake") -> FakeNvml:

@@ -13,8 +13,8 @@ laid out as the kernel lays out the real ones, so the real backends run over the
 :func:`mi300x_8x` and :func:`intel_cards` build machines modelled on real ones;
 :func:`remove_device` makes a GPU vanish as on a hot-unplug or a fall off the bus (its PCI
 device, links and KFD node go) and :func:`restore_device` brings it back.
-:class:`FakeSysfsFileBackend` runs the real AMD or Intel backend over a tree built from a
-fake inventory file, so ``--backend fake`` demos AMD and Intel nodes as well.
+:func:`from_inventory` builds the tree a fake inventory file describes, which
+:class:`~device_plugin.fakes.inventory.FakeSysfsFileBackend` runs the real backend over.
 """
 
 from __future__ import annotations
@@ -22,19 +22,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
-from gpupack import contract
-
-from device_plugin import fake_nvml, sysfs, sysfs_amd, sysfs_intel
-from device_plugin.discovery import Backend, ContainerEdits, DiscoveryError, HealthEvent
-
-log = logging.getLogger("gpupack.fake_sysfs")
+from device_plugin.discovery import amd, intel, sysfs
+from device_plugin.discovery.backend import DiscoveryError
 
 MANIFEST = ".fake-sysfs.json"  # per GPU: the folders it owns and the links to them
 REMOVED = ".removed"  # where a removed GPU's folders wait to be restored
@@ -132,7 +125,7 @@ def _bmc_vga(node: FakeNode, address: str = "0000:02:00.0") -> None:
 
 
 def _kfd_node(node: FakeNode, number: int, props: dict[str, int], banks: list[dict[str, int]]) -> pathlib.Path:
-    d = node.sysfs / sysfs_amd.KFD_NODES / str(number)
+    d = node.sysfs / amd.KFD_NODES / str(number)
     _write(d / "properties", "\n".join(f"{k} {v}" for k, v in props.items()))
     _write(d / "gpu_id", str(props.get("gpu_id", 0)))
     for i, bank in enumerate(banks):
@@ -157,7 +150,7 @@ def add_amd_gpu(
     vram_bytes: int = MI300X_VRAM_BYTES, numa: int = 0, unique: int = 0, product_name: str = "", simd_count: int = 1216,
 ) -> None:
     """One amdgpu PCI device with its DRM minors, KFD topology node and /dev nodes."""
-    pci = _pci_device(node, address, sysfs_amd.AMD_VENDOR_ID, device_id, "amdgpu", numa)
+    pci = _pci_device(node, address, amd.AMD_VENDOR_ID, device_id, "amdgpu", numa)
     _write(pci / "mem_info_vram_total", str(vram_bytes))
     if product_name:
         _write(pci / "product_name", product_name)
@@ -166,7 +159,7 @@ def add_amd_gpu(
     domain, rest = int(address[:4], 16), address[5:]
     bus, dev, fn = int(rest[:2], 16), int(rest[3:5], 16), int(rest[6:], 16)
     props = {"cpu_cores_count": 0, "simd_count": simd_count, "mem_banks_count": 1, "gpu_id": 1000 + kfd_node,
-             "vendor_id": sysfs_amd.AMD_VENDOR_ID, "device_id": device_id, "location_id": bus << 8 | dev << 3 | fn,
+             "vendor_id": amd.AMD_VENDOR_ID, "device_id": device_id, "location_id": bus << 8 | dev << 3 | fn,
              "domain": domain, "drm_render_minor": render, "hive_id": 0}
     if unique:
         props["unique_id"] = unique
@@ -194,7 +187,7 @@ def add_intel_card(
     """One Intel GPU on ``driver`` (i915 or xe) with its card, render minor and memory attributes."""
     memory, tiles = INTEL_MEMORY.get(device_id, (0, 1))
     memory = memory if memory_bytes is None else memory_bytes
-    pci = _pci_device(node, address, sysfs_intel.INTEL_VENDOR_ID, device_id, driver, numa)
+    pci = _pci_device(node, address, intel.INTEL_VENDOR_ID, device_id, driver, numa)
     card_link = _drm_minor(node, pci, f"card{card}", card)
     links = [node.sysfs / "bus/pci/devices" / address, card_link, _drm_minor(node, pci, f"renderD{128 + card}", 128 + card)]
     if memory and driver == "i915":
@@ -209,7 +202,7 @@ def intel_cards(root: pathlib.Path, driver: str = "i915", count: int = 4, device
     """``count`` Intel GPUs (Flex 170 unless told) on ``driver``, half per NUMA node, numbered
     after the cards already in ``root`` so calling it twice builds a mixed i915 + xe node; the
     first card has a display connector (``cardN-DP-1``), which is not a GPU."""
-    if driver not in sysfs_intel.RESOURCES:
+    if driver not in intel.RESOURCES:
         raise ValueError(f"driver must be i915 or xe, got {driver!r}")
     node = FakeNode(root)
     drm = node.sysfs / "class/drm"
@@ -272,8 +265,8 @@ def from_inventory(root: pathlib.Path, entries: list[dict[str, Any]], seed: str 
     without an ``id`` get one from ``seed``, the same on every build."""
     node = FakeNode(root)
     addresses = []
-    amd_models = {v: k for k, v in sysfs_amd.MODELS.items()}
-    intel_models = {v: k for k, v in sysfs_intel.MODELS.items()}
+    amd_models = {v: k for k, v in amd.MODELS.items()}
+    intel_models = {v: k for k, v in intel.MODELS.items()}
     for i, g in enumerate(entries):
         vendor = g.get("vendor")
         address = str(g.get("pciBusId") or f"0000:{0x18 + 0x10 * i:02x}:00.0").lower()[-12:]
@@ -281,17 +274,17 @@ def from_inventory(root: pathlib.Path, entries: list[dict[str, Any]], seed: str 
         numa = int(g.get("numaNode", 0))
         if vendor == "amd":
             gpu_id = str(g.get("id") or "")
-            unique = sysfs_amd.unique_id_of(gpu_id) if gpu_id else unique_id(f"{seed}/{i}")
+            unique = amd.unique_id_of(gpu_id) if gpu_id else unique_id(f"{seed}/{i}")
             if unique is None:
                 raise _inventory_error(i, f"AMD GPU ids are GPU-<16 hex digits> (the KFD unique_id), got {gpu_id!r}")
-            model = str(g.get("model", sysfs_amd.MODELS[0x74A1]))
+            model = str(g.get("model", amd.MODELS[0x74A1]))
             add_amd_gpu(node, 1 + i, address, card=1 + i, render=128 + i, device_id=amd_models.get(model, 0x74A1),
                         vram_bytes=memory or MI300X_VRAM_BYTES, numa=numa, unique=unique, product_name=model)
         elif vendor == "intel":
             driver = str(g.get("driver", "i915"))
-            if driver not in sysfs_intel.RESOURCES:
+            if driver not in intel.RESOURCES:
                 raise _inventory_error(i, f"driver: expected i915 or xe, got {driver!r}")
-            model = str(g.get("model", sysfs_intel.MODELS[0x56C0]))
+            model = str(g.get("model", intel.MODELS[0x56C0]))
             if model not in intel_models:
                 raise _inventory_error(i, f"unknown Intel model {model!r}; known: {', '.join(sorted(set(intel_models)))}")
             add_intel_card(node, address, i, driver=driver, device_id=intel_models[model],
@@ -302,83 +295,3 @@ def from_inventory(root: pathlib.Path, entries: list[dict[str, Any]], seed: str 
     if any(g.get("vendor") == "amd" for g in entries):
         add_kfd_cpu_node(node, 0)
     return node, addresses
-
-
-class FakeSysfsFileBackend:
-    """The real AMD or Intel backend over a fake tree built from a fake inventory file.
-
-    The tree lives in a temporary folder removed on :meth:`close`. The file is re-read when it
-    changes (checked on each event wait): ``healthy: false`` removes that GPU from the tree, as
-    if it fell off the bus, and ``healthy: true`` puts it back.
-    """
-
-    def __init__(self, path: pathlib.Path, raw: dict[str, Any]) -> None:
-        entries = raw["gpus"]
-        vendor = entries[0].get("vendor") if entries else None
-        self.name = f"fake-{vendor}"
-        self.path = path
-        self.folder = pathlib.Path(tempfile.mkdtemp(prefix="gpupack-fake-sysfs-"))
-        try:
-            self.node, self.addresses = from_inventory(self.folder, entries, seed=str(path))
-        except (ValueError, KeyError, TypeError) as err:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            raise DiscoveryError(f"fake inventory {path}: {err}") from err
-        except DiscoveryError:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            raise
-        kind = sysfs_amd.AmdBackend if vendor == "amd" else sysfs_intel.IntelBackend
-        self.inner: Backend = kind(self.node.sysfs, self.node.dev)
-        self._mtime = self._stat()
-
-    def _stat(self) -> int:
-        try:
-            return os.stat(self.path).st_mtime_ns
-        except OSError:
-            return 0
-
-    def _apply(self, entries: list[dict[str, Any]]) -> None:
-        for address, g in zip(self.addresses, entries):
-            if g.get("healthy", True):
-                restore_device(self.folder, address)
-            else:
-                remove_device(self.folder, address)
-
-    def discover(self) -> tuple[contract.Gpu, ...]:
-        # Every GPU is found first and those marked unhealthy vanish after, so they are
-        # advertised Unhealthy (as a GPU that fell off the bus is by NVML) rather than unknown.
-        entries = self._entries()
-        for address in self.addresses:
-            restore_device(self.folder, address)
-        gpus = self.inner.discover()
-        self._apply(entries)
-        down = {a for a, g in zip(self.addresses, entries) if not g.get("healthy", True)}
-        return tuple(dataclasses.replace(g, healthy=False) if g.pci_bus_id in down else g for g in gpus)
-
-    def _entries(self) -> list[dict[str, Any]]:
-        try:
-            entries: list[dict[str, Any]] = fake_nvml.load_inventory_file(self.path)["gpus"]
-            return entries
-        except (ValueError, KeyError) as err:
-            log.warning("ignoring unreadable fake inventory: %s", err)
-            return []
-
-    def container_edits(self, visible_ids: list[str], pass_device_specs: bool) -> ContainerEdits:
-        return self.inner.container_edits(visible_ids, pass_device_specs)
-
-    def wait_event(self, timeout_s: float) -> HealthEvent | None:
-        mtime = self._stat()
-        if mtime != self._mtime:
-            self._mtime = mtime
-            try:
-                self._apply(self._entries())
-            except (ValueError, KeyError, TypeError, OSError) as err:
-                log.warning("ignoring unusable fake inventory change: %s", err)
-        # Wake at least every 0.2 s to notice file changes.
-        return self.inner.wait_event(min(timeout_s, 0.2))
-
-    def probe(self, gpu_id: str) -> str | None:
-        return self.inner.probe(gpu_id)
-
-    def close(self) -> None:
-        self.inner.close()
-        shutil.rmtree(self.folder, ignore_errors=True)

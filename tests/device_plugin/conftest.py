@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from device_plugin import fake_nvml
-from device_plugin.discovery import NvmlBackend
+from device_plugin.discovery.nvml import NvmlBackend
+from device_plugin.fakes import nvml as fake_nvml
 from device_plugin.health import HealthSettings
 from device_plugin.manager import Manager
 from gpupack_cli.kubelet_standin import KubeletStandIn

@@ -10,8 +10,10 @@ from collections.abc import Iterator
 import pynvml
 import pytest
 
-from device_plugin import config, discovery, fake_sysfs, sysfs_amd
+from device_plugin import config, discovery
 from device_plugin.discovery import DiscoveryError
+from device_plugin.discovery import amd as sysfs_amd
+from device_plugin.fakes import sysfs as fake_sysfs
 from device_plugin.health import HealthSettings
 from device_plugin.manager import Manager
 from gpupack import contract

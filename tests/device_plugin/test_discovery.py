@@ -7,11 +7,15 @@ import pathlib
 
 import pytest
 
-from device_plugin import discovery, fake_nvml
+from device_plugin import discovery
+from device_plugin.discovery.backend import HealthEvent
+from device_plugin.discovery.nvml import NvmlBackend
+from device_plugin.fakes import inventory
+from device_plugin.fakes import nvml as fake_nvml
 
 
 def test_dgx_a100_is_found_with_nvswitch_links_and_numa_nodes() -> None:
-    gpus = discovery.NvmlBackend(fake_nvml.a100_sxm4_8x()).discover()
+    gpus = NvmlBackend(fake_nvml.a100_sxm4_8x()).discover()
     assert len(gpus) == 8
     assert {g.model for g in gpus} == {"NVIDIA A100-SXM4-40GB"}
     assert {g.memory_mib for g in gpus} == {40960}
@@ -23,7 +27,7 @@ def test_dgx_a100_is_found_with_nvswitch_links_and_numa_nodes() -> None:
 
 
 def test_h100_pairs_are_linked_only_to_their_partner() -> None:
-    gpus = discovery.NvmlBackend(fake_nvml.h100_pcie_pairs()).discover()
+    gpus = NvmlBackend(fake_nvml.h100_pcie_pairs()).discover()
     assert [[(link.peer, link.nvlinks) for link in g.links] for g in gpus] == [
         [(1, 4)], [(0, 4)], [(3, 4)], [(2, 4)], [(5, 4)], [(4, 4)], [(7, 4)], [(6, 4)]
     ]
@@ -32,7 +36,7 @@ def test_h100_pairs_are_linked_only_to_their_partner() -> None:
 def test_gpu_lost_at_start_is_left_out_and_the_rest_served(caplog: pytest.LogCaptureFixture) -> None:
     nvml = fake_nvml.a100_sxm4_8x()
     nvml.gpus[2].lost = True
-    gpus = discovery.NvmlBackend(nvml).discover()
+    gpus = NvmlBackend(nvml).discover()
     assert [g.id for g in gpus] == [g.uuid for g in nvml.gpus if g.index != 2]
     assert "GPU 2 does not answer NVML" in caplog.text and "NOT advertised" in caplog.text
 
@@ -41,12 +45,12 @@ def test_broken_nvml_is_a_clear_start_up_error() -> None:
     nvml = fake_nvml.a100_sxm4_8x()
     nvml.broken = True
     with pytest.raises(discovery.DiscoveryError, match="NVML did not initialise"):
-        discovery.NvmlBackend(nvml)
+        NvmlBackend(nvml)
 
 
 def test_event_wait_failure_is_a_health_event_for_every_gpu() -> None:
     nvml = fake_nvml.a100_sxm4_8x()
-    backend = discovery.NvmlBackend(nvml)
+    backend = NvmlBackend(nvml)
     backend.discover()
     nvml.broken = True
     event = backend.wait_event(0.01)
@@ -55,11 +59,11 @@ def test_event_wait_failure_is_a_health_event_for_every_gpu() -> None:
 
 def test_xid_event_names_the_gpu() -> None:
     nvml = fake_nvml.h100_pcie_pairs()
-    backend = discovery.NvmlBackend(nvml)
+    backend = NvmlBackend(nvml)
     backend.discover()
     nvml.inject_xid(3, 48)
     event = backend.wait_event(1.0)
-    assert event == discovery.HealthEvent(nvml.gpus[3].uuid, "XID 48", 48)
+    assert event == HealthEvent(nvml.gpus[3].uuid, "XID 48", 48)
 
 
 def test_fake_file_backend_reads_gpus_and_follows_file_changes(tmp_path: pathlib.Path) -> None:
@@ -69,7 +73,7 @@ def test_fake_file_backend_reads_gpus_and_follows_file_changes(tmp_path: pathlib
         {"id": "GPU-bbbb", "model": "NVIDIA H100 80GB HBM3", "memoryMiB": 81559, "numaNode": 1, "links": [{"peer": 0, "nvlinks": 18}]},
     ]}
     f.write_text(json.dumps(node))
-    backend = discovery.FakeFileBackend(f)
+    backend = inventory.FakeFileBackend(f)
     gpus = backend.discover()
     assert [g.id for g in gpus] == ["GPU-aaaa", "GPU-bbbb"]
     assert gpus[0].links[0].peer == 1 and gpus[0].links[0].nvlinks == 18

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from device_plugin.discovery import HealthEvent
+from device_plugin.discovery.backend import HealthEvent
 from device_plugin.health import HealthSettings, HealthTracker
 
 

@@ -9,8 +9,10 @@ import pathlib
 import pynvml
 import pytest
 
-from device_plugin import discovery, fake_sysfs, sysfs_intel
+from device_plugin import discovery
 from device_plugin.discovery import DiscoveryError
+from device_plugin.discovery import intel as sysfs_intel
+from device_plugin.fakes import sysfs as fake_sysfs
 from device_plugin.health import HealthSettings
 from device_plugin.manager import Manager
 from gpupack import contract

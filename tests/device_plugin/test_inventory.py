@@ -6,8 +6,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from device_plugin import fake_nvml, kube, resources
-from device_plugin.discovery import NvmlBackend
+from device_plugin import kube, resources
+from device_plugin.discovery.nvml import NvmlBackend
+from device_plugin.fakes import nvml as fake_nvml
 from device_plugin.manager import Manager
 from gpupack import contract
 from gpupack_cli.kubelet_standin import KubeletStandIn

@@ -8,8 +8,9 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from device_plugin import fake_nvml, resources
-from device_plugin.discovery import NvmlBackend, mig_profile_name
+from device_plugin import resources
+from device_plugin.discovery.nvml import NvmlBackend, mig_profile_name
+from device_plugin.fakes import nvml as fake_nvml
 from device_plugin.manager import Manager
 from gpupack_cli.kubelet_standin import KubeletStandIn
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb

@@ -7,12 +7,12 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from device_plugin import fake_nvml, resources
-from gpupack import topology
-from device_plugin.discovery import NvmlBackend
+from device_plugin import resources
+from device_plugin.discovery.nvml import NvmlBackend
+from device_plugin.fakes import nvml as fake_nvml
 from device_plugin.manager import Manager
 from device_plugin.resources import Layout, ShareRule, Sharing
-from gpupack import contract
+from gpupack import contract, topology
 from gpupack_cli.kubelet_standin import KubeletStandIn
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 

@@ -10,8 +10,9 @@ import grpc
 import prometheus_client
 import pytest
 
-from device_plugin import fake_nvml, resources, usage
-from device_plugin.discovery import NvmlBackend
+from device_plugin import resources, usage
+from device_plugin.discovery.nvml import NvmlBackend
+from device_plugin.fakes import nvml as fake_nvml
 from gpupack import contract
 from gpupack.kubeletapi import podresources_v1_pb2 as prpb
 from gpupack.kubeletapi import podresources_v1_pb2_grpc as prpb_grpc

@@ -135,7 +135,7 @@ def test_short_lists_keep_no_copy() -> None:
     for names in (["n0", "n1"], ["n0", "n1", "n2"]):
         for _ in range(3):
             read(cache, names)
-    kept = {len(sel.names): sel.copy is not None for sel in cache._selections}
+    kept = {len(sel.names): sel.copy is not None for sel in cache._candidates._lists}
     assert kept == {2: False, 3: True}
 
 

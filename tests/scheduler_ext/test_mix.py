@@ -37,7 +37,7 @@ def test_counts_kept_per_arrival_equal_the_window_counted_afresh() -> None:
         cache.record_shape(f"p{i}", shape)
         cache.record_shape(f"p{i}", shape)  # the same pod again (filter, then a retry) counts once
         window.append(shape)
-        assert dict(cache._shape_count) == collections.Counter(window)
+        assert dict(cache._shapes._count) == collections.Counter(window)
     # after the change the mix in use is near the window's own, and shapes come most frequent first
     mix = cache.mix()
     assert mix_distance(mix, tuple(from_scratch(list(window)).items())) <= cache_mod.MIX_TOLERANCE
