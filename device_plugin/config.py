@@ -200,14 +200,28 @@ def _sharing(raw: Any) -> Sharing:
     )
 
 
+#: A configuration file is a few hundred bytes; anything past this is refused unread.
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_file(path: pathlib.Path, base: Settings) -> Settings:
     """Applies a config file to ``base``; raises ConfigError naming the file and field."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from err
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {len(data)} bytes, more than a configuration file needs ({MAX_CONFIG_BYTES})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start} is 0x{data[err.start]:02x})") from err
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    except (ValueError, RecursionError) as err:  # e.g. nesting too deep for the parser
+        raise ConfigError(f"{path}: not readable YAML ({type(err).__name__}: {err})") from err
     try:
         return apply_config(raw, base)
     except ConfigError as err:

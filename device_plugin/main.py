@@ -61,22 +61,33 @@ def _watch_config(
     path: pathlib.Path, watcher: DirWatcher, last: bytes, argv: Sequence[str] | None, manager: Manager, stop: threading.Event
 ) -> None:
     while not stop.is_set():
-        if not watcher.wait(1.0):
-            continue
-        try:
-            now = path.read_bytes()
-        except OSError:
-            continue
-        if now == last:
-            continue
-        last = now
-        try:
-            new = config.resolve(argv)
-        except config.ConfigError as err:
-            log.error("the changed configuration is invalid and is ignored: %s", err)
-            continue
-        manager.reconfigure(new.layout, new.health, new.pass_device_specs)
+        if watcher.wait(1.0):
+            last = apply_config_change(path, last, argv, manager)
     watcher.close()
+
+
+def apply_config_change(path: pathlib.Path, last: bytes, argv: Sequence[str] | None, manager: Manager) -> bytes:
+    """One step of the config watch: re-applies ``path`` if its bytes changed since ``last``;
+    returns the bytes seen. Never raises: whatever the file holds, a refused change is logged,
+    counted (``gpupack_plugin_config_reloads_total{result="refused"}``) and the settings in
+    use stay, so the next valid change still applies."""
+    try:
+        now = path.read_bytes()
+    except OSError:
+        return last  # between a ConfigMap's symlink swaps: the next event reads it
+    if now == last:
+        return last
+    try:
+        new = config.resolve(argv)
+        applied = manager.reconfigure(new.layout, new.health, new.pass_device_specs)
+    except config.ConfigError as err:
+        log.error("the changed configuration is refused, the one in use stays: %s", err)
+        applied = False
+    except Exception as err:  # noqa: BLE001 - the watch must outlive any bytes in the file
+        log.error("the changed configuration %s is refused, the one in use stays: %s: %s", path, type(err).__name__, err)
+        applied = False
+    manager.metrics.config_reloaded(applied)
+    return now
 
 
 def main(argv: Sequence[str] | None = None) -> int:

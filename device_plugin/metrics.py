@@ -37,6 +37,17 @@ class PluginMetrics:
         self.registrations = prom.Counter(
             "gpupack_plugin_registrations_total", "Registrations with the kubelet (first and again)", ["resource"], registry=r
         )
+        self.config_reloads = prom.Counter(
+            "gpupack_plugin_config_reloads_total",
+            "Changes of --config seen, by result (applied, refused: the settings in use stay)",
+            ["result"], registry=r,
+        )
+        self.config_last_reload_ok = prom.Gauge(
+            "gpupack_plugin_config_last_reload_ok",
+            "1 when the last change of --config was applied (or none was seen), 0 when it was refused",
+            registry=r,
+        )
+        self.config_last_reload_ok.set(1)
         self.allocate_seconds = prom.Histogram(
             "gpupack_plugin_allocate_seconds",
             "Time to answer Allocate",
@@ -51,6 +62,11 @@ class PluginMetrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
             registry=r,
         )
+
+    def config_reloaded(self, applied: bool) -> None:
+        """A changed --config was applied, or refused (the settings in use stay)."""
+        self.config_reloads.labels("applied" if applied else "refused").inc()
+        self.config_last_reload_ok.set(1 if applied else 0)
 
     def set_devices(self, devices: Mapping[str, tuple[Device, ...]]) -> None:
         for resource, ds in devices.items():
