@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 import grpc
 
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
-from gpupack_cli.kubelet_standin import KubeletStandIn
+from gpupack_cli.kubelet_standin import STREAM_DEADLINE_S, KubeletStandIn
 
 from device_plugin.discovery.nvml import NvmlBackend
 from device_plugin.fakes import nvml as fake_nvml
@@ -64,7 +64,7 @@ def _drive(out: Printer, fake: fake_nvml.FakeNvml, kubelet: KubeletStandIn, mana
     out(f"1. The plugin registered with the kubelet: resource {reg.resource_name}, API {reg.version}, "
         f"endpoint {reg.endpoint}, preferred allocation {reg.options.get_preferred_allocation_available}.")
     channel, stub = kubelet.plugin(reg.endpoint)
-    stream: Iterator[pb.ListAndWatchResponse] = stub.ListAndWatch(pb.Empty())
+    stream: Iterator[pb.ListAndWatchResponse] = stub.ListAndWatch(pb.Empty(), timeout=STREAM_DEADLINE_S)
     first = next(stream)
     inv = {g.id: g for g in manager.inventory().gpus}
     out("\n2. ListAndWatch advertises (a modelled DGX A100: NVSwitch, two NUMA nodes):")

@@ -23,6 +23,11 @@ from gpupack.kubeletapi import deviceplugin_v1beta1_pb2_grpc as pb_grpc
 KUBELET_SOCKET = "kubelet.sock"
 
 
+
+#: Seconds a ListAndWatch stream may stay open in the demo and the tests: a stream read that
+#: waits for an update that never comes fails with DEADLINE_EXCEEDED instead of hanging.
+STREAM_DEADLINE_S = 20.0
+
 class _Registration(pb_grpc.RegistrationServicer):
     def __init__(self, inbox: queue.Queue[pb.RegisterRequest]) -> None:
         self.inbox = inbox

@@ -17,7 +17,7 @@ from device_plugin.fakes import sysfs as fake_sysfs
 from device_plugin.health import HealthSettings
 from device_plugin.manager import Manager
 from gpupack import contract
-from gpupack_cli.kubelet_standin import KubeletStandIn
+from gpupack_cli.kubelet_standin import STREAM_DEADLINE_S, KubeletStandIn
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 
 
@@ -287,7 +287,7 @@ def test_plugin_registers_amd_gpu_lists_numa_allocates_device_nodes_and_follows_
         reg = kubelet.next_registration()
         assert reg.resource_name == "amd.com/gpu" and reg.endpoint == "gpupack-amd.com_gpu.sock"
         channel, stub = kubelet.plugin(reg.endpoint)
-        stream = stub.ListAndWatch(pb.Empty())
+        stream = stub.ListAndWatch(pb.Empty(), timeout=STREAM_DEADLINE_S)
         first = next(stream)
         gpus = manager.inventory().gpus
         assert [d.ID for d in first.devices] == [g.id for g in gpus]

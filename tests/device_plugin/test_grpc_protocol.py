@@ -10,7 +10,7 @@ import pytest
 
 from device_plugin.fakes import nvml as fake_nvml
 from device_plugin.manager import Manager
-from gpupack_cli.kubelet_standin import KubeletStandIn
+from gpupack_cli.kubelet_standin import STREAM_DEADLINE_S, KubeletStandIn
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 
 
@@ -31,7 +31,7 @@ def test_registers_with_version_endpoint_and_preferred_allocation(plugin: Manage
 
 def test_initial_list_has_every_gpu_healthy_with_its_numa_node(plugin: Manager, kubelet: KubeletStandIn, a100: fake_nvml.FakeNvml) -> None:
     _, channel, stub = connect(kubelet)
-    first = next(stub.ListAndWatch(pb.Empty()))  # type: ignore[attr-defined]
+    first = next(stub.ListAndWatch(pb.Empty(), timeout=STREAM_DEADLINE_S))  # type: ignore[attr-defined]
     assert [d.ID for d in first.devices] == [g.uuid for g in a100.gpus]
     assert {d.health for d in first.devices} == {"Healthy"}
     # DGX A100: GPUs 0-3 on NUMA node 0, 4-7 on node 1
@@ -43,7 +43,7 @@ def test_initial_list_has_every_gpu_healthy_with_its_numa_node(plugin: Manager, 
 
 def test_xid_79_turns_gpu_unhealthy_and_recovery_turns_it_back(plugin: Manager, kubelet: KubeletStandIn, a100: fake_nvml.FakeNvml) -> None:
     _, channel, stub = connect(kubelet)
-    stream = stub.ListAndWatch(pb.Empty())  # type: ignore[attr-defined]
+    stream = stub.ListAndWatch(pb.Empty(), timeout=STREAM_DEADLINE_S)  # type: ignore[attr-defined]
     next(stream)
     a100.lose(3)  # XID 79: fallen off the bus; NVML queries on it fail
     update = next(stream)
@@ -58,7 +58,7 @@ def test_xid_79_turns_gpu_unhealthy_and_recovery_turns_it_back(plugin: Manager, 
 
 def test_application_xid_13_is_ignored(plugin: Manager, kubelet: KubeletStandIn, a100: fake_nvml.FakeNvml) -> None:
     _, channel, stub = connect(kubelet)
-    stream = stub.ListAndWatch(pb.Empty())  # type: ignore[attr-defined]
+    stream = stub.ListAndWatch(pb.Empty(), timeout=STREAM_DEADLINE_S)  # type: ignore[attr-defined]
     next(stream)
     a100.inject_xid(2, 13)  # application error: no new list
     a100.inject_xid(5, 48)  # double-bit ECC: a new list, with only GPU 5 Unhealthy
@@ -70,7 +70,7 @@ def test_application_xid_13_is_ignored(plugin: Manager, kubelet: KubeletStandIn,
 
 def test_nvml_failure_marks_every_gpu_unhealthy_without_crashing(plugin: Manager, kubelet: KubeletStandIn, a100: fake_nvml.FakeNvml) -> None:
     _, channel, stub = connect(kubelet)
-    stream = stub.ListAndWatch(pb.Empty())  # type: ignore[attr-defined]
+    stream = stub.ListAndWatch(pb.Empty(), timeout=STREAM_DEADLINE_S)  # type: ignore[attr-defined]
     next(stream)
     a100.broken = True  # every NVML call now fails
     update = next(stream)
@@ -97,7 +97,7 @@ def test_allocate_returns_visible_devices_and_refuses_unknown_ids(plugin: Manage
 
 def test_allocate_refuses_unhealthy_ids(plugin: Manager, kubelet: KubeletStandIn, a100: fake_nvml.FakeNvml) -> None:
     _, channel, stub = connect(kubelet)
-    stream = stub.ListAndWatch(pb.Empty())  # type: ignore[attr-defined]
+    stream = stub.ListAndWatch(pb.Empty(), timeout=STREAM_DEADLINE_S)  # type: ignore[attr-defined]
     next(stream)
     a100.lose(4)
     next(stream)
@@ -171,7 +171,7 @@ def test_kubelet_restart_leads_to_reregistration(plugin: Manager, kubelet: Kubel
     assert again.resource_name == first.resource_name
     assert (kubelet.folder / again.endpoint).exists()
     channel, stub = kubelet.plugin(again.endpoint)
-    assert len(next(stub.ListAndWatch(pb.Empty())).devices) == 8
+    assert len(next(stub.ListAndWatch(pb.Empty(), timeout=STREAM_DEADLINE_S)).devices) == 8
     channel.close()
 
 

@@ -16,7 +16,7 @@ from device_plugin.fakes import sysfs as fake_sysfs
 from device_plugin.health import HealthSettings
 from device_plugin.manager import Manager
 from gpupack import contract
-from gpupack_cli.kubelet_standin import KubeletStandIn
+from gpupack_cli.kubelet_standin import STREAM_DEADLINE_S, KubeletStandIn
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 
 
@@ -161,7 +161,7 @@ def test_plugin_serves_i915_and_xe_each_with_their_device_nodes(tmp_path: pathli
         regs = {r.resource_name: r for r in (kubelet.next_registration(), kubelet.next_registration())}
         assert sorted(regs) == [contract.INTEL_I915, contract.INTEL_XE]
         channel, stub = kubelet.plugin(regs[contract.INTEL_XE].endpoint)
-        stream = stub.ListAndWatch(pb.Empty())
+        stream = stub.ListAndWatch(pb.Empty(), timeout=STREAM_DEADLINE_S)
         first = next(stream)
         assert [d.ID for d in first.devices] == ["0000:38:00.0", "0000:48:00.0"]
         resp = stub.Allocate(pb.AllocateRequest(container_requests=[pb.ContainerAllocateRequest(devices_ids=["0000:48:00.0"])]))

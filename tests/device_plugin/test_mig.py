@@ -12,7 +12,7 @@ from device_plugin import resources
 from device_plugin.discovery.nvml import NvmlBackend, mig_profile_name
 from device_plugin.fakes import nvml as fake_nvml
 from device_plugin.manager import Manager
-from gpupack_cli.kubelet_standin import KubeletStandIn
+from gpupack_cli.kubelet_standin import STREAM_DEADLINE_S, KubeletStandIn
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 
 A100_40GB = 40960 * 2**20
@@ -119,7 +119,7 @@ def test_changed_mig_layout_is_advertised_without_restart(kubelet: KubeletStandI
     m = start_manager(nvml, kubelet.folder, layout=resources.Layout("mixed"))
     assert {r: len(m.devices(r)[1]) for r in m.resource_names()}["nvidia.com/mig-1g.5gb"] == 2
     channel, stub = kubelet.plugin("gpupack-nvidia.com_mig-1g.5gb.sock")
-    stream = stub.ListAndWatch(pb.Empty())
+    stream = stub.ListAndWatch(pb.Empty(), timeout=STREAM_DEADLINE_S)
     assert len(next(stream).devices) == 2
     nvml.set_mig(1, ["1g.5gb"] * 7)  # the operator repartitions GPU 1
     m.rescan()
@@ -133,7 +133,7 @@ def test_health_event_on_a_gpu_marks_its_mig_devices(kubelet: KubeletStandIn, st
     nvml = a100_mixed()
     m = start_manager(nvml, kubelet.folder, layout=resources.Layout("mixed"))
     channel, stub = kubelet.plugin("gpupack-nvidia.com_mig-1g.5gb.sock")
-    stream = stub.ListAndWatch(pb.Empty())
+    stream = stub.ListAndWatch(pb.Empty(), timeout=STREAM_DEADLINE_S)
     next(stream)
     nvml.inject_xid(0, 48)
     assert {d.health for d in next(stream).devices} == {"Unhealthy"}

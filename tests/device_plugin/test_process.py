@@ -10,7 +10,7 @@ import subprocess
 import sys
 import urllib.request
 
-from gpupack_cli.kubelet_standin import KubeletStandIn
+from gpupack_cli.kubelet_standin import STREAM_DEADLINE_S, KubeletStandIn
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 
 PLUGIN = [sys.executable, "-m", "device_plugin.main"]
@@ -88,7 +88,7 @@ def test_config_change_is_applied_without_restart(short_dir: pathlib.Path, kubel
         reg = kubelet.next_registration(timeout_s=60)
         assert reg.resource_name == "nvidia.com/gpu.shared"
         channel, stub = kubelet.plugin(reg.endpoint)
-        assert len(next(stub.ListAndWatch(pb.Empty())).devices) == 8
+        assert len(next(stub.ListAndWatch(pb.Empty(), timeout=STREAM_DEADLINE_S)).devices) == 8
         channel.close()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

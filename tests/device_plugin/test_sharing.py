@@ -13,7 +13,7 @@ from device_plugin.fakes import nvml as fake_nvml
 from device_plugin.manager import Manager
 from device_plugin.resources import Layout, ShareRule, Sharing
 from gpupack import contract, topology
-from gpupack_cli.kubelet_standin import KubeletStandIn
+from gpupack_cli.kubelet_standin import STREAM_DEADLINE_S, KubeletStandIn
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 
 
@@ -113,7 +113,7 @@ def test_fail_requests_greater_than_one(kubelet: KubeletStandIn, start_manager: 
 def test_health_event_fans_out_to_every_share(kubelet: KubeletStandIn, start_manager: Callable[..., Manager]) -> None:
     nvml, _ = shared_manager(kubelet, start_manager)
     channel, stub = kubelet.plugin(kubelet.next_registration().endpoint)
-    stream = stub.ListAndWatch(pb.Empty())
+    stream = stub.ListAndWatch(pb.Empty(), timeout=STREAM_DEADLINE_S)
     next(stream)
     nvml.inject_xid(2, 94)
     update = next(stream)
