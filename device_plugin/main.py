@@ -110,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     claims = no_claims
     refresh: Callable[[], None] = lambda: None
     pods: kube.PodClaims | None = None
+    corrector: kube.AnnotationCorrector | None = None
     if settings.publish and settings.node_name:
         api = kube_api(settings)
         if api is not None:
@@ -117,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             pods = kube.PodClaims(api, settings.node_name)
             claims = pods
             refresh = pods.refresh
+            corrector = kube.AnnotationCorrector.from_socket(
+                api, pods, settings.pod_resources_socket, metrics, settings.health.probe_interval_s)
+            pods.on_running = corrector.poke
     elif settings.publish:
         log.warning("NODE_NAME is not set: the inventory is not published (set --node-name, or --no-publish)")
     try:
@@ -131,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             layout=settings.layout,
             claims=claims,
             refresh_claims=refresh,
+            on_allocated=corrector.poke if corrector is not None else (lambda: None),
         )
     except resources.StrategyError as err:
         log.error("cannot start: %s", err)
@@ -147,11 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     manager.start()
     if pods is not None:
         threading.Thread(target=pods.run, name="gpupack-pods", daemon=True).start()
+    if corrector is not None:
+        threading.Thread(target=corrector.run, name="gpupack-truth", daemon=True).start()
     threading.Thread(target=watch, name="gpupack-config", daemon=True).start()
     stop.wait()
     log.info("received a stop signal; shutting down")
     if pods is not None:
         pods.stop()
+    if corrector is not None:
+        corrector.stop()
     manager.stop()
     return 0
 

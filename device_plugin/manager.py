@@ -78,6 +78,7 @@ class Manager:
         layout: resources.Layout = resources.Layout(),
         claims: Callable[[], list[PodClaim]] = no_claims,
         refresh_claims: Callable[[], None] = lambda: None,
+        on_allocated: Callable[[], None] = lambda: None,
     ) -> None:
         self.backend = backend
         self.plugin_dir = plugin_dir
@@ -88,6 +89,7 @@ class Manager:
         self.layout = layout
         self.claims = claims
         self.refresh_claims = refresh_claims
+        self.on_allocated = on_allocated  # e.g. AnnotationCorrector.poke: compare with the kubelet soon
         self._book = ClaimBook()
         self._cond = threading.Condition()
         self._version = 0
@@ -229,7 +231,9 @@ class Manager:
                 f"a container asked for {len(ids)} shares of {resource}; this node is configured with "
                 "failRequestsGreaterThanOne, so ask for 1 (a share is not a bigger slice of the GPU)"
             )
-        return allocate_mod.allocate(ids, own, lambda visible: self.backend.container_edits(visible, self.pass_device_specs))
+        edits = allocate_mod.allocate(ids, own, lambda visible: self.backend.container_edits(visible, self.pass_device_specs))
+        self.on_allocated()
+        return edits
 
     # --- health -------------------------------------------------------------------------
 

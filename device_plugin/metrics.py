@@ -48,6 +48,17 @@ class PluginMetrics:
             registry=r,
         )
         self.config_last_reload_ok.set(1)
+        self.annotation_corrections = prom.Counter(
+            "gpupack_plugin_annotation_corrections_total",
+            "Containers whose gpupack.io/devices annotation was corrected to what the kubelet gave them "
+            "(kind: device = other GPUs or MIG devices, replica = other shares of the same GPUs)",
+            ["resource", "kind"], registry=r,
+        )
+        self.annotation_correction_failures = prom.Counter(
+            "gpupack_plugin_annotation_correction_failures_total",
+            "Corrections of a gpupack.io/devices annotation that failed (retried on the next pass)",
+            registry=r,
+        )
         self.allocate_seconds = prom.Histogram(
             "gpupack_plugin_allocate_seconds",
             "Time to answer Allocate",

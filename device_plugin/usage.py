@@ -63,6 +63,24 @@ def list_holders(socket: str, timeout_s: float = 2.0) -> dict[str, list[Holder]]
     return out
 
 
+def list_held(socket: str, timeout_s: float = 2.0) -> dict[tuple[str, str], dict[str, dict[str, list[str]]]]:
+    """(namespace, pod) -> container -> gpupack resource -> device ids, from the kubelet's
+    PodResources List (what :func:`device_plugin.truth.corrections` compares annotations with).
+    Raises grpc.RpcError when the kubelet does not answer."""
+    with grpc.insecure_channel(f"unix://{socket}") as channel:
+        stub = prpb_grpc.PodResourcesListerStub(channel)  # type: ignore[no-untyped-call]
+        response = stub.List(prpb.ListPodResourcesRequest(), timeout=timeout_s)
+    out: dict[tuple[str, str], dict[str, dict[str, list[str]]]] = {}
+    for pod in response.pod_resources:
+        for c in pod.containers:
+            for dev in c.devices:
+                if contract.is_gpu_resource(dev.resource_name) and dev.device_ids:
+                    ids = out.setdefault((pod.namespace, pod.name), {}).setdefault(c.name, {}).setdefault(dev.resource_name, [])
+                    # the kubelet lists one entry per device and NUMA node: keep each id once
+                    ids.extend(i for i in dev.device_ids if i not in ids)
+    return out
+
+
 def attribute(
     gpus: Sequence[contract.Gpu], holders: Mapping[str, list[Holder]], node: str
 ) -> list[tuple[dict[str, str], str]]:

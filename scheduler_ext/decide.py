@@ -186,7 +186,7 @@ class Decider:
         n = len(names)
         everyone = numpy.arange(n)
         if demand.error:
-            msg = f"pod's GPU request cannot be read: {demand.error}"
+            msg = f"pod's request cannot be read: {demand.error}"
             return Decision(names, numpy.zeros(n, bool), numpy.ones(n, bool), numpy.zeros(n, numpy.int64),
                             numpy.full(n, -numpy.inf), [Group(everyone, msg, "bad-request", True)])
         if not demand.wants_gpu:

@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -16,10 +17,11 @@ from typing import Any
 
 from gpupack import kernel
 from scheduler_ext.binder import Binder, KubePodApi
+from scheduler_ext.ledger import KubeLedgerApi, Ledger
 from scheduler_ext.cache import HOLD_SECONDS, ClusterCache, from_snapshot
 from scheduler_ext.decide import Decider
 from scheduler_ext.metrics import Metrics
-from scheduler_ext.server import DEFAULT_MAX_BODY, ExtenderApp, serve, tls_context
+from scheduler_ext.server import ExtenderApp, Limits, serve, tls_context
 from scheduler_ext.watch import KubeWatchSource, Syncer
 
 log = logging.getLogger("gpupack-extender")
@@ -36,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
         prog="gpupack-extender",
         description=(
             "kube-scheduler extender that bin-packs GPU pods (filter, prioritize, bind, preempt). "
+            "`gpupack-extender certs --help`: the subcommand that makes its TLS Secrets. "
             f"Every flag can also be set by an environment variable {ENV_PREFIX}<FLAG>, "
             f"e.g. {ENV_PREFIX}POLICY=fragmentation; a flag on the command line wins."
         ),
@@ -44,6 +47,13 @@ def parser() -> argparse.ArgumentParser:
                    help="host:port to serve on (env GPUPACK_EXTENDER_LISTEN; default %(default)s)")
     p.add_argument("--kubeconfig", default=_env("kubeconfig", ""),
                    help="kubeconfig file; empty: in-cluster config (env GPUPACK_EXTENDER_KUBECONFIG)")
+    p.add_argument("--replica-name", default=_env("replica-name", os.environ.get("POD_NAME") or socket.gethostname()),
+                   help="this replica's name, in /readyz and in the device claims it writes "
+                        "(env GPUPACK_EXTENDER_REPLICA_NAME, else POD_NAME, else the host name; default %(default)s)")
+    p.add_argument("--ledger-namespace", default=_env("ledger-namespace", os.environ.get("POD_NAMESPACE") or "kube-system"),
+                   help="namespace of the per-node device ledgers (ConfigMaps gpupack-node-<node>) through which "
+                        "replicas never give one device twice (env GPUPACK_EXTENDER_LEDGER_NAMESPACE, else "
+                        "POD_NAMESPACE; default %(default)s)")
     p.add_argument("--snapshot", default=_env("snapshot", ""),
                    help="serve read-only from a `kubectl get nodes,pods -o json` file instead of the API; "
                         "bind is refused (env GPUPACK_EXTENDER_SNAPSHOT)")
@@ -56,8 +66,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", default=_env("tls-key", ""), help="private key of --tls-cert (env GPUPACK_EXTENDER_TLS_KEY)")
     p.add_argument("--tls-client-ca", default=_env("tls-client-ca", ""),
                    help="require client certificates signed by this CA (env GPUPACK_EXTENDER_TLS_CLIENT_CA)")
-    p.add_argument("--max-body-bytes", type=int, default=int(_env("max-body-bytes", str(DEFAULT_MAX_BODY))),
-                   help="larger request bodies get HTTP 400 (env GPUPACK_EXTENDER_MAX_BODY_BYTES; default %(default)s)")
+    edge = Limits()
+    p.add_argument("--max-body-bytes", type=int, default=int(_env("max-body-bytes", str(edge.max_body))),
+                   help="larger request bodies get HTTP 413, refused from their Content-Length; the default is twice "
+                        "a filter of 5,000 full Nodes (nodeCacheCapable: false) "
+                        "(env GPUPACK_EXTENDER_MAX_BODY_BYTES; default %(default)s)")
+    p.add_argument("--max-body-bytes-in-flight", type=int, default=int(_env("max-body-bytes-in-flight", "0")),
+                   help="bytes of request bodies being received or decided at once, over all connections; a body that "
+                        "would pass it gets HTTP 503 (one alone is always taken); 0: --max-body-bytes and 32 MiB "
+                        "(env GPUPACK_EXTENDER_MAX_BODY_BYTES_IN_FLIGHT; default %(default)s)")
+    p.add_argument("--read-timeout-seconds", type=float,
+                   default=float(_env("read-timeout-seconds", str(edge.read_timeout))),
+                   help="a request must arrive in whole within this long of its first byte (else HTTP 408 and the "
+                        "connection closed), and an answer be taken within this long "
+                        "(env GPUPACK_EXTENDER_READ_TIMEOUT_SECONDS; default %(default)s)")
+    p.add_argument("--idle-timeout-seconds", type=float,
+                   default=float(_env("idle-timeout-seconds", str(edge.idle_timeout))),
+                   help="a kept-alive connection with no next request for this long is closed; keep it above the "
+                        "client's own idle timeout (kube-scheduler's Go transport: 90 s) "
+                        "(env GPUPACK_EXTENDER_IDLE_TIMEOUT_SECONDS; default %(default)s)")
+    p.add_argument("--max-connections", type=int, default=int(_env("max-connections", str(edge.max_connections))),
+                   help="connections open at once (a thread each); one more is answered 503 and closed as it is "
+                        "accepted (env GPUPACK_EXTENDER_MAX_CONNECTIONS; default %(default)s)")
+    p.add_argument("--listen-backlog", type=int, default=int(_env("listen-backlog", str(edge.backlog))),
+                   help="connections the kernel completes before they are accepted; capped by net.core.somaxconn "
+                        "(env GPUPACK_EXTENDER_LISTEN_BACKLOG; default %(default)s)")
     p.add_argument("--hold-seconds", type=float, default=float(_env("hold-seconds", str(HOLD_SECONDS))),
                    help="after prioritize, hold the devices a pod would get on the node ranked first for this "
                         "long or until its bind, so the next pods of a burst see them taken; 0: off; never on a "
@@ -125,11 +158,20 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["certs"]:  # the certificates Job's subcommand (scheduler_ext/certs.py)
+        from scheduler_ext import certs
+
+        return certs.main(argv[1:])
     args = parser().parse_args(argv)
     tune_malloc()  # before any thread starts
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         host, port = _listen(args.listen)
+        limits = Limits(max_body=args.max_body_bytes, read_timeout=args.read_timeout_seconds,
+                        idle_timeout=args.idle_timeout_seconds, max_connections=args.max_connections,
+                        backlog=args.listen_backlog,
+                        max_body_in_flight=args.max_body_bytes_in_flight or args.max_body_bytes + 32 * 2**20)
         tls = tls_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
         stop = threading.Event()
         if args.snapshot:
@@ -143,12 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a snapshot binds nothing, so a hold would only stand in the way of the next answers
         decider = Decider(cache, args.policy, args.xp, holds=not args.snapshot and args.hold_seconds > 0)
         if not args.snapshot:
-            binder = Binder(KubePodApi(core), cache, decider.policy)
+            ledger = Ledger(KubeLedgerApi(core, args.ledger_namespace), args.replica_name)
+            binder = Binder(KubePodApi(core), cache, decider.policy, ledger)
     except (ValueError, OSError) as err:
         print(f"gpupack-extender: {err}", file=sys.stderr)
         return 2
     app = ExtenderApp(cache, decider, binder, Metrics(cache))
-    srv, thread = serve(app, host, port, tls, args.max_body_bytes)
+    app.replica = args.replica_name
+    srv, thread = serve(app, host, port, tls, limits=limits)
     log.info("serving on %s:%d (policy %s, xp %s, %s)", *srv.server_address[:2], args.policy, args.xp,
              f"snapshot {args.snapshot}" if args.snapshot else "watching the API")
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -1,5 +1,6 @@
-"""Prometheus metrics of the extender: latency per verb, decisions, failures by reason, and
-the cluster's idle and fragmented GPU capacity (computed from the cache at scrape time)."""
+"""Prometheus metrics of the extender: latency per verb, decisions, failures by reason, the
+HTTP edge's connections and refusals, and the cluster's idle and fragmented GPU capacity
+(computed from the cache at scrape time)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,26 @@ class Metrics:
             "Successful binds by where they went: held-node (the node gpupack named and held devices "
             "on at prioritize), other-node (kube-scheduler chose another), no-hold.",
             ["on"], registry=self.registry,
+        )
+        # the HTTP edge's bounds (docs/reliability.md)
+        self.connections = prometheus_client.Gauge(
+            "gpupack_extender_connections", "Client connections open now.", registry=self.registry,
+        )
+        self.connections_refused = prometheus_client.Counter(
+            "gpupack_extender_connections_refused",
+            "Connections closed as soon as accepted because --max-connections were open.", registry=self.registry,
+        )
+        self.connections_dropped = prometheus_client.Counter(
+            "gpupack_extender_connections_dropped",
+            "Connections the extender closed on a deadline: read-timeout (a request not in whole within "
+            "--read-timeout-seconds of its first byte), idle-timeout (no next request within "
+            "--idle-timeout-seconds), write-timeout (an answer not taken within --read-timeout-seconds).",
+            ["reason"], registry=self.registry,
+        )
+        self.http_refused = prometheus_client.Counter(
+            "gpupack_extender_http_refused",
+            "Requests refused before any verb read them (malformed HTTP, a body over --max-body-bytes), by status.",
+            ["status"], registry=self.registry,
         )
         self.registry.register(_CapacityCollector(cache))
 

@@ -1,5 +1,13 @@
 """What a pod asks for: GPU resources per container and the memory hint, read from its JSON;
-and its CPU and memory requests, for the fragmentation score."""
+and its CPU and memory requests, for the fragmentation score.
+
+Every number read is range-checked (:data:`MAX_DEVICES`, :data:`MAX_GPU_MEMORY_MIB`,
+:data:`MAX_CPU_MILLI`, :data:`MAX_MEMORY_MIB`, int32 priorities): a pod beyond them gets
+``error`` naming the field, never a value the kernel's int32/int64 arrays would wrap or a
+loop would spin on. :func:`check_shape` refuses what Go's ``encoding/json`` would never
+write for a ``v1.Pod`` (a ``metadata`` that is a string, a list of limits); the extender's
+HTTP edge answers that with 400, while the watch, fed by the API server, only reads.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,33 @@ from fractions import Fraction
 from typing import Any
 
 from gpupack import contract
+from gpupack.kernel import slots as kslots
 from scheduler_ext.wire import KubeObject
+
+#: Most units of one GPU resource one container, or one pod over its containers, may ask for.
+#: The largest nodes today advertise 8 GPUs, 56 MIG slices (8 x 7) or a few hundred
+#: time-sliced shares; 1024 is well above any of them, and a count above it is refused with
+#: its field named rather than passed on (``"1000000000000000000"`` is a valid quantity).
+MAX_DEVICES = 1024
+#: Most distinct GPU resources one pod may ask for (each is a kernel pass over every node;
+#: a real pod asks for one or two).
+MAX_GPU_RESOURCES = 16
+#: Largest ``gpupack.io/gpu-memory`` hint, MiB per unit: 16 TiB, sixty times today's largest
+#: GPU (288 GB) and far below the kernel's int32 memory columns (2^31 - 1 MiB), where a larger
+#: hint would wrap around.
+MAX_GPU_MEMORY_MIB = 2**24
+#: Largest CPU request of a pod (millicores) and memory request (MiB), summed over its
+#: containers: below the kernel's int64 "not tracked" mark (2^62), so ``free - request``
+#: never overflows. A single quantity beyond int64 in its own unit (millicores, bytes), as
+#: Kubernetes' ``resource.Quantity`` holds them, is refused too.
+MAX_CPU_MILLI = kslots.UNLIMITED - 1
+MAX_MEMORY_MIB = kslots.UNLIMITED - 1
+INT64_MAX = 2**63 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+#: Longest quantity text read (``"1.5Gi"``); Kubernetes' own are a few characters, and the
+#: exponent of a longer one (``1e999999999``) would cost unbounded time to expand.
+MAX_QUANTITY_TEXT = 64
+MAX_EXPONENT = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +102,17 @@ _SUFFIX = {
 
 def quantity(value: Any) -> Fraction | None:
     """A Kubernetes quantity (``500m``, ``2``, ``1.5Gi``, ``1e9``) in base units; None when it
-    cannot be read."""
+    cannot be read (also when longer than :data:`MAX_QUANTITY_TEXT` or with an exponent
+    beyond :data:`MAX_EXPONENT`: no value that large or small is a real request)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
     return _quantity(str(value).strip())
 
 
 @functools.lru_cache(maxsize=4096)  # pods repeat a few quantities, read on every filter and prioritize
 def _quantity(text: str) -> Fraction | None:
+    if len(text) > MAX_QUANTITY_TEXT or not text.isascii():
+        return None
     m = _QUANTITY.match(text)
     if m is None:
         return None
@@ -82,28 +121,71 @@ def _quantity(text: str) -> Fraction | None:
     except (ValueError, ZeroDivisionError):
         return None
     if m.group(2):
-        return number * Fraction(10) ** int(m.group(2)[1:])
+        exponent = int(m.group(2)[1:])
+        if abs(exponent) > MAX_EXPONENT:
+            return None
+        return number * Fraction(10) ** exponent
     return number * _SUFFIX[m.group(3) or ""]
 
 
+def _cpu(q: Fraction) -> int:
+    return -int(-q * 1000 // 1)
+
+
+def _mib(q: Fraction) -> int:
+    return -int(-q // 2**20)
+
+
 def cpu_milli(value: Any) -> int:
-    """A CPU quantity in millicores (rounded up, as kube-scheduler counts it); 0 when unreadable."""
+    """A CPU quantity in millicores (rounded up, as kube-scheduler counts it); 0 when
+    unreadable or negative, at most :data:`MAX_CPU_MILLI` (a node's allocatable is read here
+    too, into the kernel's int64 columns)."""
     q = quantity(value)
-    return max(-int(-q * 1000 // 1), 0) if q is not None else 0
+    return min(max(_cpu(q), 0), MAX_CPU_MILLI) if q is not None else 0
 
 
 def memory_mib(value: Any) -> int:
-    """A memory quantity in MiB (rounded up); 0 when unreadable."""
+    """A memory quantity in MiB (rounded up); 0 when unreadable or negative, at most
+    :data:`MAX_MEMORY_MIB`."""
     q = quantity(value)
-    return max(-int(-q // 2**20), 0) if q is not None else 0
+    return min(max(_mib(q), 0), MAX_MEMORY_MIB) if q is not None else 0
 
 
-def _requests(c: Any) -> tuple[int, int]:
+def _checked(value: Any, where: str, cpu: bool) -> tuple[int, str]:
+    """``(millicores or MiB, "")`` of one quantity of a pod, or ``(0, why)`` when it cannot be
+    read, is negative, or is beyond int64 in Kubernetes' own unit (millicores, bytes)."""
+    q = quantity(value)
+    if q is None:
+        return 0, f"{where}: {_short(value)} is not a quantity"
+    if q < 0:
+        return 0, f"{where}: {_short(value)} is negative"
+    if (q * 1000 if cpu else q) > INT64_MAX:
+        return 0, f"{where}: {_short(value)} is beyond int64 {'millicores' if cpu else 'bytes'}"
+    return (_cpu(q) if cpu else _mib(q)), ""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _requests(c: Any, where: str, errors: list[str]) -> tuple[int, int]:
     """``(cpu millicores, memory MiB)`` one container requests (its limits where it states no
-    request, as the API server defaults them)."""
+    request, as the API server defaults them); what cannot be used goes to ``errors``."""
     res = _dict(_dict(c).get("resources"))
-    asked = {**_dict(res.get("limits")), **_dict(res.get("requests"))}
-    return cpu_milli(asked.get("cpu", 0)), memory_mib(asked.get("memory", 0))
+    limits, requests = _dict(res.get("limits")), _dict(res.get("requests"))
+    out = []
+    for name, cpu in (("cpu", True), ("memory", False)):
+        key = "requests" if name in requests else "limits"
+        value = requests.get(name, limits.get(name))
+        if value is None:
+            out.append(0)
+            continue
+        got, error = _checked(value, f"{where} {key}.{name}", cpu)
+        if error:
+            errors.append(error)
+        out.append(got)
+    return out[0], out[1]
 
 
 def pinned_products(spec: dict[str, Any]) -> frozenset[str]:
@@ -142,22 +224,53 @@ def pinned_products(spec: dict[str, Any]) -> frozenset[str]:
 def pod_requests(spec: dict[str, Any]) -> tuple[int, int]:
     """``(cpu millicores, memory MiB)`` of a pod as kube-scheduler counts them: the sum over
     its containers, or the largest init container when that is larger, plus ``overhead``.
-    (Restartable init containers, sidecars, are counted like the others: a close bound.)"""
+    (Restartable init containers, sidecars, are counted like the others: a close bound.)
+    Quantities that cannot be used count 0 (:func:`pod_demand` says why)."""
+    return _pod_requests(spec, [])
+
+
+def _pod_requests(spec: dict[str, Any], errors: list[str]) -> tuple[int, int]:
     containers = spec.get("containers")
     inits = spec.get("initContainers")
-    run = [_requests(c) for c in (containers if isinstance(containers, list) else [])]
-    init = [_requests(c) for c in (inits if isinstance(inits, list) else [])]
+    run = [_requests(c, f"container {_name(c)}", errors) for c in (containers if isinstance(containers, list) else [])]
+    init = [_requests(c, f"init container {_name(c)}", errors) for c in (inits if isinstance(inits, list) else [])]
     cpu = max(sum(c for c, _ in run), max((c for c, _ in init), default=0))
     mem = max(sum(m for _, m in run), max((m for _, m in init), default=0))
     over = _dict(spec.get("overhead"))
-    return cpu + cpu_milli(over.get("cpu", 0)), mem + memory_mib(over.get("memory", 0))
+    for name, cpu_field in (("cpu", True), ("memory", False)):
+        if over.get(name) is not None:
+            got, error = _checked(over[name], f"overhead.{name}", cpu_field)
+            if error:
+                errors.append(error)
+            if cpu_field:
+                cpu += got
+            else:
+                mem += got
+    if cpu > MAX_CPU_MILLI:
+        errors.append(f"CPU requests sum to {cpu} millicores, more than {MAX_CPU_MILLI}")
+        cpu = 0
+    if mem > MAX_MEMORY_MIB:
+        errors.append(f"memory requests sum to {mem} MiB, more than {MAX_MEMORY_MIB}")
+        mem = 0
+    return cpu, mem
+
+
+def _name(c: Any) -> str:
+    return repr(_dict(c).get("name"))
 
 
 def _count(value: Any, where: str) -> int:
-    text = str(value).strip()
-    if not text.isdigit():
+    """A whole number of devices, 0..:data:`MAX_DEVICES` (ASCII digits only: ``"²"`` is a
+    digit to ``str.isdigit`` but not to ``int``; a JSON number is read as its text)."""
+    if isinstance(value, bool):
         raise contract.ContractError(f"{where}: {value!r} is not a whole number of devices")
-    return int(text)
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()):
+        raise contract.ContractError(f"{where}: {_short(value)} is not a whole number of devices")
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_DEVICES)) or int(digits) > MAX_DEVICES:  # int() of 5,000 digits raises
+        raise contract.ContractError(f"{where}: {_short(value)} is more than {MAX_DEVICES} devices")
+    return int(digits)
 
 
 def _dict(obj: Any) -> dict[str, Any]:
@@ -173,13 +286,15 @@ def _get(obj: Any, *keys: str) -> Any:
 
 
 def pod_demand(pod: KubeObject) -> PodDemand:
-    """Reads a Pod object; never raises on bad GPU fields, it sets ``error`` instead."""
+    """Reads a Pod object; never raises on bad fields, it sets ``error`` (the first field that
+    cannot be used, named) instead."""
     meta = _dict(pod.get("metadata"))
     annotations = _dict(meta.get("annotations"))
     spec = _dict(pod.get("spec"))
     status = _dict(pod.get("status"))
-    error = ""
+    errors: list[str] = []
     asks: list[ContainerAsk] = []
+    totals: dict[str, int] = {}
     containers = spec.get("containers")
     for c in containers if isinstance(containers, list) else []:
         if not isinstance(c, dict):
@@ -192,26 +307,44 @@ def pod_demand(pod: KubeObject) -> PodDemand:
                 try:
                     n = _count(value, f"container {c.get('name')!r} {resource}")
                 except contract.ContractError as err:
-                    error = str(err)
+                    errors.append(str(err))
                     continue
                 if n > 0:
                     asks.append(ContainerAsk(str(c.get("name", "")), resource, n))
+                    totals[resource] = totals.get(resource, 0) + n
+    for resource, total in sorted(totals.items()):
+        if total > MAX_DEVICES:
+            errors.append(f"{resource}: {total} over the pod's containers, more than {MAX_DEVICES} devices")
+    if len(totals) > MAX_GPU_RESOURCES:
+        errors.append(f"{len(totals)} GPU resources asked for, more than {MAX_GPU_RESOURCES}")
     memory = 0
     hint = annotations.get(contract.GPU_MEMORY_ANNOTATION)
     if hint is not None:
         try:
+            if len(str(hint)) > MAX_QUANTITY_TEXT:
+                raise ValueError("too long")
             memory = contract.memory_mib(str(hint))
         except contract.ContractError as err:
-            error = str(err)
+            errors.append(str(err))
+        except (ValueError, OverflowError):  # a number of 400 digits reads as inf, then nan
+            errors.append(f"{contract.GPU_MEMORY_ANNOTATION}: {_short(hint)} is not a memory quantity like '10Gi'")
+        if memory > MAX_GPU_MEMORY_MIB:
+            errors.append(f"{contract.GPU_MEMORY_ANNOTATION}: {_short(hint)} is more than {MAX_GPU_MEMORY_MIB} MiB per unit")
+            memory = 0
     assignment = None
     raw = annotations.get(contract.DEVICES_ANNOTATION)
     if raw is not None:
         try:
             assignment = contract.decode_assignment(str(raw))
         except contract.ContractError as err:
-            error = error or str(err)
+            errors.append(str(err))
     priority = spec.get("priority")
-    cpu, mem = pod_requests(spec)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        priority = 0
+    elif not INT32_MIN <= priority <= INT32_MAX:
+        errors.append(f"spec.priority: {priority} is outside int32")
+        priority = 0
+    cpu, mem = _pod_requests(spec, errors)
     return PodDemand(
         uid=str(meta.get("uid", "")),
         namespace=str(meta.get("namespace", "default")),
@@ -219,11 +352,95 @@ def pod_demand(pod: KubeObject) -> PodDemand:
         node=str(spec.get("nodeName") or ""),
         asks=tuple(asks),
         memory_mib=memory,
-        priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 0,
+        priority=priority,
         finished=_get(status, "phase") in ("Succeeded", "Failed"),
         assignment=assignment,
-        error=error,
+        error=errors[0] if errors else "",
         cpu_milli=cpu,
         node_memory_mib=mem,
         products=pinned_products(spec),
     )
+
+
+class ShapeError(ValueError):
+    """A Pod whose JSON is not a ``v1.Pod``'s where it is read; the message names the field."""
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number"}.get(
+        type(value), type(value).__name__)
+
+
+def _field(obj: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise ShapeError(f"{where}.{key}: expected {what}, got {_kind(value)}")
+    return value
+
+
+def _object_at(obj: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    found: dict[str, Any] | None = _field(obj, key, where, dict, "an object")
+    return found if found is not None else {}
+
+
+def _objects_at(obj: dict[str, Any], key: str, where: str) -> list[tuple[str, dict[str, Any]]]:
+    items: list[Any] | None = _field(obj, key, where, list, "a list")
+    out = []
+    for i, item in enumerate(items or []):
+        if not isinstance(item, dict):
+            raise ShapeError(f"{where}.{key}[{i}]: expected an object, got {_kind(item)}")
+        out.append((f"{where}.{key}[{i}]", item))
+    return out
+
+
+def _strings_in(obj: dict[str, Any], where: str) -> None:
+    for k, v in obj.items():
+        if not isinstance(v, str):
+            raise ShapeError(f"{where}[{k!r}]: expected a string, got {_kind(v)}")
+
+
+def _quantities_in(obj: dict[str, Any], where: str) -> None:
+    for k, v in obj.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (str, int, float))):
+            raise ShapeError(f"{where}[{k!r}]: expected a quantity (a string), got {_kind(v)}")
+
+
+def check_shape(pod: Any) -> None:
+    """Raises :class:`ShapeError` when a field this module reads has a JSON type that Go's
+    ``encoding/json`` never writes for a ``v1.Pod`` (``metadata`` a string, ``containers`` an
+    object, an annotation a number). Null or absent is accepted everywhere, as Go omits or
+    nulls empty fields; values are judged by :func:`pod_demand`, not here."""
+    if not isinstance(pod, dict):
+        raise ShapeError(f"Pod: expected an object, got {_kind(pod)}")
+    meta = _object_at(pod, "metadata", "Pod")
+    for key in ("uid", "name", "namespace"):
+        _field(meta, key, "Pod.metadata", str, "a string")
+    _strings_in(_object_at(meta, "annotations", "Pod.metadata"), "Pod.metadata.annotations")
+    spec = _object_at(pod, "spec", "Pod")
+    for key in ("containers", "initContainers"):
+        for where, c in _objects_at(spec, key, "Pod.spec"):
+            _field(c, "name", where, str, "a string")
+            res = _object_at(c, "resources", where)
+            for part in ("limits", "requests"):
+                _quantities_in(_object_at(res, part, f"{where}.resources"), f"{where}.resources.{part}")
+    _quantities_in(_object_at(spec, "overhead", "Pod.spec"), "Pod.spec.overhead")
+    _field(spec, "priority", "Pod.spec", int, "an integer")
+    _field(spec, "nodeName", "Pod.spec", str, "a string")
+    _strings_in(_object_at(spec, "nodeSelector", "Pod.spec"), "Pod.spec.nodeSelector")
+    where = "Pod.spec.affinity.nodeAffinity"
+    node_affinity = _object_at(_object_at(spec, "affinity", "Pod.spec"), "nodeAffinity", "Pod.spec.affinity")
+    required = _object_at(node_affinity, "requiredDuringSchedulingIgnoredDuringExecution", where)
+    for term_at, term in _objects_at(required, "nodeSelectorTerms", f"{where}.requiredDuringSchedulingIgnoredDuringExecution"):
+        for expr_at, expr in _objects_at(term, "matchExpressions", term_at):
+            _field(expr, "key", expr_at, str, "a string")
+            _field(expr, "operator", expr_at, str, "a string")
+            for i, v in enumerate(_field(expr, "values", expr_at, list, "a list") or []):
+                if not isinstance(v, str):
+                    raise ShapeError(f"{expr_at}.values[{i}]: expected a string, got {_kind(v)}")
+    _field(_object_at(pod, "status", "Pod"), "phase", "Pod.status", str, "a string")

@@ -8,15 +8,21 @@ tests/e2e/test_deploy_manifests.py, on the real kube-apiserver.
 
 from __future__ import annotations
 
+import base64
 import pathlib
+import socket
+import ssl
 import subprocess
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 
 from device_plugin import config as plugin_config
+from scheduler_ext import certs, tls
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "gpupack"
@@ -125,6 +131,12 @@ def test_rbac_is_exactly_what_the_programs_use(render: Render) -> None:
         ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"), ("", "pods", "patch"),
         ("", "bindings", "create"),
     }
+    # scheduler_ext/ledger.py: the per-node ledger ConfigMaps, in the extender's own namespace only
+    (ledger,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "gpupack-extender-ledger"]
+    assert ledger["metadata"]["namespace"] == "kube-system"
+    assert ledger["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]}]
+    binding = by_kind(docs, "RoleBinding")["gpupack-extender-ledger"]
+    assert binding["roleRef"]["name"] == "gpupack-extender-ledger" and binding["subjects"][0]["name"] == "gpupack-extender"
     # the scheduler gets the upstream roles, nothing hand-written beyond its own lease
     bound = {d["roleRef"]["name"] for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")
              and d["subjects"][0]["name"] == "gpupack-scheduler"}
@@ -151,16 +163,16 @@ def test_scheduler_config_is_the_shared_one(render: Render, values: list[str]) -
     assert cpu_only["ignorable"] is True and cpu_only["httpTimeout"] == src_cpu_only["httpTimeout"]
     assert (cpu_only["urlPrefix"], cpu_only["weight"], cpu_only.get("tlsConfig")) == (
         ext["urlPrefix"], ext["weight"], ext.get("tlsConfig"))
+    # HTTPS with client auth by default: the source file's address and TLS files, which are
+    # where the chart mounts the Secrets
+    assert ext["urlPrefix"] == src_ext["urlPrefix"] == "https://gpupack-extender.kube-system.svc:8888"
+    assert ext["tlsConfig"] == src_ext["tlsConfig"] and set(ext["tlsConfig"]) == {"caFile", "certFile", "keyFile"}
+    env = {e["name"]: e.get("value") for e in
+           by_kind(docs, "Deployment")["gpupack-extender"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GPUPACK_EXTENDER_TLS_CLIENT_CA"] == "/etc/gpupack/tls/ca.crt"
     if values:
-        assert ext["urlPrefix"] == "https://gpupack-extender.kube-system.svc:8888"
-        assert set(ext["tlsConfig"]) == {"caFile", "certFile", "keyFile"}
-        env = {e["name"]: e.get("value") for e in
-               by_kind(docs, "Deployment")["gpupack-extender"]["spec"]["template"]["spec"]["containers"][0]["env"]}
-        assert env["GPUPACK_EXTENDER_TLS_CLIENT_CA"] == "/etc/gpupack/tls/ca.crt"
         assert env["GPUPACK_EXTENDER_POLICY"] == "fragmentation"
         assert float(env["GPUPACK_EXTENDER_HOLD_SECONDS"]) == 5  # main's --hold-seconds parses it
-    else:
-        assert ext["urlPrefix"] == src_ext["urlPrefix"]
 
 
 def test_cpu_only_scoring_can_be_turned_off(render: Render) -> None:
@@ -174,8 +186,9 @@ def test_extender_probes_and_budget(render: Render) -> None:
     docs = render()
     pod = by_kind(docs, "Deployment")["gpupack-extender"]["spec"]["template"]["spec"]
     c = pod["containers"][0]
-    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # over HTTPS: the health paths need no client certificate (scheduler_ext/tls.py)
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTPS"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", "scheme": "HTTPS"}
     assert c["resources"]["requests"]
     assert by_kind(docs, "PodDisruptionBudget")["gpupack-extender"]["spec"]["minAvailable"] == 1
 
@@ -191,3 +204,191 @@ def test_manifests_are_the_rendered_chart(helm: str, tmp_path: pathlib.Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in shipped.iterdir())
     for p in tmp_path.iterdir():
         assert p.read_text() == (shipped / p.name).read_text(), f"{p.name} is stale: run deploy/render.sh"
+
+
+# --- authenticated by default, least privilege (issue 15) -----------------------------------
+
+
+def secret_bytes(doc: dict[str, Any], key: str) -> bytes:
+    return base64.b64decode(doc["data"][key])
+
+
+def test_helm_makes_a_ca_and_both_certificates(render: Render, tmp_path: pathlib.Path) -> None:
+    """The default (tls.certificates=helm): the extender's serving certificate names its Service
+    and chains to the CA, and kube-scheduler's client certificate passes the extender's own
+    TLS check (a real handshake through scheduler_ext.tls, hostname verified)."""
+    secrets = by_kind(render(), "Secret")
+    ca, server, client = (secrets[n] for n in ("gpupack-extender-ca", "gpupack-extender-tls",
+                                                "gpupack-scheduler-client-tls"))
+    assert {d["type"] for d in (ca, server, client)} == {"kubernetes.io/tls"}
+    assert secret_bytes(server, "ca.crt") == secret_bytes(client, "ca.crt") == secret_bytes(ca, "tls.crt")
+    cert = x509.load_pem_x509_certificate(secret_bytes(server, "tls.crt"))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "gpupack-extender.kube-system.svc" in names and "gpupack-extender.kube-system.svc.cluster.local" in names
+    files = {}
+    for name, doc in (("server", server), ("client", client)):
+        for key in doc["data"]:
+            files[f"{name}/{key}"] = tmp_path / f"{name}-{key}"
+            files[f"{name}/{key}"].write_bytes(secret_bytes(doc, key))
+    ctx = tls.server_context(str(files["server/tls.crt"]), str(files["server/tls.key"]), str(files["server/ca.crt"]))
+    peer = handshake(ctx, files["client/ca.crt"], files["client/tls.crt"], files["client/tls.key"],
+                     "gpupack-extender.kube-system.svc")
+    assert peer and dict(x[0] for x in peer["subject"])["commonName"] == "gpupack-scheduler"
+
+
+def handshake(server_ctx: ssl.SSLContext, ca: pathlib.Path, cert: pathlib.Path, key: pathlib.Path,
+              hostname: str) -> Any:
+    """One TLS handshake over loopback; the client certificate the server saw."""
+    seen: list[Any] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with server_ctx.wrap_socket(conn, server_side=True) as tls_conn:
+                seen.append(tls_conn.getpeercert())
+                tls_conn.recv(1)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        client = ssl.create_default_context(cafile=str(ca))
+        client.load_cert_chain(str(cert), str(key))
+        with client.wrap_socket(socket.create_connection(listener.getsockname(), timeout=10),
+                                server_hostname=hostname) as c:
+            c.sendall(b"x")
+        thread.join(timeout=10)
+    return seen[0] if seen else None
+
+
+def test_the_kustomize_manifests_hold_no_private_key() -> None:
+    # `helm template` has no cluster to look up, so each run makes new certificates:
+    # deploy/manifests is rendered with the in-cluster Job instead, and never carries a key
+    for path in (REPO / "deploy" / "manifests").iterdir():
+        text = path.read_text()
+        assert "PRIVATE KEY" not in text and "tls.key:" not in text, path
+        assert "kind: Secret\n" not in text, path
+    docs = [d for d in yaml.safe_load_all((REPO / "deploy" / "manifests" / "certificates.yaml").read_text()) if d]
+    assert {d["kind"] for d in docs} >= {"Job", "ServiceAccount", "Role", "ValidatingAdmissionPolicy"}
+
+
+def test_the_certificates_job_may_write_only_its_three_secrets(render: Render) -> None:
+    docs = render("--set", "tls.certificates=job")
+    assert not by_kind(docs, "Secret")
+    names = ["gpupack-extender-ca", "gpupack-extender-tls", "gpupack-scheduler-client-tls"]
+    role = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "gpupack-certs"][0]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": names, "verbs": ["get", "update"]},
+        # RBAC cannot name what is created: the policy below does
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    ]
+    vap = by_kind(docs, "ValidatingAdmissionPolicy")["gpupack-certs"]
+    assert vap["spec"]["matchConditions"][0]["expression"] == \
+        "request.userInfo.username == \"system:serviceaccount:kube-system:gpupack-certs\""
+    assert all(n in vap["spec"]["validations"][0]["expression"] for n in names)
+    assert by_kind(docs, "ValidatingAdmissionPolicyBinding")["gpupack-certs"]["spec"]["validationActions"] == ["Deny"]
+    job = by_kind(docs, "Job")["gpupack-certs"]["spec"]
+    pod = job["template"]["spec"]
+    assert pod["serviceAccountName"] == "gpupack-certs"
+    command = pod["containers"][0]["command"]
+    assert command[:2] == ["gpupack-extender", "certs"]
+    # the flags are the subcommand's own
+    certs.parser().parse_args(command[2:])
+    assert "--service=gpupack-extender" in command and "--namespace=kube-system" in command
+    assert job["ttlSecondsAfterFinished"] > 0
+
+
+def test_cert_manager_when_the_operator_says_so(render: Render) -> None:
+    docs = render("--set", "tls.certificates=cert-manager")
+    assert not by_kind(docs, "Secret") and not by_kind(docs, "Job")
+    issuers, certificates = by_kind(docs, "Issuer"), by_kind(docs, "Certificate")
+    assert set(issuers) == {"gpupack-selfsigned", "gpupack-extender-ca"}
+    assert certificates["gpupack-extender-ca"]["spec"]["isCA"] is True
+    server, client = certificates["gpupack-extender"]["spec"], certificates["gpupack-scheduler-client"]["spec"]
+    assert server["secretName"] == "gpupack-extender-tls" and "server auth" in server["usages"]
+    assert "gpupack-extender.kube-system.svc" in server["dnsNames"]
+    assert client["secretName"] == "gpupack-scheduler-client-tls" and "client auth" in client["usages"]
+    assert server["issuerRef"]["name"] == client["issuerRef"]["name"] == "gpupack-extender-ca"
+    # an issuer of the operator's own: the chart makes none
+    docs = render("--set", "tls.certificates=cert-manager", "--set", "tls.certManager.issuerRef.kind=ClusterIssuer",
+                  "--set", "tls.certManager.issuerRef.name=corp-ca")
+    assert not by_kind(docs, "Issuer")
+    assert by_kind(docs, "Certificate")["gpupack-extender"]["spec"]["issuerRef"] == {"kind": "ClusterIssuer",
+                                                                                     "name": "corp-ca"}
+
+
+def test_external_and_unknown_certificate_sources(render: Render, helm: str) -> None:
+    docs = render("--set", "tls.certificates=external")
+    assert not by_kind(docs, "Secret") and not by_kind(docs, "Job") and not by_kind(docs, "Certificate")
+    assert "tls.certificates" in refused(helm, "--set", "tls.certificates=vault")
+
+
+def refused(helm: str, *args: str) -> str:
+    """What helm says when the chart refuses these values (it must refuse them)."""
+    proc = subprocess.run([helm, "template", "gpupack", str(CHART), "--namespace", "kube-system",
+                           "--kube-version", "1.37.2", *args], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0, proc.stdout[:400]
+    return proc.stderr
+
+
+def test_tls_can_be_turned_off(render: Render) -> None:
+    docs = render("--set", "tls.enabled=false")
+    rendered = yaml.safe_load(by_kind(docs, "ConfigMap")["gpupack-scheduler"]["data"]["kube-scheduler-config.yaml"])
+    assert all(e["urlPrefix"].startswith("http://") and "tlsConfig" not in e for e in rendered["extenders"])
+    assert not by_kind(docs, "Secret")
+    env = {e["name"] for e in by_kind(docs, "Deployment")["gpupack-extender"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not {n for n in env if "TLS" in n}
+
+
+def test_the_scheduler_mounts_what_its_tls_config_names(render: Render) -> None:
+    docs = render()
+    rendered = yaml.safe_load(by_kind(docs, "ConfigMap")["gpupack-scheduler"]["data"]["kube-scheduler-config.yaml"])
+    pod = by_kind(docs, "Deployment")["gpupack-scheduler"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounted = {}
+    for m in pod["containers"][0]["volumeMounts"]:
+        secret = volumes[m["name"]].get("secret")
+        if secret:
+            for item in secret["items"]:
+                mounted[f"{m['mountPath']}/{item['path']}"] = (secret["secretName"], item["key"])
+    tls_config = rendered["extenders"][0]["tlsConfig"]
+    assert mounted[tls_config["caFile"]] == ("gpupack-extender-tls", "ca.crt")
+    assert mounted[tls_config["certFile"]] == ("gpupack-scheduler-client-tls", "tls.crt")
+    assert mounted[tls_config["keyFile"]] == ("gpupack-scheduler-client-tls", "tls.key")
+    # the scheduler never sees the extender's private key
+    assert ("gpupack-extender-tls", "tls.key") not in mounted.values()
+
+
+def test_network_policy_admits_only_the_scheduler_and_prometheus(render: Render, helm: str) -> None:
+    docs = render()
+    policy = by_kind(docs, "NetworkPolicy")["gpupack-extender"]["spec"]
+    extender = by_kind(docs, "Deployment")["gpupack-extender"]["spec"]["template"]["metadata"]["labels"]
+    scheduler = by_kind(docs, "Deployment")["gpupack-scheduler"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["podSelector"]["matchLabels"].items() <= extender.items()
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    peers = rule["from"]
+    assert peers[0]["podSelector"]["matchLabels"].items() <= scheduler.items() and "namespaceSelector" not in peers[0]
+    assert peers[1] == {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    assert len(peers) == 2
+    # another scheduler than ours: the operator must say where it runs
+    assert "networkPolicy.extraFrom" in refused(helm, "--set", "scheduler.enabled=false")
+    docs = render("--set", "scheduler.enabled=false", "--set", "networkPolicy.extraFrom[0].ipBlock.cidr=10.0.0.0/24")
+    peers = by_kind(docs, "NetworkPolicy")["gpupack-extender"]["spec"]["ingress"][0]["from"]
+    assert peers[-1] == {"ipBlock": {"cidr": "10.0.0.0/24"}} and len(peers) == 2
+
+
+def test_admission_policies_name_each_program(render: Render) -> None:
+    """What each program may write is checked by the API server (tests/e2e/test_least_privilege.py
+    proves it on the real one): a policy per ServiceAccount, matched by its username, denying."""
+    docs = render()
+    policies, bindings = by_kind(docs, "ValidatingAdmissionPolicy"), by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    expected = {"gpupack-device-plugin": ("nodes", "system:serviceaccount:kube-system:gpupack-device-plugin"),
+                "gpupack-extender": ("pods", "system:serviceaccount:kube-system:gpupack-extender")}
+    assert set(policies) == set(bindings) == set(expected)
+    for name, (resource, user) in expected.items():
+        spec = policies[name]["spec"]
+        assert spec["failurePolicy"] == "Fail"
+        assert resource in spec["matchConstraints"]["resourceRules"][0]["resources"]
+        assert spec["matchConditions"][0]["expression"] == f'request.userInfo.username == "{user}"'
+        assert bindings[name]["spec"] == {"policyName": name, "validationActions": ["Deny"]}
+    node_rule = " ".join(v["expression"] for v in policies["gpupack-device-plugin"]["spec"]["variables"])
+    assert "authentication.kubernetes.io/node-name" in node_rule

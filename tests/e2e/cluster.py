@@ -392,6 +392,8 @@ class Cluster:
         config["leaderElection"] = {"leaderElect": False}
         for extender in config["extenders"]:
             extender["urlPrefix"] = self.extender_url
+            # the session's extender serves plain HTTP; test_extender_tls.py runs one with TLS
+            extender.pop("tlsConfig", None)
         return dict(config)
 
     def start_scheduler(self) -> None:

@@ -81,8 +81,16 @@ def test_deploy_has_the_scheduler_config() -> None:
 
 
 def check_scheduler_config(cluster: harness.Cluster, config: dict[str, Any], tmp_path: pathlib.Path) -> None:
-    """kube-scheduler loads ``config`` (pointed at this cluster's credentials) without error."""
+    """kube-scheduler loads ``config`` (pointed at this cluster's credentials) without error.
+    Extenders' TLS files, which kube-scheduler reads as it starts, are pointed at files of the
+    same kinds (a CA, a client certificate and its key) from the test cluster's PKI."""
     config["clientConnection"]["kubeconfig"] = str(cluster.scheduler_kubeconfig)
+    stand_ins = {"caFile": cluster.pki.ca, "certFile": cluster.pki.cert("admin"), "keyFile": cluster.pki.key("admin")}
+    for extender in config.get("extenders") or []:
+        tls = extender.get("tlsConfig")
+        if tls:
+            assert set(tls) <= set(stand_ins), tls
+            extender["tlsConfig"] = {k: str(stand_ins[k]) for k in tls}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     proc = subprocess.run(
         [str(cluster.bin / "kube-scheduler"), f"--config={tmp_path / 'config.yaml'}",

@@ -119,7 +119,7 @@ def test_preempt_full_victims_mode(client: Client) -> None:
     assert body == {"NodeNameToMetaVictims": {"n-full": {"Pods": [{"UID": "uid-a"}], "NumPDBViolations": 1}}}
 
 
-def test_malformed_and_oversized_bodies_get_400(client: Client) -> None:
+def test_malformed_bodies_get_400_and_oversized_413(client: Client) -> None:
     for path, body, reason in [
         ("/filter", b"{not json", "body is not JSON"),
         ("/filter", b"[1,2]", "expected a JSON object"),
@@ -132,13 +132,13 @@ def test_malformed_and_oversized_bodies_get_400(client: Client) -> None:
         status, text = client.post(path, body)
         assert status == 400, (path, body)
         assert reason in text
-    # an oversized body is refused from its Content-Length, before it is read
+    # an oversized body is refused from its Content-Length, before it is read: 413
     conn = http.client.HTTPConnection(str(client.host), int(client.port), timeout=30)
     conn.putrequest("POST", "/filter")
     conn.putheader("Content-Length", str(2 << 20))
     conn.endheaders()
     resp = conn.getresponse()
-    assert resp.status == 400 and b"exceeds" in resp.read()
+    assert resp.status == 413 and b"exceeds" in resp.read()
     conn.close()
     # still serving, state unharmed
     status, body = client.post("/filter", cache_capable_args())

@@ -49,3 +49,20 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- toYaml (mustMergeOverwrite $cfg $dp.extraConfig) -}}
 {{- end -}}
+
+{{/* The extender's Service, and the DNS names its serving certificate carries. */}}
+{{- define "gpupack.extenderService" -}}
+{{ include "gpupack.fullname" . }}-extender
+{{- end -}}
+
+{{- define "gpupack.extenderDNSNames" -}}
+{{- $svc := include "gpupack.extenderService" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- toJson (list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns)) -}}
+{{- end -}}
+
+{{/* The username of a ServiceAccount of this release: include "gpupack.serviceAccountUser" (list . "extender") */}}
+{{- define "gpupack.serviceAccountUser" -}}
+{{- $root := index . 0 -}}
+system:serviceaccount:{{ $root.Release.Namespace }}:{{ include "gpupack.fullname" $root }}-{{ index . 1 }}
+{{- end -}}
