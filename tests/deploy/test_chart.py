@@ -122,8 +122,10 @@ def rules(docs: list[dict[str, Any]], name: str) -> set[tuple[str, str, str]]:
 
 def test_rbac_is_exactly_what_the_programs_use(render: Render) -> None:
     docs = render()
-    # device_plugin/kube.py: patch_node; list/watch pods on its node
-    assert rules(docs, "gpupack-device-plugin") == {("", "nodes", "patch"), ("", "pods", "list"), ("", "pods", "watch")}
+    # device_plugin/kube.py: patch_node; list/watch pods on its node; patch_namespaced_pod
+    # (AnnotationCorrector: gpupack.io/devices only, narrowed by gpupack-device-plugin-pods)
+    assert rules(docs, "gpupack-device-plugin") == {
+        ("", "nodes", "patch"), ("", "pods", "list"), ("", "pods", "watch"), ("", "pods", "patch")}
     # scheduler_ext/watch.py: list/watch nodes and pods; binder.py: read_namespaced_pod,
     # patch_namespaced_pod, create_namespaced_binding
     assert rules(docs, "gpupack-extender") == {
@@ -382,6 +384,7 @@ def test_admission_policies_name_each_program(render: Render) -> None:
     docs = render()
     policies, bindings = by_kind(docs, "ValidatingAdmissionPolicy"), by_kind(docs, "ValidatingAdmissionPolicyBinding")
     expected = {"gpupack-device-plugin": ("nodes", "system:serviceaccount:kube-system:gpupack-device-plugin"),
+                "gpupack-device-plugin-pods": ("pods", "system:serviceaccount:kube-system:gpupack-device-plugin"),
                 "gpupack-extender": ("pods", "system:serviceaccount:kube-system:gpupack-extender")}
     assert set(policies) == set(bindings) == set(expected)
     for name, (resource, user) in expected.items():

@@ -217,3 +217,39 @@ def test_a_pod_turning_running_asks_for_a_pass() -> None:
     assert pokes == [1]
     claims.apply("MODIFIED", pod_json("a", {"main": {GPU: ["GPU-0"]}}, "4", phase="Succeeded"))
     assert claims.annotated() == []  # a finished pod is not corrected
+
+
+def test_each_allocate_asks_for_a_pass_and_a_refused_one_does_not(short_dir: Any, a100: Any) -> None:
+    from device_plugin.allocate import AllocationError
+    from device_plugin.discovery.nvml import NvmlBackend
+    from device_plugin.manager import Manager
+
+    pokes: list[int] = []
+    m = Manager(NvmlBackend(a100), short_dir, on_allocated=lambda: pokes.append(1))
+    _, devices = m.devices(GPU)
+    m.allocate(GPU, [devices[0].id])
+    assert pokes == [1]
+    with pytest.raises(AllocationError):
+        m.allocate(GPU, ["GPU-nonexistent"])
+    assert pokes == [1]
+
+
+def test_the_pass_loop_runs_after_a_poke_and_stops() -> None:
+    import threading
+
+    passes = threading.Event()
+    api = FakePodsApi({})
+    claims = kube.PodClaims(api, "gpu-1")
+
+    def held() -> truth.Held:
+        passes.set()
+        return {}
+
+    fix = kube.AnnotationCorrector(api, claims, held, PluginMetrics(), interval_s=3600.0)
+    thread = threading.Thread(target=fix.run, daemon=True)
+    thread.start()
+    fix.poke()
+    assert passes.wait(10)
+    fix.stop()
+    thread.join(10)
+    assert not thread.is_alive()

@@ -7,7 +7,8 @@ ValidatingAdmissionPolicies.
 
 - device plugin: may patch only the Node its pod runs on (the node-name claim of its pod-bound
   token), and there only gpupack.io/ labels and annotations: another node, a taint, a foreign
-  label, a token without a node are refused;
+  label, a token without a node are refused; on pods it may change only gpupack.io/devices,
+  and only of pods bound to its node;
 - extender: may change only the gpupack.io/devices annotation of a pod, and write only its
   ledger ConfigMaps gpupack-node-<node> in its own namespace;
 - the certificates Job is covered by test_extender_tls.py, which runs it.
@@ -89,12 +90,19 @@ def test_the_device_plugin_changes_only_its_own_node(
             own, {"metadata": {"annotations": {"node.alpha.kubernetes.io/ttl": "0"}}}))
         assert status == 403 and "only gpupack.io/ annotations" in body, body
         assert cluster.core.read_node(own).spec.taints[0].key == TAINT["key"]
-        # pods: it reads its node's pods (field selector); it writes none
+        # pods: it reads its node's pods (field selector); it writes only gpupack.io/devices
+        # on them (the truth after the fact, device_plugin/truth.py)
         listed = as_plugin.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={own}")
         assert [p.metadata.name for p in listed.items] == [f"{group}-plugin"]
-        status, _ = accounts.refusal(lambda: as_plugin.patch_namespaced_pod(
+        status, body = accounts.refusal(lambda: as_plugin.patch_namespaced_pod(
             f"{group}-plugin", accounts.NAMESPACE, {"metadata": {"labels": {"x": "y"}}}))
-        assert status == 403  # RBAC: no pod writes at all
+        assert status == 403 and "only the gpupack.io/devices annotation" in body, body
+        devices = {"metadata": {"annotations": {contract.DEVICES_ANNOTATION: contract.encode_assignment({})}}}
+        as_plugin.patch_namespaced_pod(f"{group}-plugin", accounts.NAMESPACE, devices, dry_run="All")
+        with accounts.pod_token(cluster, PLUGIN, f"{group}-elsewhere", node=other):
+            status, body = accounts.refusal(lambda: as_plugin.patch_namespaced_pod(
+                f"{group}-elsewhere", accounts.NAMESPACE, devices))
+            assert status == 403 and f"on {own} may not change pod" in body, body
     # a token that names no node (not bound to a pod) may change no node, not even "its" own
     as_unbound = accounts.client_for(cluster, accounts.unbound_token(cluster, PLUGIN))
     status, body = accounts.refusal(lambda: as_unbound.patch_node(own, annotate))
