@@ -63,7 +63,8 @@ NO_PINS: frozenset[str] = frozenset()
 
 @dataclasses.dataclass(frozen=True)
 class PodDemand:
-    """The GPU side of one pod. ``error`` is set when the pod's GPU fields cannot be read."""
+    """The GPU side of one pod. ``error`` is set when a field it reads cannot be used (unreadable,
+    or a number out of range): the first such field, named."""
 
     uid: str
     namespace: str

@@ -79,8 +79,9 @@ class Limits:
     #: listen backlog: connections the kernel completes before they are accepted (capped by
     #: ``net.core.somaxconn``); a burst of kube-scheduler's binds must not see resets.
     backlog: int = 1024
-    #: bytes of request bodies being received or decided at once, over all connections; a
-    #: body that would pass it gets 503 from its Content-Length (unless it would be alone).
+    #: bytes of request bodies being received or decided at once, over all connections (an
+    #: answer being written no longer counts); a body that would pass it gets 503 from its
+    #: Content-Length (unless it would be alone).
     #: The largest body and 32 MiB besides: kube-scheduler sends one large request at a time
     #: (its scheduling cycle), and its binds beside it are a few hundred bytes each.
     max_body_in_flight: int = DEFAULT_MAX_BODY + 32 * 2**20
@@ -611,12 +612,12 @@ class _Connection(socketserver.BaseRequestHandler):
                 return False
             answer = app.handle_post(path, body)
             del body  # a large body's buffer goes back before the answer is written
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s %s %s -> %d", self.client_address[0], method, path, answer.status)
-            sent = self._send(answer, keep, http10)
-            del answer
-        finally:
+        finally:  # decided: its bytes are no longer in flight (before the answer goes out)
             self.server.admitted(length)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s %s -> %d", self.client_address[0], method, path, answer.status)
+        sent = self._send(answer, keep, http10)
+        del answer
         if length >= LARGE_BODY:
             release_memory()
         return sent and keep
