@@ -287,3 +287,123 @@ def test_check_shape_names_the_field(pod: Any, message: str) -> None:
 )
 def test_check_shape_accepts(pod: Any) -> None:
     check_shape(pod)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"containers": [_c(requests={"cpu": "x", "memory": "-1"})]},
+        {"containers": [_c(requests={"cpu": "9223372036854776", "memory": "9223372036854775808"})]},
+        {"containers": [], "overhead": {"cpu": "-1", "memory": "x"}},
+    ],
+)
+def test_unusable_quantities_count_zero(spec: dict[str, Any]) -> None:
+    assert pod_requests(spec) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "requests, error, cpu, mem",
+    [
+        ({"cpu": "0", "memory": "0"}, "", 0, 0),  # zero is not negative
+        # exactly int64 bytes: read, in MiB rounded up
+        ({"memory": "9223372036854775807"}, "", 0, 8796093022208),
+        # bytes that would be beyond int64 as millicores are fine as memory
+        ({"memory": "9223372036854776"}, "", 0, 8796093023),
+        # exactly int64 millicores is not beyond int64, but the sum is beyond the kernel's bound
+        ({"cpu": "9223372036854775807m"}, f"CPU requests sum to 9223372036854775807 millicores, more than {MAX_CPU_MILLI}", 0, 0),
+        ({"cpu": "4611686018427387903m"}, "", MAX_CPU_MILLI, 0),
+        ({"cpu": "4611686018427387904m"}, f"CPU requests sum to 4611686018427387904 millicores, more than {MAX_CPU_MILLI}", 0, 0),
+    ],
+)
+def test_int64_edges(requests: dict[str, Any], error: str, cpu: int, mem: int) -> None:
+    d = pod_demand(_pod([_c(requests=requests)]))
+    assert (d.error, d.cpu_milli, d.node_memory_mib) == (error, cpu, mem)
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("x" * 38, repr("x" * 38)),  # 40 characters with the quotes: shown whole
+        ("x" * 39, repr("x" * 39)[:37] + "..."),  # 41: cut to 37 and "..."
+    ],
+)
+def test_long_values_are_cut_at_40_characters(text: str, shown: str) -> None:
+    assert pod_demand(_pod([_c(requests={"cpu": text})])).error == f"container 'c' requests.cpu: {shown} is not a quantity"
+
+
+@pytest.mark.parametrize("pod, kind", [((1,), "tuple"), ({1, 2}, "set"), (None, "null"), (1.5, "a number")])
+def test_check_shape_names_other_types(pod: Any, kind: str) -> None:
+    with pytest.raises(ShapeError) as err:
+        check_shape(pod)
+    assert str(err.value) == f"Pod: expected an object, got {kind}"
+
+
+@pytest.mark.parametrize(
+    "pod, message",
+    [
+        ({"metadata": {"namespace": 1}}, "Pod.metadata.namespace: expected a string, got an integer"),
+        ({"metadata": {"annotations": []}}, "Pod.metadata.annotations: expected an object, got a list"),
+        ({"metadata": {"annotations": "a=b"}}, "Pod.metadata.annotations: expected an object, got a string"),
+    ],
+)
+def test_check_shape_metadata_fields(pod: Any, message: str) -> None:
+    with pytest.raises(ShapeError) as err:
+        check_shape(pod)
+    assert str(err.value) == message
+
+
+_NA = "Pod.spec.affinity.nodeAffinity"
+_REQ = f"{_NA}.requiredDuringSchedulingIgnoredDuringExecution"
+
+
+@pytest.mark.parametrize(
+    "pod, message",
+    [
+        ({"spec": []}, "Pod.spec: expected an object, got a list"),
+        ({"spec": {"nodeSelector": []}}, "Pod.spec.nodeSelector: expected an object, got a list"),
+        ({"spec": {"affinity": []}}, "Pod.spec.affinity: expected an object, got a list"),
+        ({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": []}}}},
+         f"{_REQ}: expected an object, got a list"),
+        ({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": {}}}}}},
+         f"{_REQ}.nodeSelectorTerms: expected a list, got an object"),
+        ({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [1]}}}}},
+         f"{_REQ}.nodeSelectorTerms[0]: expected an object, got an integer"),
+        ({"spec": {"affinity": _affinity({"matchExpressions": {}})}},
+         f"{_REQ}.nodeSelectorTerms[0].matchExpressions: expected a list, got an object"),
+        ({"spec": {"affinity": _affinity({"matchExpressions": ["x"]})}},
+         f"{_REQ}.nodeSelectorTerms[0].matchExpressions[0]: expected an object, got a string"),
+        ({"spec": {"affinity": _affinity(_term({"values": "a"}))}},
+         f"{_REQ}.nodeSelectorTerms[0].matchExpressions[0].values: expected a list, got a string"),
+        ({"spec": {"overhead": []}}, "Pod.spec.overhead: expected an object, got a list"),
+        ({"spec": {"containers": [{"resources": []}]}}, "Pod.spec.containers[0].resources: expected an object, got a list"),
+        ({"spec": {"containers": [{"resources": {"limits": []}}]}},
+         "Pod.spec.containers[0].resources.limits: expected an object, got a list"),
+        ({"spec": {"initContainers": [{"resources": {"requests": "x"}}]}},
+         "Pod.spec.initContainers[0].resources.requests: expected an object, got a string"),
+        ({"spec": {"initContainers": {}}}, "Pod.spec.initContainers: expected a list, got an object"),
+        ({"spec": {"containers": [{}, {"resources": {"requests": {"cpu": []}}}]}},
+         "Pod.spec.containers[1].resources.requests['cpu']: expected a quantity (a string), got a list"),
+    ],
+)
+def test_check_shape_every_object_field(pod: Any, message: str) -> None:
+    with pytest.raises(ShapeError) as err:
+        check_shape(pod)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("value, count", [("00001024", 1024), ("000000000001", 1), ("0" * 30, 0)])
+def test_leading_zeros_do_not_count_against_the_bound(value: str, count: int) -> None:
+    d = pod_demand(_pod([_c(limits={GPU: value})]))
+    assert d.error == "" and d.totals() == ({GPU: count} if count else {})
+
+
+def test_a_container_without_a_name_asks_under_the_empty_name() -> None:
+    d = pod_demand(_pod([{"resources": {"limits": {GPU: "1"}}}]))
+    assert d.asks == (ContainerAsk("", GPU, 1),)
+
+
+def test_a_hint_of_exactly_64_characters_is_read() -> None:
+    pod = _pod([_c(limits={GPU: "1"})])
+    pod["metadata"]["annotations"] = {contract.GPU_MEMORY_ANNOTATION: "0" * 61 + "1Gi"}
+    d = pod_demand(pod)
+    assert (d.error, d.memory_mib) == ("", 1024)

@@ -135,3 +135,27 @@ def test_choose_devices_reads_the_row_asked_for(row: int) -> None:
 def test_choose_devices_on_a_one_row_copy() -> None:
     s = slots([[S(cap=4, free=1), S(cap=4, free=4)]])
     assert choose_devices(s, 0, Request(0, 2), np) == ((0, 1), (1, 1))
+
+
+def test_take_plan_gives_nothing_on_a_node_without_units() -> None:
+    # node 0 has no unit; node 1 has two: the steps node 1 needs take nothing on node 0
+    s = slots([[S(cap=4, free=0), S(cap=4, free=0)], [S(cap=4, free=2), S(cap=4, free=0)]])
+    assert take_plan(s, Request(0, 2), np).tolist() == [[0, 0], [2, 0]]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [[S(cap=4, free=1)], [S(cap=4, free=4)]],  # one column per node
+        [[S(cap=4, free=1), S(cap=4, free=0)], [S(cap=4, free=4), S(cap=4, free=4)]],
+    ],
+)
+def test_choose_devices_judges_only_its_own_row(rows: list[list[S]]) -> None:
+    # row 0 holds one share; other nodes' free shares must not make two fit there
+    assert choose_devices(slots(rows), 0, Request(0, 2), np) == ()
+    assert choose_devices(slots(rows), 1, Request(0, 2), np) != ()
+
+
+def test_two_share_slots_are_packed_not_taken_whole() -> None:
+    s = slots([[S(cap=2, free=2), S(cap=2, free=1)]])
+    assert choose_devices(s, 0, Request(0, 3), np) == ((0, 2), (1, 1))
