@@ -407,3 +407,17 @@ def test_a_hint_of_exactly_64_characters_is_read() -> None:
     pod["metadata"]["annotations"] = {contract.GPU_MEMORY_ANNOTATION: "0" * 61 + "1Gi"}
     d = pod_demand(pod)
     assert (d.error, d.memory_mib) == ("", 1024)
+
+
+@pytest.mark.parametrize("kinds, refused", [(podspec.MAX_GPU_RESOURCES, False), (podspec.MAX_GPU_RESOURCES + 1, True)],
+                         ids=["sixteen-resources", "seventeen-resources"])
+def test_at_most_sixteen_distinct_gpu_resources(kinds: int, refused: bool) -> None:
+    # 16 MIG profile names pass, a 17th is refused with the count named
+    limits = {f"nvidia.com/mig-{i}g.{5 * i}gb": "1" for i in range(1, kinds + 1)}
+    assert all(contract.is_gpu_resource(r) for r in limits)
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "p", "namespace": "default", "uid": "u"},
+           "spec": {"containers": [{"name": "c", "resources": {"limits": limits}}]}}
+    d = podspec.pod_demand(pod)
+    assert (f"{kinds} GPU resources asked for, more than {podspec.MAX_GPU_RESOURCES}" in d.error) == refused
+    assert bool(d.error) == refused
