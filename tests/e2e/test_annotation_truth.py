@@ -33,34 +33,6 @@ H100 = ("NVIDIA H100 80GB HBM3", 81559)
 SHARED = contract.NVIDIA_GPU_SHARED
 
 
-def truthful(cluster: harness.Cluster, namespace: str, names: list[str]) -> Any:
-    """A watch predicate: every named pod is Running and its annotation names exactly, per
-    container and GPU resource, the device ids the node agent recorded for it."""
-    running = workloads.all_running(namespace, names)
-
-    def done(pods: Mapping[str, Any]) -> Any:
-        got = running(pods)
-        if not got:
-            return None
-        for pod in got.values():
-            if annotation_vs_kubelet(cluster, pod) is not None:
-                return None
-        return got
-
-    return done
-
-
-def annotation_vs_kubelet(cluster: harness.Cluster, pod: Any) -> str | None:
-    """None when the annotation equals what the kubelet gave, else the difference in words."""
-    text = (pod.metadata.annotations or {}).get(contract.DEVICES_ANNOTATION)
-    annotated = contract.decode_assignment(text) if text else {}
-    given = {c: {r: sorted(ids) for r, ids in rec["deviceIDs"].items() if contract.is_gpu_resource(r) and ids}
-             for c, rec in workloads.received(cluster, pod).items()}
-    given = {c: res for c, res in given.items() if res}
-    want = {c: {r: sorted(ids) for r, ids in res.items()} for c, res in annotated.items()}
-    return None if want == given else f"{pod.metadata.name}: annotated {want}, kubelet gave {given}"
-
-
 def plugin_metric(node: harness.SimNode, name: str) -> float:
     with urllib.request.urlopen(node.metrics_url, timeout=10) as resp:
         text = resp.read().decode()
@@ -86,7 +58,7 @@ def test_a_burst_of_shares_with_different_memory_hints_ends_with_true_annotation
     for pod, hint in zip(names, hints):
         cluster.core.create_namespaced_pod(namespace, workloads.gpu_pod(
             pod, group, {SHARED: 1}, annotations={contract.GPU_MEMORY_ANNOTATION: hint}))
-    pods = cluster.wait_pods(namespace, truthful(cluster, namespace, names), "every annotation true", timeout_s=180)
+    pods = cluster.wait_pods(namespace, workloads.truthful(cluster, namespace, names), "every annotation true", timeout_s=180)
     workloads.check_allocations(cluster, pods.values(), exact=True)
     assert plugin_metric(node, "gpupack_plugin_annotation_correction_failures_total") == 0
 
@@ -105,7 +77,7 @@ def test_a_stale_annotation_is_corrected_and_others_are_left_alone(
             pod, group, resources, annotations=annotations, node_name=name))
 
     create("holder", {contract.NVIDIA_GPU: 1}, {contract.DEVICES_ANNOTATION: pinned})
-    cluster.wait_pods(namespace, truthful(cluster, namespace, ["holder"]), "holder Running on GPU 5")
+    cluster.wait_pods(namespace, workloads.truthful(cluster, namespace, ["holder"]), "holder Running on GPU 5")
     before = plugin_metric(node, "gpupack_plugin_annotation_corrections_total")
     # GPU 5 is taken: the kubelet does not offer it, the plugin chooses another one itself
     create("stale", {contract.NVIDIA_GPU: 1}, {contract.DEVICES_ANNOTATION: pinned})
@@ -113,7 +85,7 @@ def test_a_stale_annotation_is_corrected_and_others_are_left_alone(
     create("cpu-only", {}, {})
     names = ["holder", "stale", "plain", "cpu-only"]
     cluster.wait_pods(namespace, workloads.all_running(namespace, names), "all Running")
-    pods = cluster.wait_pods(namespace, truthful(cluster, namespace, ["holder", "stale"]), "stale corrected")
+    pods = cluster.wait_pods(namespace, workloads.truthful(cluster, namespace, ["holder", "stale"]), "stale corrected")
     stale = pods[f"{namespace}/stale"]
     got = contract.decode_assignment(stale.metadata.annotations[contract.DEVICES_ANNOTATION])["main"][contract.NVIDIA_GPU]
     assert got != [gpu5] and len(got) == 1

@@ -142,7 +142,6 @@ def test_a_hundred_inference_pods(
             namespace, workloads.gpu_pod(name, group, resources, containers=containers, annotations=annotations))
     running = cluster.wait_pods(namespace, workloads.all_running(namespace, [p[0] for p in pods]),
                                 "81 pods Running", timeout_s=400)
-    in_use = workloads.check_allocations(cluster, running.values(), exact=False)
 
     # every class packed as computed in the module docstring (judged on the extender's placement)
     a100, h100 = (inventory_of(cluster, fleet[k]) for k in ("a100", "h100"))
@@ -162,6 +161,11 @@ def test_a_hundred_inference_pods(
              for pod in ("whole-4", "whole-2")}
     assert set(whole["whole-4"]) == {g.id for g in h100.gpus[4:]}
     assert set(whole["whole-2"]) == {g.id for g in a100.gpus[6:]}
+    # then the truth: where the kubelet gave other devices in the burst, the plugin corrects
+    # the annotation (PodResources), so each container ends with exactly its annotated devices
+    truth = cluster.wait_pods(namespace, workloads.truthful(cluster, namespace, [p[0] for p in pods]),
+                              "every annotation equal to what the kubelet gave", timeout_s=120)
+    in_use = workloads.check_allocations(cluster, truth.values(), exact=True)
     assert sum(len(v) for v in in_use.values()) == 4 + 2 + 21 + 2 + 48 + 7 + 3
 
 
@@ -169,8 +173,9 @@ def test_a_burst_of_same_size_pods_uses_exactly_the_annotated_devices(
     cluster: harness.Cluster, fleet: dict[str, harness.SimNode], group: str, namespace: str
 ) -> None:
     """Twelve identical pods at once. Together they get exactly the slices the extender chose;
-    which of them gets which may differ from the annotations (check_allocations, exact=False):
-    GetPreferredAllocation does not say which pod it is for."""
+    which of them gets which may differ from the first annotations (GetPreferredAllocation does
+    not say which pod it is for), and the plugin then corrects them: in the end each pod's
+    annotation is exactly what it received."""
     # Created in the reverse of name order: a plugin that orders pods bound in the same second
     # by name (as it once did, with 1 s bind times) loses track of which slices are taken.
     names = [f"burst-{chr(ord('z') - i)}" for i in range(12)]
@@ -178,3 +183,6 @@ def test_a_burst_of_same_size_pods_uses_exactly_the_annotated_devices(
         cluster.core.create_namespaced_pod(namespace, workloads.gpu_pod(name, group, {MIG_1G: 1}))
     running = cluster.wait_pods(namespace, workloads.all_running(namespace, names), "burst Running")
     workloads.check_allocations(cluster, running.values(), exact=False)
+    truth = cluster.wait_pods(namespace, workloads.truthful(cluster, namespace, names),
+                              "every annotation equal to what the kubelet gave", timeout_s=120)
+    workloads.check_allocations(cluster, truth.values(), exact=True)

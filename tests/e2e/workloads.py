@@ -194,3 +194,31 @@ def annotated_by_node(pods: Iterable[Any]) -> dict[str, dict[str, list[str]]]:
             for resource, ids in resources.items():
                 out[pod.spec.node_name][resource] += ids
     return out
+
+
+def truthful(cluster: harness.Cluster, namespace: str, names: list[str]) -> Any:
+    """A watch predicate: every named pod is Running and its annotation names exactly, per
+    container and GPU resource, the device ids the node agent recorded for it."""
+    running = all_running(namespace, names)
+
+    def done(pods: Mapping[str, Any]) -> Any:
+        got = running(pods)
+        if not got:
+            return None
+        for pod in got.values():
+            if annotation_vs_kubelet(cluster, pod) is not None:
+                return None
+        return got
+
+    return done
+
+
+def annotation_vs_kubelet(cluster: harness.Cluster, pod: Any) -> str | None:
+    """None when the annotation equals what the kubelet gave, else the difference in words."""
+    text = (pod.metadata.annotations or {}).get(contract.DEVICES_ANNOTATION)
+    annotated = contract.decode_assignment(text) if text else {}
+    given = {c: {r: sorted(ids) for r, ids in rec["deviceIDs"].items() if contract.is_gpu_resource(r) and ids}
+             for c, rec in received(cluster, pod).items()}
+    given = {c: res for c, res in given.items() if res}
+    want = {c: {r: sorted(ids) for r, ids in res.items()} for c, res in annotated.items()}
+    return None if want == given else f"{pod.metadata.name}: annotated {want}, kubelet gave {given}"
