@@ -166,14 +166,6 @@ def test_accepted_values(pod: dict[str, Any], asks: tuple[ContainerAsk, ...], pr
     assert d.wants_gpu is bool(asks)
 
 
-def test_too_many_gpu_resources() -> None:
-    limits = {f"nvidia.com/mig-{i}g.10gb": "1" for i in range(1, 18)}
-    limits = {r: "1" for r in list(limits) if contract.is_gpu_resource(r)}
-    if len(limits) <= podspec.MAX_GPU_RESOURCES:
-        pytest.skip("fewer distinct GPU resource names than the bound here")
-    assert "GPU resources asked for, more than 16" in pod_demand(_pod([_c(limits=limits)])).error
-
-
 @pytest.mark.parametrize(
     "hint, memory, error",
     [

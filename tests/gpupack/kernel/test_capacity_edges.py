@@ -9,7 +9,6 @@ too many, a model pin that leaks) fails one of these rows, whatever the random s
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from gpupack.kernel import Reason, Request
 from gpupack.kernel.slots import take_plan, units
 from gpupack.kernel.xp import to_host
 
+from tests.gpu import unavailable
 from tests.gpupack.kernel.kernel_tables import S, slots
 
 GPU, SHARED, MIG1G, MIG3G = 0, 1, 2, 3
@@ -135,10 +135,7 @@ def _cupy() -> Any:
         xp.zeros(1).sum()
         return xp
     except Exception as err:  # no CuPy, or no GPU behind it
-        reason = f"CuPy is not usable here ({type(err).__name__}: {err})"
-        if os.environ.get("GPUPACK_REQUIRE_GPU") == "1":
-            pytest.fail(reason + ", and GPUPACK_REQUIRE_GPU=1 asks for it")
-        pytest.skip(reason + "; tools/gpu-check.sh runs this on a GPU")
+        unavailable(f"CuPy is not usable here ({type(err).__name__}: {err})")
 
 
 def test_capacity_edges_on_cupy() -> None:
