@@ -162,7 +162,7 @@ class KubePodApi:
 
         body = {"metadata": {"resourceVersion": resource_version, "annotations": annotations}}
         try:
-            self.core.patch_namespaced_pod(name, namespace, body, _preload_content=False)
+            ledger_mod.finish(self.core.patch_namespaced_pod(name, namespace, body, _preload_content=False))
         except ApiException as err:
             if err.status == 409:
                 raise Conflict(str(err.reason)) from err
@@ -175,4 +175,4 @@ class KubePodApi:
             "metadata": {"name": name, "namespace": namespace, "uid": uid},
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
-        self.core.create_namespaced_binding(namespace, body, _preload_content=False)
+        ledger_mod.finish(self.core.create_namespaced_binding(namespace, body, _preload_content=False))

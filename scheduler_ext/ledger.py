@@ -202,10 +202,7 @@ class KubeLedgerApi:
             if err.status == 404:
                 return None
             raise
-        try:
-            obj = json.loads(resp.data)
-        finally:
-            resp.release_conn()
+        obj = json.loads(finish(resp))
         data = obj.get("data") or {}
         return {str(k): str(v) for k, v in data.items()}, str(obj["metadata"]["resourceVersion"])
 
@@ -217,8 +214,7 @@ class KubeLedgerApi:
                              "labels": {"app.kubernetes.io/part-of": "gpupack", "gpupack.io/ledger": "node"}},
                 "data": data}
         try:
-            resp = self.core.create_namespaced_config_map(self.namespace, body, _preload_content=False)
-            resp.release_conn()
+            finish(self.core.create_namespaced_config_map(self.namespace, body, _preload_content=False))
         except ApiException as err:
             if err.status == 409:
                 raise Conflict(str(err.reason)) from err
@@ -232,9 +228,17 @@ class KubeLedgerApi:
                              "labels": {"app.kubernetes.io/part-of": "gpupack", "gpupack.io/ledger": "node"}},
                 "data": data}
         try:
-            resp = self.core.replace_namespaced_config_map(name, self.namespace, body, _preload_content=False)
-            resp.release_conn()
+            finish(self.core.replace_namespaced_config_map(name, self.namespace, body, _preload_content=False))
         except ApiException as err:
             if err.status == 409:
                 raise Conflict(str(err.reason)) from err
             raise
+
+
+def finish(resp: Any) -> bytes:
+    """Reads an unparsed answer (``_preload_content=False``) to its end, which gives its
+    connection back to the client's pool, and returns the body. Released unread, a connection
+    goes back with the body still in it: the pool then drops it (a new TLS handshake for the
+    next call) or, where the body was already buffered, reuses it out of step."""
+    data: bytes = resp.data  # urllib3 reads to the end and releases the connection
+    return data

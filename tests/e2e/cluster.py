@@ -492,12 +492,14 @@ class Cluster:
         done: Callable[[dict[str, Any]], Any],
         timeout_s: float,
         what: str,
+        describe: Callable[[dict[str, Any]], str] | None = None,
         **list_kwargs: Any,
     ) -> Any:
         """Lists objects, then watches them until ``done(objects by name)`` returns something truthy.
 
         ``objects`` maps ``namespace/name`` (or ``name``) to the object as the API returns it.
-        Returns what ``done`` returned; raises AssertionError with the last state on timeout.
+        Returns what ``done`` returned; raises AssertionError on timeout, with ``describe(objects)``
+        (the last state, in a few lines) first and the programs' log tails after it.
         """
         from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
@@ -517,7 +519,8 @@ class Cluster:
         while not result:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{self.tails()}")
+                state = describe(objects) if describe is not None else ""
+                raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{state}\n{self.tails()}")
             self.check_processes()
             w = watch.Watch()  # type: ignore[no-untyped-call]
             try:
@@ -555,7 +558,29 @@ class Cluster:
     def wait_pods(
         self, namespace: str, done: Callable[[dict[str, Any]], Any], what: str, timeout_s: float = 120.0
     ) -> Any:
-        return self.watch_until(self.core.list_namespaced_pod, done, timeout_s, what, namespace=namespace)
+        return self.watch_until(self.core.list_namespaced_pod, done, timeout_s, what,
+                                describe=lambda pods: self.describe_unready(namespace, pods), namespace=namespace)
+
+    def describe_unready(self, namespace: str, pods: Mapping[str, Any]) -> str:
+        """One line per pod that is not Running (phase, node, why not scheduled) and its last
+        three events: what a timeout message needs first."""
+        lines = []
+        for key, pod in sorted(pods.items()):
+            if pod.status.phase == "Running":
+                continue
+            why = "; ".join(f"{c.type}={c.status} {c.reason or ''}: {c.message or ''}"
+                            for c in pod.status.conditions or [] if c.status != "True")
+            lines.append(f"  {key}: {pod.status.phase} on {pod.spec.node_name or '(no node)'} {why}")
+            try:
+                events = self.core.list_namespaced_event(
+                    namespace, field_selector=f"involvedObject.name={pod.metadata.name}").items
+            except Exception as err:  # the API server may be the problem: say so and go on
+                lines.append(f"    (events not read: {err})")
+                continue
+            events.sort(key=lambda e: int(e.metadata.resource_version))
+            lines += [f"    {e.type} {e.reason} x{e.count or 1}: {e.message}" for e in events[-3:]]
+        running = len(pods) - sum(1 for p in pods.values() if p.status.phase != "Running")
+        return f"{running} of {len(pods)} pods Running; the others:\n" + "\n".join(lines[:200])
 
     def wait_node(self, name: str, done: Callable[[Any], Any], what: str, timeout_s: float = 60.0) -> Any:
         """Waits (watch) until ``done(node)`` is truthy; returns the node."""

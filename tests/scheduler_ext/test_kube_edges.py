@@ -69,3 +69,78 @@ def test_watch_source_list_and_gone() -> None:
     assert source.list("Pod") == ([], "43")
     with pytest.raises(Gone):
         list(source.watch("Pod", "43"))
+
+
+class CountingApiServer:
+    """A loopback HTTP/1.1 server that answers the calls a bind makes (pod read and patch,
+    Binding, ledger ConfigMap read, create and replace) and counts the connections it accepted."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.connections = 0
+        self.requests: list[tuple[str, str]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go in two writes
+
+            def setup(self) -> None:
+                outer.connections += 1
+                super().setup()
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                outer.requests.append((self.command, self.path))
+                body = json.dumps({"kind": "Whatever", "metadata": {"name": "x", "resourceVersion": "9"},
+                                   "data": {"k": "v"}, "padding": "p" * 4096}).encode()
+                self.send_response(201 if self.command == "POST" else 200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_PATCH = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_bind_calls_reuse_one_connection() -> None:
+    """Every answer is read to its end, so one connection serves a whole series of binds (an
+    answer released unread sent each bind through new connections: new TLS handshakes)."""
+    from kubernetes import client
+
+    from scheduler_ext.ledger import KubeLedgerApi
+
+    server = CountingApiServer()
+    try:
+        config = client.Configuration(host=server.url)
+        core = client.CoreV1Api(client.ApiClient(config))
+        pods, ledger = KubePodApi(core), KubeLedgerApi(core, "gpupack")
+        for i in range(5):
+            assert pods.read_pod("ns", f"p{i}")["metadata"]["resourceVersion"] == "9"
+            assert ledger.read("gpupack-node-n1") == ({"k": "v"}, "9")
+            ledger.replace("gpupack-node-n1", {"uid": "claim"}, "9")
+            ledger.create("gpupack-node-n2", {"uid": "claim"})
+            pods.patch_pod_annotations("ns", f"p{i}", "9", {"gpupack.io/devices": "{}"})
+            pods.create_binding("ns", f"p{i}", "uid", "n1")
+    finally:
+        server.close()
+    assert [m for m, _ in server.requests] == ["GET", "GET", "PUT", "POST", "PATCH", "POST"] * 5
+    assert server.connections == 1
