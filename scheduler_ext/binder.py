@@ -14,6 +14,7 @@ conflict is retried with a fresh read, never overwritten blindly.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from gpupack import contract
@@ -47,8 +48,8 @@ CLAIM_ROUNDS = 4
 
 
 class DeviceLedger(Protocol):
-    def claim(self, node: str, uid: str, pod: str, devices: contract.Assignment,
-              memory_mib: int) -> ledger_mod.Outcome: ...
+    def claim(self, node: str, uid: str, pod: str, devices: contract.Assignment, memory_mib: int,
+              superseded: Callable[[str, ledger_mod.Claim], bool] = ...) -> ledger_mod.Outcome: ...
 
     def release(self, node: str, uid: str) -> None: ...
 
@@ -100,7 +101,8 @@ class Binder:
             assignment = self.cache.assign(demand, node, self.policy)
             if assignment is None:
                 return None, f"gpupack: no room left on {node} for {pod} (taken by a concurrent bind?)"
-            outcome = self.ledger.claim(node, demand.uid, pod, assignment, demand.memory_mib)
+            outcome = self.ledger.claim(node, demand.uid, pod, assignment, demand.memory_mib,
+                                        superseded=lambda uid, claim: self._superseded(uid, node, claim))
             if outcome.ok:
                 return assignment, ""
             self.cache.release(demand.uid)
@@ -109,6 +111,14 @@ class Binder:
             for uid, claim in outcome.taken.items():
                 self._count_claim(uid, node, claim)
         return None, f"gpupack: the devices on {node} kept being claimed by other replicas; {pod} is retried"
+
+    def _superseded(self, uid: str, node: str, claim: ledger_mod.Claim) -> bool:
+        """Whether the watch shows pod ``uid`` bound to ``node`` with other devices than it claimed
+        (the kubelet gave it others and the plugin corrected its annotation)."""
+        known = self.cache.pod(uid)
+        if known is None or known.reserved or known.demand.node != node:
+            return False
+        return _device_sets(known.demand.assignment) != _device_sets(claim.devices)
 
     def _count_claim(self, uid: str, node: str, claim: ledger_mod.Claim) -> None:
         """Counts another replica's claim in this cache until the pod's own events arrive."""
@@ -142,6 +152,10 @@ class Binder:
             except Exception as err:
                 return f"gpupack: annotating pod {ns}/{name}: {err}"
         return f"gpupack: pod {ns}/{name} kept changing; gave up after {PATCH_RETRIES} conflicts"
+
+
+def _device_sets(assignment: contract.Assignment | None) -> dict[tuple[str, str], frozenset[str]]:
+    return {(c, r): frozenset(ids) for c, per in (assignment or {}).items() for r, ids in per.items() if ids}
 
 
 class KubePodApi:

@@ -15,6 +15,12 @@ dropped on the node's next write. A bind that fails removes its claim; a replica
 mid-bind leaves one that blocks its devices for at most :data:`CLAIM_SECONDS` (the pod itself,
 retried by kube-scheduler through another replica, may reuse its own claim at once).
 
+A claim is *superseded* once the claiming replica's watch shows the pod bound with devices
+other than the claimed ones: the kubelet gave it others, and the node's device plugin wrote
+those into the annotation. The claim then protects devices the pod does not hold (and not
+the ones it does), so it is dropped on that write instead of blocking them for the rest of
+its life.
+
 The Kubernetes API is reached through :class:`LedgerApi` (three calls), so tests hand in a
 fake and :class:`KubeLedgerApi` is the only code that talks to the real client.
 """
@@ -128,9 +134,12 @@ class Ledger:
                 out[uid] = claim
         return out
 
-    def claim(self, node: str, uid: str, pod: str, devices: contract.Assignment, memory_mib: int) -> Outcome:
+    def claim(self, node: str, uid: str, pod: str, devices: contract.Assignment, memory_mib: int,
+              superseded: Callable[[str, Claim], bool] = lambda uid, claim: False) -> Outcome:
         """Claims ``devices`` for pod ``uid`` on ``node``: ok when none of them is claimed by
-        another live pod and the write won; otherwise the claims that hold them."""
+        another live pod and the write won; otherwise the claims that hold them. Claims for
+        which ``superseded(uid, claim)`` is true (see the module's doc) neither hold devices nor
+        are written back."""
         name = ledger_name(node)
         mine = Claim(pod, devices, memory_mib, self.clock(), self.replica)
         wanted = mine.ids()
@@ -140,6 +149,7 @@ class Ledger:
                 now = self.clock()
                 live = self._live(found[0] if found else {}, now)
                 live.pop(uid, None)  # this pod's own earlier claim (a retried bind) is replaced
+                live = {u: c for u, c in live.items() if not superseded(u, c)}
                 taken = {u: c for u, c in live.items() if c.ids() & wanted}
                 if taken:
                     return Outcome(False, taken)
@@ -178,7 +188,8 @@ class NoLedger:
     """A ledger for a single replica (``--ledger off``, or serving a snapshot): every claim
     succeeds, nothing is written."""
 
-    def claim(self, node: str, uid: str, pod: str, devices: contract.Assignment, memory_mib: int) -> Outcome:
+    def claim(self, node: str, uid: str, pod: str, devices: contract.Assignment, memory_mib: int,
+              superseded: Callable[[str, Claim], bool] = lambda uid, claim: False) -> Outcome:
         return Outcome(True)
 
     def release(self, node: str, uid: str) -> None:

@@ -220,3 +220,48 @@ def test_the_ledger_names_every_node_validly() -> None:
                                   '{"pod": "a", "devices": {"c": {"r": [1]}}, "at": 1}'])
 def test_an_unreadable_claim_is_not_counted(text: str) -> None:
     assert ledger_mod.Claim.decode(text) is None
+
+
+def bind_then_watch(binder: Binder, api: FakePodApi, name: str, given: contract.Assignment | None = None) -> str:
+    """Binds pod ``name`` to n1; then the watch shows it bound, with ``given`` in its annotation
+    where the kubelet gave other devices than chosen (the plugin's correction). Returns the
+    devices chosen, or the bind's error."""
+    error = binder.bind({"PodName": name, "PodNamespace": "default", "PodUID": f"uid-{name}", "Node": "n1"})
+    if error:
+        return error
+    obj = api.read_pod("default", name)
+    chosen = devices_of(api, name)
+    if given is not None:
+        obj["metadata"]["annotations"][contract.DEVICES_ANNOTATION] = contract.encode_assignment(given)
+    obj["status"]["phase"] = "Running"
+    binder.cache.upsert_pod(obj)
+    return ",".join(chosen)
+
+
+def test_a_claim_the_plugin_corrected_does_not_block_the_device_it_names() -> None:
+    # The mixed-fleet e2e failure: the kubelet gave share s0 another replica than the one
+    # claimed and the plugin corrected its annotation. The cache then sees the claimed replica
+    # free and chooses it for s1; the claim, which protects a device s0 does not hold, made
+    # every bind round fail for CLAIM_SECONDS ("kept being claimed by other replicas").
+    led = FakeLedgerApi()
+    binders, api = replicas([node("n1", n=1, resource=SHARED, replicas=4)],
+                            [pod(f"s{i}", gpus={SHARED: 1}) for i in range(2)], 1, led)
+    replica0, replica3 = (contract.share_id("GPU-n1-0", r) for r in (0, 3))
+    first = bind_then_watch(binders[0], api, "s0", given={"c0": {SHARED: [replica3]}})
+    assert first == replica0
+    assert bind_then_watch(binders[0], api, "s1") == replica0  # truly free: s0 holds replica 3
+    data, _ = led.maps[ledger_mod.ledger_name("n1")]
+    assert set(data) == {"uid-s1"}  # s0's superseded claim was dropped on that write
+
+
+def test_a_bound_pods_claim_that_matches_its_annotation_still_counts() -> None:
+    # A replica whose watch lags behind would see the device free but for the claim: a claim
+    # the annotation confirms stays, and the device goes to nobody else.
+    led = FakeLedgerApi()
+    objs: list[dict[str, Any]] = [node("n1", n=2)]
+    binders, api = replicas(objs, [pod(f"p{i}", gpus={GPU: 1}) for i in range(2)], 2, led)
+    assert bind_then_watch(binders[0], api, "p0") == "GPU-n1-0"
+    # replica 1 has not seen p0 bound: its kernel picks GPU 0, the claim sends it to GPU 1
+    assert bind_then_watch(binders[1], api, "p1") == "GPU-n1-1"
+    data, _ = led.maps[ledger_mod.ledger_name("n1")]
+    assert set(data) == {"uid-p0", "uid-p1"}
