@@ -89,6 +89,10 @@ def test_a_stale_annotation_is_corrected_and_others_are_left_alone(
     stale = pods[f"{namespace}/stale"]
     got = contract.decode_assignment(stale.metadata.annotations[contract.DEVICES_ANNOTATION])["main"][contract.NVIDIA_GPU]
     assert got != [gpu5] and len(got) == 1
+    # the plugin counts a correction after the API server answered its patch, so our watch
+    # can see the annotation first: wait for the count with a deadline (as for readiness)
+    harness.wait_ready(node.plugin, lambda: plugin_metric(node, "gpupack_plugin_annotation_corrections_total") > before,
+                       "the correction counted in gpupack_plugin_annotation_corrections_total", timeout_s=30)
     assert plugin_metric(node, "gpupack_plugin_annotation_corrections_total") == before + 1
     log = node.plugin.log.read_text(errors="replace")
     assert f"pod {namespace}/stale: the kubelet gave container main {got[0]}, not the annotated {gpu5}" in log, log[-3000:]
