@@ -26,6 +26,8 @@ from simulator.model import Cluster, IntArray, State, Task
 from simulator.placements import Record
 from simulator.placers import Placer, Workload
 from gpupack import kernel
+from gpupack.kernel.slots import units
+from gpupack.kernel.xp import row_sum, to_host
 
 #: The FGD protocol inflates the workload to this share of cluster GPU capacity.
 INFLATE = 1.3
@@ -128,7 +130,10 @@ def run_fgd(cluster: Cluster, tasks: Sequence[Task], placer: Placer, wl: Workloa
 
 
 def run_replay(cluster: Cluster, tasks: Sequence[Task], placer: Placer, wl: Workload, seed: int,
-               xp: object, tick: Tick | None = None) -> RunResult:
+               xp: object, tick: Tick | None = None, ask_all: bool = False) -> RunResult:
+    """The replay protocol. ``ask_all``: on every departure, ask the placer about every pending
+    pod, without the shortcut in ``retry`` (the same placements, several times slower; the
+    tests compare the two)."""
     st = State(cluster, xp)
     cap = cluster.gpu_milli
     order = node_order(cluster, seed)
@@ -162,13 +167,28 @@ def run_replay(cluster: Cluster, tasks: Sequence[Task], placer: Placer, wl: Work
             end, k, row, devices = heapq.heappop(running)
             st.place(row, tasks[k], devices, sign=-1)
             if pending:
-                retry(end)
+                retry(end, row)
 
-    def retry(now: float) -> None:
+    def retry(now: float, freed: int) -> None:
+        """Retries the pending pods after a departure from row ``freed``. Each of them fitted
+        nowhere when last tried, and only ``freed`` has gained room since (every departure
+        retries), so one that does not fit there is kept without asking the placer: every
+        placer answers None for a pod that fits no candidate, and draws nothing for it."""
+        one = numpy.asarray([freed], dtype=numpy.int64)
         for _ in range(len(pending)):
             k = pending.popleft()
-            if not try_place(k, now):
+            task = tasks[k]
+            if not ask_all and task.end > now and not fits(task, one):
                 pending.append(k)
+            elif not try_place(k, now):
+                pending.append(k)
+
+    def fits(task: Task, one: IntArray) -> bool:
+        if st.candidates(task, one).shape[0] == 0:
+            return False
+        if not task.wants_gpu:
+            return True
+        return int(to_host(row_sum(units(st.slots.rows(st.xp.asarray(one)), task.request, st.xp), st.xp))[0]) >= task.count
 
     def sample(now: float) -> None:
         idle = cap - st.allocated_milli()
