@@ -18,7 +18,11 @@ demo: $(STAMP)
 plugin-demo: $(STAMP)
 	$(VENV)/bin/gpupack demo
 
+# The Go programs the tests run (control plane, node agent, helm) are built first, where their
+# progress shows; they are cached in ~/.cache/gpupack/bin, so later runs skip this in a second.
 test: $(STAMP)
+	bash tests/e2e/build_control_plane.sh >/dev/null
+	bash tools/helm/build.sh >/dev/null
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: $(STAMP)

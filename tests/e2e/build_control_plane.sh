@@ -29,22 +29,33 @@ flock 9
 
 export CGO_ENABLED=0 GOFLAGS=-mod=readonly
 cd "$here/go"
-build() { # build <package> <name>: into a temporary file, then renamed, so a binary is never half there
-  go build -trimpath -ldflags='-s -w' -o "$cache/.$2.tmp" "$1"
-  mv "$cache/.$2.tmp" "$cache/$2"
+# shellcheck source=../../tools/gobuild.sh
+source "$here/../../tools/gobuild.sh"
+build() { # build <step> <package> <name>: into a temporary file, then renamed, so a binary is never half there
+  gobuild "$3" "$1" "$cache/.$3.tmp" "$2"
+  mv "$cache/.$3.tmp" "$cache/$3"
 }
 mkdir -p "$cache"
-for pkg in k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3=etcd; do
+programs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3=etcd ./nodeagent)
+missing=()
+for pkg in "${programs[@]}"; do
   name="${pkg#*=}"; [[ $name == "$pkg" ]] && name="$(basename "$pkg")"
-  pkg="${pkg%%=*}"
-  if [[ ! -x "$cache/$name" ]]; then
-    echo "building $name ($pkg, k8s $k8s_version, etcd $etcd_version, $go_version) into $cache; the first build takes many minutes" >&2
-    build "$pkg" "$name"
+  if [[ $name == nodeagent ]]; then
+    [[ -x "$cache/nodeagent" && "$(cat "$cache/nodeagent.key" 2>/dev/null)" == "$agent_key" ]] || missing+=("$pkg")
+  else
+    [[ -x "$cache/$name" ]] || missing+=("$pkg")
   fi
 done
-if [[ ! -x "$cache/nodeagent" || "$(cat "$cache/nodeagent.key" 2>/dev/null)" != "$agent_key" ]]; then
-  echo "building nodeagent into $cache" >&2
-  build ./nodeagent nodeagent
-  echo "$agent_key" > "$cache/nodeagent.key"
+if (( ${#missing[@]} == ${#programs[@]} )); then
+  echo "building the test control plane (k8s $k8s_version, etcd $etcd_version, $go_version) into $cache:" \
+       "the first build downloads the Go modules and compiles ${#programs[@]} programs, about 26 min on 2 cores;" \
+       "later runs reuse it" >&2
 fi
+step=0
+for pkg in "${missing[@]}"; do
+  step=$((step + 1))
+  name="${pkg#*=}"; [[ $name == "$pkg" ]] && name="$(basename "$pkg")"
+  build "$step/${#missing[@]}" "${pkg%%=*}" "$name"
+  [[ $name == nodeagent ]] && echo "$agent_key" > "$cache/nodeagent.key"
+done
 echo "$cache"

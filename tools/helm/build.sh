@@ -14,9 +14,11 @@ mkdir -p "$cache"
 exec 9>"$root/.helm.lock"
 flock 9
 if [[ ! -x "$cache/helm" ]]; then
-  echo "building helm $version into $cache; the first build takes a few minutes" >&2
+  echo "building helm $version into $cache (the first build: about 3-4 min on 2 cores; later runs reuse it)" >&2
   cd "$here"
-  CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -ldflags='-s -w' -o "$cache/.helm.tmp" helm.sh/helm/v3/cmd/helm
+  # shellcheck source=../gobuild.sh
+  source "$here/../gobuild.sh"
+  CGO_ENABLED=0 GOFLAGS=-mod=readonly gobuild helm 1/1 "$cache/.helm.tmp" helm.sh/helm/v3/cmd/helm
   mv "$cache/.helm.tmp" "$cache/helm"
 fi
 echo "$cache/helm"
