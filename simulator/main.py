@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from simulator import example, placements, placers, protocols, report, trace, variants
+from simulator import example, headline, kinds, placements, placers, progress, protocols, report, trace, variants
 from simulator.model import Cluster, Task
 from gpupack import kernel
 
@@ -58,7 +58,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=tuple(variants.VARIANTS), default="as-is",
                    help="with a trace: rewrite its tasks into another shape of workload (simulator/variants.py)")
     p.add_argument("--no-placements", action="store_true", help="skip the per-pod placements files")
-    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                   help="auto: a bar in a terminal, a line every few seconds otherwise; always: the bar; never: silent")
     return p
 
 
@@ -125,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     counter = ctx.Value("q", 0)
     _JOB.update(cluster=cluster, tasks=tasks, workload=wl, xp=args.xp, protocol=protocol,
                 placements_dir=None if pdir is None else str(pdir), counter=counter)
-    enabled = {"auto": None, "always": True, "never": False}[args.progress]
-    bar = report.Progress(per_job * len(jobs), enabled=enabled)
+    mode = {"auto": None, "always": "bar", "never": "off"}[args.progress]
+    bar = progress.Progress(per_job * len(jobs), what="pod decisions", mode=mode)
     print(f"{source}: {cluster.nodes} nodes, {cluster.gpu_milli / 1000:.0f} GPUs, {len(tasks)} pods; "
           f"protocol {protocol}, seeds {seeds[0]}..{seeds[-1]}, {len(names)} policies, {min(args.jobs, len(jobs))} jobs",
           file=sys.stderr)
@@ -146,6 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = report.summarise(results)
     published = protocol == "fgd" and bool(args.trace_nodes)
     text = report.table(protocol, summary, published)
+    if protocol == "replay":
+        from simulator import baselines
+
+        text += "\n\n" + kinds.table(summary)
+        said = headline.lines(summary, f"gpupack-{kernel.DEFAULT_POLICY}", tuple(baselines.BASELINES))
+        text += ("\n\n" + "\n".join(said)) if said else ""
     print(text)
     meta = {
         "protocol": protocol, "input": source, "nodes": cluster.nodes, "gpu_capacity_milli": cluster.gpu_milli,

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 import numpy
 
+from simulator import kinds
 from simulator.model import Cluster, IntArray, State, Task
 from simulator.placements import Record
 from simulator.placers import Placer, Workload
@@ -149,8 +150,10 @@ def run_replay(cluster: Cluster, tasks: Sequence[Task], placer: Placer, wl: Work
 
     def try_place(k: int, now: float) -> bool:
         task = tasks[k]
-        if task.end <= now:
-            return True  # gone before it could run: drop it from the queue
+        if task.end <= now:  # gone before it could run: out of the queue, never placed
+            records[k] = Record(k, task.name, "", (), task.gpu_milli, 0.0, task.cpu_milli, task.memory_mib,
+                                task.start, task.end)
+            return True
         choice = placer.choose(st, task, st.candidates(task, order))
         if choice is None or (task.wants_gpu and not choice[1]):
             return False
@@ -230,5 +233,7 @@ def run_replay(cluster: Cluster, tasks: Sequence[Task], placer: Placer, wl: Work
         "peak_pending": max(curves["pending"], default=0.0),
         "pending_end": float(len(pending)),
         "never_placed": float(sum(1 for r in out if not r.node)),
+        "placed": float(sum(1 for r in out if r.node)),
+        **kinds.waiting_figures(tasks, out, cluster.resources),
     }
     return RunResult(placer.name, seed, "replay", figures, curves, out)

@@ -1,16 +1,17 @@
-"""What a run shows: the terminal table, the JSON summary, the PNG plot, the progress bar."""
+"""What a run shows: the terminal table, the JSON summary, the PNG plot."""
 
 from __future__ import annotations
 
 import json
 import statistics
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from simulator.protocols import RunResult
+
+#: The policies the replay plot draws (kube-default, the two best simple rules, gpupack's default).
+PLOTTED = ("kube-default", "best-fit", "fgd", "gpupack-fragmentation")
 
 #: FGD paper, unallocated GPU % at 100 % arrived, median of 10 seeds, on the default trace.
 PUBLISHED = {"random": 13.75, "best-fit": 7.09, "fgd": 4.77}
@@ -18,8 +19,8 @@ PUBLISHED = {"random": 13.75, "best-fit": 7.09, "fgd": 4.77}
 COLUMNS = {
     "fgd": (("unallocated_pct", "unalloc %"), ("fragmented_pct", "frag %"), ("failed_tasks", "failed"),
             ("failed_gpu_pct", "failed GPU %"), ("allocated_end_pct", "alloc@130 %")),
-    "replay": (("mean_idle_pct", "idle %"), ("mean_fragmented_pct", "frag %"), ("mean_free_nodes", "free nodes"),
-               ("peak_pending", "peak pending"), ("never_placed", "never placed")),
+    "replay": (("placed", "placed"), ("never_placed", "never placed"), ("peak_pending", "peak pending"),
+               ("mean_idle_pct", "GPU idle %"), ("mean_fragmented_pct", "frag %"), ("mean_free_nodes", "free nodes")),
 }
 
 
@@ -82,50 +83,21 @@ def plot(path: Path, protocol: str, results: Sequence[RunResult], title: str) ->
         ax.legend(fontsize=7)
         axes = [ax]
     else:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        for name, r in first.items():
-            line, = axes[0].plot(r.curves["time_h"], r.curves["idle_pct"], label=name, lw=1.2)
-            axes[0].plot(r.curves["time_h"], r.curves["fragmented_pct"], lw=0.8, ls="--", color=line.get_color())
-            axes[1].plot(r.curves["time_h"], r.curves["free_nodes"], label=name, lw=1.2)
-        axes[0].set_xlabel("hours")
-        axes[0].set_ylabel("idle GPU % (solid), fragmented % (dashed)")
-        axes[1].set_xlabel("hours")
-        axes[1].set_ylabel("nodes entirely free")
-        axes[1].legend(fontsize=7)
+        # four lines a person tells apart at a glance; the table has every policy
+        shown = [n for n in PLOTTED if n in first] or list(first)[:4]
+        keys = (("idle_pct", "GPU capacity idle, %"), ("free_nodes", "nodes entirely free"), ("pending", "pods pending"))
+        fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), sharex=True)
+        for name in shown:
+            r = first[name]
+            for ax, (key, _) in zip(axes, keys):
+                ax.plot(r.curves["time_h"], r.curves[key], label=name, lw=1.6 if name.startswith("gpupack") else 1.1)
+        for ax, (_, label) in zip(axes, keys):
+            ax.set_xlabel("hours")
+            ax.set_title(label, fontsize=9)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(shown), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07 if protocol == "replay" else 0, 1, 1))  # room for the legend below
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
-
-
-class Progress:
-    """A one-line bar on stderr, redrawn at most a few times a second; silent when not a tty
-    unless forced."""
-
-    def __init__(self, total: int, stream: TextIO = sys.stderr, enabled: bool | None = None) -> None:
-        self.total = max(total, 1)
-        self.done = 0
-        self.stream = stream
-        self.enabled = stream.isatty() if enabled is None else enabled
-        self.start = time.monotonic()
-        self._last = 0.0
-
-    def update(self, done: int, force: bool = False) -> None:
-        self.done = done
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self._last < 0.25):
-            return
-        self._last = now
-        frac = min(self.done / self.total, 1.0)
-        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-        elapsed = now - self.start
-        eta = elapsed / frac - elapsed if frac > 0 else 0.0
-        self.stream.write(f"\r[{bar}] {100 * frac:5.1f}%  {elapsed:5.0f}s elapsed, ~{eta:4.0f}s left ")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.update(self.total, force=True)
-            self.stream.write("\n")
-            self.stream.flush()
