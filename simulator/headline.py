@@ -10,6 +10,8 @@ from typing import Any
 FIGURES = (
     ("placed", "placed", True, "{:.0f}"),
     ("never_placed", "never placed", False, "{:.0f}"),
+    ("waited", "waited", False, "{:.0f}"),
+    ("waited_gpus_idle", "waited with GPUs idle", False, "{:.0f}"),
     ("peak_pending", "peak pending", False, "{:.0f}"),
     ("mean_idle_pct", "GPU idle", False, "{:.2f} %"),
     ("mean_free_nodes", "nodes free", True, "{:.0f}"),

@@ -33,8 +33,10 @@ def kind_of(task: Task, resources: Sequence[str]) -> str:
 
 def waiting_figures(tasks: Sequence[Task], records: Sequence[Record], resources: Sequence[str]) -> dict[str, float]:
     """Per kind: ``pods:<kind>``, ``waited:<kind>`` (placed later than it arrived, or never)
-    and ``never:<kind>``, as figures of a run (floats, so seeds take medians)."""
+    and ``never:<kind>``, and ``waited`` over all kinds, as figures of a run (floats, so seeds
+    take medians)."""
     out = {f"{what}:{k}": 0.0 for k in KINDS for what in ("pods", "waited", "never")}
+    out["waited"] = 0.0
     for rec in records:
         task = tasks[rec.seq]
         k = kind_of(task, resources)
@@ -44,6 +46,7 @@ def waiting_figures(tasks: Sequence[Task], records: Sequence[Record], resources:
             out[f"waited:{k}"] += 1
         elif rec.placed_at > task.start:
             out[f"waited:{k}"] += 1
+    out["waited"] = sum(out[f"waited:{k}"] for k in KINDS)
     return out
 
 

@@ -144,6 +144,18 @@ class State:
             self.slots.free[row, col] -= sign * n
             self.slots.free_memory_mib[row, col] -= sign * n * self.unit_memory(row, col, task)
 
+    def idle_milli_for(self, task: Task) -> float:
+        """Idle GPU capacity, milli-GPUs, of the kind ``task`` asks (its resource, on nodes with
+        an allowed model), on every node whatever its free CPU and memory."""
+        s = self.slots
+        mask = s.resource == task.resource
+        if task.models:
+            known = [m for m in sorted(task.models) if 0 <= m < self._has_model.shape[1]]
+            rows = self._has_model[:, known].any(axis=1) if known else numpy.zeros(self.cluster.nodes, dtype=bool)
+            mask = mask & self.xp.asarray(rows)[:, None]
+        idle = idle_capacity(s, s.free, s.free_memory_mib, self.xp)
+        return 1000.0 * float(self.xp.where(mask, idle, 0.0).sum())
+
     def allocated_milli(self) -> float:
         """GPU capacity in use now, milli-GPUs (total minus idle)."""
         s = self.slots

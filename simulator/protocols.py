@@ -203,6 +203,7 @@ def run_replay(cluster: Cluster, tasks: Sequence[Task], placer: Placer, wl: Work
         curves["pending"].append(float(len(pending)))
 
     g = 0
+    waited_idle = 0  # pods that found no node although enough GPU capacity of their kind was idle
     for n, k in enumerate(seq):
         now = tasks[k].start
         while g < len(grid) and grid[g] < now:
@@ -212,6 +213,8 @@ def run_replay(cluster: Cluster, tasks: Sequence[Task], placer: Placer, wl: Work
         depart_until(now)
         if not try_place(k, now):
             pending.append(k)
+            if tasks[k].wants_gpu and st.idle_milli_for(tasks[k]) >= tasks[k].gpu_milli:
+                waited_idle += 1
         if tick is not None and n % 256 == 255:
             tick(256)
     while g < len(grid):
@@ -234,6 +237,7 @@ def run_replay(cluster: Cluster, tasks: Sequence[Task], placer: Placer, wl: Work
         "pending_end": float(len(pending)),
         "never_placed": float(sum(1 for r in out if not r.node)),
         "placed": float(sum(1 for r in out if r.node)),
+        "waited_gpus_idle": float(waited_idle),
         **kinds.waiting_figures(tasks, out, cluster.resources),
     }
     return RunResult(placer.name, seed, "replay", figures, curves, out)

@@ -19,7 +19,8 @@ PUBLISHED = {"random": 13.75, "best-fit": 7.09, "fgd": 4.77}
 COLUMNS = {
     "fgd": (("unallocated_pct", "unalloc %"), ("fragmented_pct", "frag %"), ("failed_tasks", "failed"),
             ("failed_gpu_pct", "failed GPU %"), ("allocated_end_pct", "alloc@130 %")),
-    "replay": (("placed", "placed"), ("never_placed", "never placed"), ("peak_pending", "peak pending"),
+    "replay": (("placed", "placed"), ("never_placed", "never placed"), ("waited", "waited"),
+               ("waited_gpus_idle", "waited, GPUs idle"), ("peak_pending", "peak pending"),
                ("mean_idle_pct", "GPU idle %"), ("mean_fragmented_pct", "frag %"), ("mean_free_nodes", "free nodes")),
 }
 

@@ -22,6 +22,10 @@ Replay protocol (b), departures and retries:
   Every sample lies in [0, 1000] (the curve ends at the last arrival): p0 runs, p1 cannot fit
   (400 left) and waits. idle = 100 * (1000 - 600) / 1000 = 40.0 % at every sample; peak
   pending 1 (the sample at t=1000, after p1 queued), never placed 1 (p0 leaves after the end).
+  waited 1 (p1); waited with GPUs idle 0: 400 milli were idle, p1 asks 600.
+- ``replay-split``: 2 nodes x 1 GPU; p0 and p1 of 600 milli take one GPU each (600 + 600 >
+  1000); p2 of 700 arrives at t=2000: 400 + 400 = 800 milli idle >= 700, but no GPU has 700.
+  waited 1, waited with GPUs idle 1 (capacity split across GPUs, what a packer should avoid).
 """
 
 from __future__ import annotations
@@ -67,3 +71,12 @@ def test_replay_protocol_figures(tmp_path: Path, name: str) -> None:
     assert f["mean_idle_pct"] == pytest.approx(40.0, abs=1e-9)
     assert f["peak_pending"] == 1
     assert f["never_placed"] == 1
+    assert (f["waited"], f["waited_gpus_idle"]) == (1, 0)
+
+
+@pytest.mark.parametrize("name", PACKERS + ["kube-default"])
+def test_replay_counts_waits_with_gpus_idle(tmp_path: Path, name: str) -> None:
+    pods = ["p0,1000,1024,1,600,,LS,Running,0,10000,0", "p1,1000,1024,1,600,,LS,Running,1000,10000,1000",
+            "p2,1000,1024,1,700,,LS,Running,2000,20000,2000"]
+    f = _run(tmp_path, ["a,32000,65536,1,T4", "b,32000,65536,1,T4"], pods, name, "replay")
+    assert (f["placed"], f["waited"], f["waited_gpus_idle"]) == (2, 1, 1)
