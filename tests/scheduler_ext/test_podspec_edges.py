@@ -413,3 +413,33 @@ def test_at_most_sixteen_distinct_gpu_resources(kinds: int, refused: bool) -> No
     d = podspec.pod_demand(pod)
     assert (f"{kinds} GPU resources asked for, more than {podspec.MAX_GPU_RESOURCES}" in d.error) == refused
     assert bool(d.error) == refused
+
+
+# --- against the surviving mutants of the whole podspec run (docs/testing.md) ---------------
+
+
+def test_every_unreadable_gpu_count_of_a_container_is_reported() -> None:
+    # resources are read in sorted order; after the unreadable amd.com/gpu the loop goes on:
+    # the Intel ask is still read (the pod is refused, but its asks are whole)
+    d = pod_demand(_pod([_c(requests={GPU: "x", "amd.com/gpu": "y", "gpu.intel.com/i915": "1"})]))
+    assert d.error == "container 'c' amd.com/gpu: 'y' is not a whole number of devices"
+    assert [a.resource for a in d.asks] == ["gpu.intel.com/i915"]
+
+
+def test_an_unreadable_assignment_annotation_is_named() -> None:
+    p = _pod([_c(requests={GPU: "1"})])
+    p["metadata"]["annotations"] = {contract.DEVICES_ANNOTATION: "not an assignment"}
+    d = pod_demand(p)
+    assert d.error.startswith("devices: not JSON (")
+    assert d.assignment is None
+
+
+def test_a_priority_outside_int32_is_refused_and_counts_zero() -> None:
+    d = pod_demand(_pod([_c(requests={GPU: "1"})], priority=2**31))
+    assert (d.error, d.priority) == (f"spec.priority: {2**31} is outside int32", 0)
+
+
+@pytest.mark.parametrize("terms", [5, "In", {"matchExpressions": []}, True], ids=["int", "str", "object", "bool"])
+def test_node_selector_terms_that_are_not_a_list_pin_nothing(terms: Any) -> None:
+    spec = {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}}
+    assert pinned_products(spec) == frozenset()
