@@ -26,6 +26,14 @@ Config file (``--config``, YAML, mountable from a ConfigMap; re-read when it cha
       extraSkipXids: []             # added to it
       probeIntervalSeconds: 10      # how often Unhealthy GPUs are probed
       recoveryProbes: 3             # good probes in a row before Healthy again; 0 = never
+    cdi:
+      enabled: false                # write CDI specs for the devices served (device_plugin/cdi.py)
+      specDir: /var/run/cdi         # where the container runtime reads CDI specs
+      allocate: env                 # env | cdi: Allocate answers with env/device specs, or CDI names
+
+The ``cdi`` section is read at start-up only: a changed one in a re-read file is logged and
+waits for a restart (the spec folder and Allocate's answers must not change under running
+containers).
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ from typing import Any
 
 import yaml
 
-from device_plugin import xids
+from device_plugin import allocate, xids
+from device_plugin.cdi import CdiSettings
 from device_plugin.health import HealthSettings
 from device_plugin.resources import MIG_STRATEGIES, Layout, ShareRule, Sharing
 
@@ -68,6 +77,7 @@ class Settings:
     log_level: str = "info"
     health: HealthSettings = HealthSettings()
     layout: Layout = Layout()  # MIG strategy and time-slicing
+    cdi: CdiSettings = CdiSettings()  # CDI spec files and what Allocate answers
     publish: bool = True  # publish the inventory annotation and labels on this node
     proc_root: pathlib.Path = pathlib.Path("/proc")  # for MIG capability files
     pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"  # for usage per pod
@@ -200,6 +210,38 @@ def _sharing(raw: Any) -> Sharing:
     )
 
 
+#: Longer than any real folder path (Linux's PATH_MAX is 4096 bytes with its NUL).
+MAX_SPEC_DIR_BYTES = 4095
+
+
+def _cdi(raw: Any, base: CdiSettings) -> CdiSettings:
+    if raw is None:
+        return base
+    if not isinstance(raw, dict):
+        raise ConfigError("cdi: expected a mapping")
+    _check_keys("cdi.", raw, ("enabled", "specDir", "allocate"))
+    enabled = _bool("cdi.enabled", raw["enabled"]) if "enabled" in raw else base.enabled
+    spec_dir = base.spec_dir
+    if "specDir" in raw:
+        value = raw["specDir"]
+        if (
+            not isinstance(value, str) or not value.startswith("/") or "\0" in value
+            or len(value.encode("utf-8", "surrogateescape")) > MAX_SPEC_DIR_BYTES
+        ):
+            shown = value if not isinstance(value, str) or len(value) <= 80 else value[:80] + "..."
+            raise ConfigError(f"cdi.specDir: expected an absolute folder path such as /var/run/cdi, got {shown!r}")
+        spec_dir = pathlib.Path(os.path.normpath(value))
+    mode = raw.get("allocate", base.allocate)
+    if mode not in allocate.GRANTS:
+        raise ConfigError(f"cdi.allocate: expected {' or '.join(allocate.GRANTS)}, got {mode!r}")
+    if mode == "cdi" and not enabled:
+        raise ConfigError(
+            "cdi.allocate: cdi needs cdi.enabled: true (the names Allocate returns resolve only "
+            "through the specs the plugin writes)"
+        )
+    return CdiSettings(enabled, spec_dir, str(mode))
+
+
 #: A configuration file is a few hundred bytes; anything past this is refused unread.
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -231,7 +273,7 @@ def load_file(path: pathlib.Path, base: Settings) -> Settings:
 def apply_config(raw: Any, base: Settings) -> Settings:
     if not isinstance(raw, dict):
         raise ConfigError("expected a mapping at the top level")
-    _check_keys("", raw, ("version", "flags", "health", "sharing"))
+    _check_keys("", raw, ("version", "flags", "health", "sharing", "cdi"))
     if raw.get("version") != CONFIG_VERSION:
         raise ConfigError(f"version: expected {CONFIG_VERSION!r}, got {raw.get('version')!r}")
     settings = base
@@ -245,7 +287,7 @@ def apply_config(raw: Any, base: Settings) -> Settings:
     if "migStrategy" in flags:
         mig = _mig_strategy("flags.migStrategy", flags["migStrategy"])
     sharing = _sharing(raw.get("sharing"))
-    settings = dataclasses.replace(settings, layout=Layout(mig, sharing))
+    settings = dataclasses.replace(settings, layout=Layout(mig, sharing), cdi=_cdi(raw.get("cdi"), settings.cdi))
     health = raw.get("health") or {}
     if not isinstance(health, dict):
         raise ConfigError("health: expected a mapping")

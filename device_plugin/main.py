@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from device_plugin import config, discovery, kube, resources, usage
+from device_plugin import cdi, config, discovery, kube, resources, usage
 from device_plugin.fswatch import DirWatcher
 from device_plugin.manager import Manager, NoPublisher, Publisher, no_claims
 from device_plugin.metrics import PluginMetrics
@@ -54,19 +54,22 @@ def config_watcher(settings: config.Settings, argv: Sequence[str] | None, manage
         return lambda: None
     watcher = DirWatcher(path.parent)
     last = path.read_bytes() if path.exists() else b""
-    return lambda: _watch_config(path, watcher, last, argv, manager, stop)
+    return lambda: _watch_config(path, watcher, last, argv, manager, stop, settings.cdi)
 
 
 def _watch_config(
-    path: pathlib.Path, watcher: DirWatcher, last: bytes, argv: Sequence[str] | None, manager: Manager, stop: threading.Event
+    path: pathlib.Path, watcher: DirWatcher, last: bytes, argv: Sequence[str] | None, manager: Manager,
+    stop: threading.Event, cdi_in_use: cdi.CdiSettings,
 ) -> None:
     while not stop.is_set():
         if watcher.wait(1.0):
-            last = apply_config_change(path, last, argv, manager)
+            last = apply_config_change(path, last, argv, manager, cdi_in_use)
     watcher.close()
 
 
-def apply_config_change(path: pathlib.Path, last: bytes, argv: Sequence[str] | None, manager: Manager) -> bytes:
+def apply_config_change(
+    path: pathlib.Path, last: bytes, argv: Sequence[str] | None, manager: Manager, cdi_in_use: cdi.CdiSettings | None = None,
+) -> bytes:
     """One step of the config watch: re-applies ``path`` if its bytes changed since ``last``;
     returns the bytes seen. Never raises: whatever the file holds, a refused change is logged,
     counted (``gpupack_plugin_config_reloads_total{result="refused"}``) and the settings in
@@ -79,6 +82,8 @@ def apply_config_change(path: pathlib.Path, last: bytes, argv: Sequence[str] | N
         return last
     try:
         new = config.resolve(argv)
+        if cdi_in_use is not None and new.cdi != cdi_in_use:
+            log.warning("the cdi section changed; it takes effect when the plugin restarts (in use: %s)", cdi_in_use)
         applied = manager.reconfigure(new.layout, new.health, new.pass_device_specs)
     except config.ConfigError as err:
         log.error("the changed configuration is refused, the one in use stays: %s", err)
@@ -136,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             claims=claims,
             refresh_claims=refresh,
             on_allocated=corrector.poke if corrector is not None else (lambda: None),
+            cdi_specs=cdi.specs_for(settings.cdi),
+            allocate_mode=settings.cdi.allocate,
         )
     except resources.StrategyError as err:
         log.error("cannot start: %s", err)

@@ -14,6 +14,11 @@ inventory, and has three threads:
 
 :meth:`Manager.reconfigure` applies a new MIG strategy or sharing config in place: servers of
 unchanged resources keep serving, so allocations already made are untouched.
+
+CDI specs (:mod:`device_plugin.cdi`; a null writer when CDI is off) are written before the
+first registration, rewritten on every re-plan (health, layout, reconfiguration) after the
+new state is taken and before servers are brought in line, retried by the probe thread when
+a write failed, and removed at :meth:`Manager.stop`.
 """
 
 from __future__ import annotations
@@ -32,9 +37,9 @@ from gpupack import contract
 from gpupack import node_slots, topology
 
 from device_plugin import allocate as allocate_mod
-from device_plugin import resources
+from device_plugin import cdi, resources
 from device_plugin.claims import ClaimBook, PodClaim
-from device_plugin.discovery.backend import Backend, ContainerEdits, HealthEvent
+from device_plugin.discovery.backend import Backend, HealthEvent
 from device_plugin.fswatch import DirWatcher
 from device_plugin.health import HealthSettings, HealthTracker
 from device_plugin.metrics import PluginMetrics
@@ -79,7 +84,11 @@ class Manager:
         claims: Callable[[], list[PodClaim]] = no_claims,
         refresh_claims: Callable[[], None] = lambda: None,
         on_allocated: Callable[[], None] = lambda: None,
+        cdi_specs: cdi.Specs | None = None,
+        allocate_mode: str = "env",
     ) -> None:
+        if allocate_mode not in allocate_mod.GRANTS:
+            raise ValueError(f"unknown allocate mode {allocate_mode!r}: choose {' or '.join(allocate_mod.GRANTS)}")
         self.backend = backend
         self.plugin_dir = plugin_dir
         self.pass_device_specs = pass_device_specs
@@ -90,6 +99,9 @@ class Manager:
         self.claims = claims
         self.refresh_claims = refresh_claims
         self.on_allocated = on_allocated  # e.g. AnnotationCorrector.poke: compare with the kubelet soon
+        self.cdi_specs = cdi_specs or cdi.NoCdiSpecs()
+        self._grant = allocate_mod.GRANTS[allocate_mode]
+        self._specs_lock = threading.Lock()  # one spec write at a time, always of the newest state
         self._book = ClaimBook()
         self._cond = threading.Condition()
         self._version = 0
@@ -127,7 +139,16 @@ class Manager:
         self.metrics.set_devices(devices)
         self.publisher.publish(self.inventory())
         if self._started:
+            self._write_specs()
             self._sync_servers()
+
+    def _write_specs(self) -> None:
+        with self._specs_lock:
+            if self._stop.is_set():
+                return  # stopping: the specs are (being) removed
+            with self._cond:
+                gpus, devices = self._gpus, self._devices
+            self.cdi_specs.write(gpus, devices, lambda visible: self.backend.container_edits(visible, True))
 
     def _sync_servers(self) -> None:
         for resource in sorted(set(self._servers) - set(self._devices)):
@@ -222,7 +243,7 @@ class Manager:
             log.info("the packing rule found no %d of the offered %s devices; using the topology rule", size, resource)
         return choice.ids
 
-    def allocate(self, resource: str, ids: Sequence[str]) -> ContainerEdits:
+    def allocate(self, resource: str, ids: Sequence[str]) -> allocate_mod.Grant:
         with self._cond:
             own = {d.id: d for d in self._devices.get(resource, ())}
         sharing = self.layout.sharing
@@ -231,9 +252,9 @@ class Manager:
                 f"a container asked for {len(ids)} shares of {resource}; this node is configured with "
                 "failRequestsGreaterThanOne, so ask for 1 (a share is not a bigger slice of the GPU)"
             )
-        edits = allocate_mod.allocate(ids, own, lambda visible: self.backend.container_edits(visible, self.pass_device_specs))
+        grant = self._grant(ids, own, lambda visible: self.backend.container_edits(visible, self.pass_device_specs))
         self.on_allocated()
-        return edits
+        return grant
 
     # --- health -------------------------------------------------------------------------
 
@@ -265,6 +286,7 @@ class Manager:
                 if any(g.mig_enabled for g in self._found) or self.layout.mig_strategy != "none":
                     self.rescan()
                 self.publisher.flush()
+                self.cdi_specs.flush()
             except Exception:
                 log.exception("periodic health/layout check failed; will try again")
 
@@ -322,6 +344,7 @@ class Manager:
         # Watch before the first registration, so a kubelet restart right after it is seen.
         watcher = DirWatcher(self.plugin_dir)
         self._started = True
+        self._write_specs()  # before the kubelet can call Allocate with names that need them
         self._sync_servers()
         loops: list[tuple[str, Callable[[], None]]] = [
             ("health", self._health_loop),
@@ -341,5 +364,7 @@ class Manager:
             server.stop()
         for t in self._threads:
             t.join(timeout=5)
+        with self._specs_lock:
+            self.cdi_specs.remove()
         self.backend.close()
         log.info("stopped; sockets removed")

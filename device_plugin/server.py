@@ -1,8 +1,10 @@
 """The gRPC edge: one DevicePlugin server per resource on a Unix socket, and registration.
 
 The servicer only converts between protobuf and the :class:`Source` it is given (the
-manager); decisions live elsewhere. Refusals map to gRPC status codes: an unknown or
-unhealthy device id is INVALID_ARGUMENT with the ids in the message.
+manager); decisions live elsewhere. An Allocate answer carries environment, device specs
+and CDI device names, as the :class:`~device_plugin.allocate.Grant` has them. Refusals map
+to gRPC status codes: an unknown or unhealthy device id is INVALID_ARGUMENT with the ids in
+the message.
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ import grpc
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2_grpc as pb_grpc
 
-from device_plugin.allocate import AllocationError
-from device_plugin.discovery.backend import ContainerEdits
+from device_plugin.allocate import AllocationError, Grant
 from device_plugin.metrics import PluginMetrics
 from gpupack.topology import PreferenceError
 from device_plugin.resources import Device
@@ -46,7 +47,7 @@ class Source(Protocol):
 
     def preferred(self, resource: str, available: Sequence[str], must_include: Sequence[str], size: int) -> list[str]: ...
 
-    def allocate(self, resource: str, ids: Sequence[str]) -> ContainerEdits: ...
+    def allocate(self, resource: str, ids: Sequence[str]) -> Grant: ...
 
 
 def socket_name(resource: str) -> str:
@@ -105,6 +106,8 @@ class DevicePluginServicer(pb_grpc.DevicePluginServicer):
             c.envs.update(given.envs)
             for path in given.device_nodes:
                 c.devices.add(container_path=path, host_path=path, permissions="rw")
+            for name in given.cdi_devices:
+                c.cdi_devices.add(name=name)
             self.metrics.allocations.labels(self.resource).inc()
             log.info("allocated %s to a container: %s", self.resource, ", ".join(creq.devices_ids))
         self.metrics.allocate_seconds.labels(self.resource).observe(time.perf_counter() - start)

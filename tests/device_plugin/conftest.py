@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -56,3 +59,21 @@ def start_manager() -> Iterator[Callable[..., Manager]]:
 @pytest.fixture
 def plugin(a100: fake_nvml.FakeNvml, kubelet: KubeletStandIn, start_manager: Callable[..., Manager]) -> Manager:
     return start_manager(a100, kubelet.folder)
+
+
+@pytest.fixture(scope="session")
+def cdicheck(request: pytest.FixtureRequest) -> pathlib.Path:
+    """The CDI project's own Go package as a program (tests/device_plugin/go/cdicheck), built
+    once by tools/cdicheck_build.sh into ~/.cache/gpupack/bin/cdicheck-<key>. The build's
+    progress goes to the terminal (about half a minute the first time). Without Go the tests
+    that need it fail, saying so: CI has Go, and a CDI check that skips is no check."""
+    script = pathlib.Path(__file__).resolve().parents[2] / "tools" / "cdicheck_build.sh"
+    if shutil.which("go") is None:
+        pytest.fail("Go is not installed (no `go` on PATH): the CDI spec tests build tests/device_plugin/go/cdicheck "
+                    "with it; install Go >= 1.26 (https://go.dev/dl/)", pytrace=False)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        proc = subprocess.run([str(script)], stdout=subprocess.PIPE, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"{script} failed (exit {proc.returncode}); its messages are above", pytrace=False)
+    return pathlib.Path(proc.stdout.strip().splitlines()[-1])

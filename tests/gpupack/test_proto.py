@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from gpupack.kubeletapi import deviceplugin_v1beta1_pb2 as pb
+from gpupack.kubeletapi import dra_v1_pb2 as dra_pb
+from gpupack.kubeletapi import pluginregistration_v1_pb2 as reg_pb
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -58,6 +60,48 @@ def test_same_field_count_as_upstream() -> None:
     assert ours == len(UPSTREAM_FIELDS)
 
 
+# Facts from kubernetes/kubelet pkg/apis/dra/v1/api.proto and pkg/apis/pluginregistration/v1/api.proto.
+DRA_FIELDS = [
+    ("NodePrepareResourcesRequest", "claims", 1), ("NodePrepareResourcesResponse", "claims", 1),
+    ("NodePrepareResourceResponse", "devices", 1), ("NodePrepareResourceResponse", "error", 2),
+    ("Device", "request_names", 1), ("Device", "pool_name", 2), ("Device", "device_name", 3),
+    ("Device", "cdi_device_ids", 4), ("Device", "share_id", 5),
+    ("NodeUnprepareResourcesRequest", "claims", 1), ("NodeUnprepareResourcesResponse", "claims", 1),
+    ("NodeUnprepareResourceResponse", "error", 1),
+    ("Claim", "namespace", 1), ("Claim", "uid", 2), ("Claim", "name", 3),
+]
+REGISTRATION_FIELDS = [
+    ("PluginInfo", "type", 1), ("PluginInfo", "name", 2), ("PluginInfo", "endpoint", 3),
+    ("PluginInfo", "supported_versions", 4), ("RegistrationStatus", "plugin_registered", 1),
+    ("RegistrationStatus", "error", 2),
+]
+
+
+@pytest.mark.parametrize(
+    "module, message, field, number",
+    [(dra_pb, *f) for f in DRA_FIELDS] + [(reg_pb, *f) for f in REGISTRATION_FIELDS],
+    ids=[f"dra.{m}.{f}" for m, f, _ in DRA_FIELDS] + [f"registration.{m}.{f}" for m, f, _ in REGISTRATION_FIELDS],
+)
+def test_dra_field_numbers_match_upstream(module: object, message: str, field: str, number: int) -> None:
+    descriptor = module.DESCRIPTOR  # type: ignore[attr-defined]
+    assert descriptor.message_types_by_name[message].fields_by_name[field].number == number
+    assert sum(len(m.fields) for m in descriptor.message_types_by_name.values()) == len(
+        DRA_FIELDS if module is dra_pb else REGISTRATION_FIELDS)
+
+
+def test_dra_packages_and_method_paths_match_the_kubelet() -> None:
+    # The kubelet dials "/<package>.<Service>/<Rpc>" (api_grpc.pb.go), and a DRA driver names the
+    # service "v1.DRAPlugin" in its registration (dra/v1/types.go: DRAPluginService).
+    assert dra_pb.DESCRIPTOR.package == "k8s.io.kubelet.pkg.apis.dra.v1"
+    assert dra_pb.DESCRIPTOR.services_by_name["DRAPlugin"].full_name == "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin"
+    assert [m.name for m in dra_pb.DESCRIPTOR.services_by_name["DRAPlugin"].methods] == [
+        "NodePrepareResources", "NodeUnprepareResources"]
+    assert reg_pb.DESCRIPTOR.package == "pluginregistration"
+    assert [m.name for m in reg_pb.DESCRIPTOR.services_by_name["Registration"].methods] == [
+        "GetInfo", "NotifyRegistrationStatus"]
+    assert dra_pb.DESCRIPTOR.message_types_by_name["Device"].fields_by_name["share_id"].has_presence
+
+
 def _upstream_descriptor(tmp_path: pathlib.Path, api: str) -> object:
     """Compiles the kubelet's own api.proto (fetched from the Go module proxy) to a descriptor."""
     import json
@@ -89,13 +133,14 @@ def _shape(file: object) -> dict[str, object]:
     return {"package": f.package, "messages": messages, "services": services}  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("api", ["deviceplugin/v1beta1", "podresources/v1"])
+@pytest.mark.parametrize("api", ["deviceplugin/v1beta1", "podresources/v1", "dra/v1", "pluginregistration/v1"])
 def test_wire_shape_equals_the_kubelets_own_proto(tmp_path: pathlib.Path, api: str) -> None:
     from google.protobuf import descriptor_pb2
 
     from gpupack.kubeletapi import podresources_v1_pb2
 
-    module = pb if api.startswith("deviceplugin") else podresources_v1_pb2
+    module = {"deviceplugin/v1beta1": pb, "podresources/v1": podresources_v1_pb2, "dra/v1": dra_pb,
+              "pluginregistration/v1": reg_pb}[api]
     ours = descriptor_pb2.FileDescriptorProto()
     module.DESCRIPTOR.CopyToProto(ours)
     assert _shape(ours) == _shape(_upstream_descriptor(tmp_path, api))

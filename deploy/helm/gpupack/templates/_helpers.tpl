@@ -47,6 +47,19 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- $ts := dict "renameByDefault" $dp.timeSlicing.renameByDefault "failRequestsGreaterThanOne" $dp.timeSlicing.failRequestsGreaterThanOne "distinctGpus" $dp.timeSlicing.distinctGpus "resources" $dp.timeSlicing.resources -}}
 {{- $_ := set $cfg "sharing" (dict "timeSlicing" $ts) -}}
 {{- end -}}
+{{- $cdi := $dp.cdi | default dict -}}
+{{- if not (has ($cdi.allocate | default "env") (list "env" "cdi")) -}}
+{{- fail (printf "devicePlugin.cdi.allocate: expected env or cdi, got %q" (toString $cdi.allocate)) -}}
+{{- end -}}
+{{- if and (eq ($cdi.allocate | default "env") "cdi") (not $cdi.enabled) -}}
+{{- fail "devicePlugin.cdi.allocate: cdi needs devicePlugin.cdi.enabled=true (the names Allocate returns resolve only through the specs the plugin writes)" -}}
+{{- end -}}
+{{- if $cdi.enabled -}}
+{{- if not (hasPrefix "/" (toString $cdi.specDir)) -}}
+{{- fail (printf "devicePlugin.cdi.specDir: expected an absolute folder path such as /var/run/cdi, got %q" (toString $cdi.specDir)) -}}
+{{- end -}}
+{{- $_ := set $cfg "cdi" (dict "enabled" true "specDir" $cdi.specDir "allocate" ($cdi.allocate | default "env")) -}}
+{{- end -}}
 {{- toYaml (mustMergeOverwrite $cfg $dp.extraConfig) -}}
 {{- end -}}
 
