@@ -104,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level)
     try:
         backend = discovery.open_backend(settings.backend, settings.fake_inventory, settings.sysfs_root, settings.dev_root)
+    except discovery.InputError as err:
+        print(f"gpupack-device-plugin: {err}", file=sys.stderr)
+        return 2
     except discovery.DiscoveryError as err:
         log.error("cannot start: %s", err)
         return 1

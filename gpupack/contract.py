@@ -258,6 +258,12 @@ def encode_inventory(inv: Inventory) -> str:
     return json.dumps(inventory_to_json(inv), separators=(",", ":"), sort_keys=True)
 
 
+#: Bounds of every integer in the inventory and assignment annotations (the kernel's int32).
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+#: Most GPUs one node's inventory may list (physical devices; MIG devices are inside them).
+MAX_INVENTORY_GPUS = 256
+
+
 def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: str) -> Any:
     if key not in obj:
         raise ContractError(f"{path}.{key}: missing")
@@ -267,6 +273,10 @@ def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path
         raise ContractError(f"{path}.{key}: expected int, got {value!r}")
     if not isinstance(value, kind):
         raise ContractError(f"{path}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    # The kernel keeps counts, indexes and MiB in 32-bit arrays: a larger number is no real
+    # device, and would overflow them where the extender reads the annotation.
+    if kind is int and not INT32_MIN <= value <= INT32_MAX:
+        raise ContractError(f"{path}.{key}: {value} is out of range ({INT32_MIN}..{INT32_MAX})")
     return value
 
 
@@ -289,8 +299,11 @@ def inventory_from_json(raw: Any) -> Inventory:
     version = _field(raw, "version", int, "inventory")
     if version != INVENTORY_VERSION:
         raise ContractError(f"inventory.version: {version} is not supported (want {INVENTORY_VERSION})")
+    listed = _field(raw, "gpus", list, "inventory")
+    if len(listed) > MAX_INVENTORY_GPUS:
+        raise ContractError(f"inventory.gpus: {len(listed)} GPUs, more than {MAX_INVENTORY_GPUS} on one node")
     gpus = []
-    for i, g in enumerate(_field(raw, "gpus", list, "inventory")):
+    for i, g in enumerate(listed):
         path = f"inventory.gpus[{i}]"
         if not isinstance(g, dict):
             raise ContractError(f"{path}: expected an object")

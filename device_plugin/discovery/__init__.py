@@ -24,9 +24,9 @@ import pathlib
 import pynvml
 
 from device_plugin.discovery import amd, intel, nvml
-from device_plugin.discovery.backend import Backend, DiscoveryError
+from device_plugin.discovery.backend import Backend, DiscoveryError, InputError
 
-__all__ = ["Backend", "DiscoveryError", "open_backend"]
+__all__ = ["Backend", "DiscoveryError", "InputError", "open_backend"]
 
 
 def _auto(sysfs_root: pathlib.Path, dev_root: pathlib.Path) -> Backend:
@@ -59,7 +59,7 @@ def open_backend(
     """The backend named by ``--backend``; a DiscoveryError says what to do when it cannot start."""
     if kind == "fake":
         if fake_inventory is None:
-            raise DiscoveryError("--backend fake needs --fake-inventory FILE (a YAML or JSON GPU list)")
+            raise InputError("--backend fake needs --fake-inventory FILE (a YAML or JSON GPU list)")
         # The one lazy import: a production node never loads the fakes.
         from device_plugin.fakes import inventory
 
@@ -72,4 +72,4 @@ def open_backend(
         backend: Backend = (amd.AmdBackend if kind == "amd" else intel.IntelBackend)(sysfs_root, dev_root)
         backend.discover()  # refuses a node without such GPUs now, with the reason
         return backend
-    raise DiscoveryError(f"unknown backend {kind!r}: choose auto, nvml, amd, intel or fake")
+    raise InputError(f"unknown backend {kind!r}: choose auto, nvml, amd, intel or fake")

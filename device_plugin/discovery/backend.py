@@ -20,6 +20,11 @@ class DiscoveryError(RuntimeError):
     """The backend cannot start; the message says why in an operator's words."""
 
 
+class InputError(DiscoveryError):
+    """The backend cannot start because of what the operator gave it (a flag, a fake inventory
+    file); the message names the file and field. The plugin exits 2 on it, as on bad config."""
+
+
 @dataclasses.dataclass(frozen=True)
 class HealthEvent:
     """Something happened to a GPU (or, with ``gpu_id`` None, to every GPU)."""

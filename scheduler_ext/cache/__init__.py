@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from scheduler_ext.cache.holds import HOLD_SECONDS, Holds
 from scheduler_ext.cache.mix import (MIX_COVERAGE, MIX_MAX_SHAPES, MIX_MEMORY, MIX_REFRESH, MIX_TOLERANCE,
                                      ShapeMix, mix_distance)
 from scheduler_ext.cache.state import ClusterState, NodeState, PodRecord, Use
+from scheduler_ext import podspec
 from scheduler_ext.podspec import PodDemand
 from scheduler_ext.wire import KubeObject
 
@@ -183,11 +185,134 @@ class ClusterCache:
         return self._holds.count()
 
 
-def from_snapshot(path: str) -> ClusterCache:
-    """The cache for a ``kubectl get nodes,pods -o json`` file (a List of Nodes and Pods)."""
-    with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
-    return from_objects(doc.get("items", []) if isinstance(doc, dict) else [])
+#: Largest snapshot read (bytes), 1 GiB; a larger file is refused unread. The largest cluster
+#: the extender is sized for, 5,000 Nodes (17,470 bytes each as the informer holds them,
+#: docs/reliability.md: 83 MiB) and 150,000 pods (a few KB each in ``kubectl``'s JSON), comes
+#: to well under it; ``json`` holds a file several times over while it reads it.
+MAX_SNAPSHOT_BYTES = 2**30
+
+#: How to make a snapshot, for the messages that refuse one (``-A``: pods of every namespace hold devices).
+SNAPSHOT_HOWTO = "make one with `kubectl get nodes,pods -A -o json > cluster.json`"
+
+
+def from_snapshot(path: str, max_bytes: int = MAX_SNAPSHOT_BYTES) -> ClusterCache:
+    """The cache for a ``kubectl get nodes,pods -o json`` file: a List whose Nodes and Pods are
+    read (other kinds are skipped). Raises ValueError, one line naming the file and, where one
+    is at fault, the item and field: a file that cannot be read or is larger than
+    ``max_bytes``, not JSON text (UTF-8, or UTF-16 as PowerShell's ``>`` writes it), not a
+    List, an item that is not an object, a Node or Pod whose JSON types are not the API's."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size  # a regular file's; 0 for a pipe, read below
+            if size > max_bytes:
+                raise ValueError(f"{path}: {size} bytes, more than a snapshot may have ({max_bytes})")
+            data = f.read(max_bytes + 1)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read ({err.strerror or err})") from err
+    if len(data) > max_bytes:
+        raise ValueError(f"{path}: more than {max_bytes} bytes, more than a snapshot may have")
+    if not data.strip():
+        raise ValueError(f"{path}: empty; {SNAPSHOT_HOWTO}")
+    try:
+        text = data.decode(json.detect_encoding(data))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not JSON text (byte {err.start} is 0x{data[err.start]:02x}); {SNAPSHOT_HOWTO}") from err
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        hint = "" if text.lstrip()[:1] in ("{", "[") else f" ({SNAPSHOT_HOWTO})"
+        raise ValueError(f"{path}: not JSON: line {err.lineno} column {err.colno}: {err.msg}{hint}") from err
+    except RecursionError as err:
+        raise ValueError(f"{path}: not JSON this program can read: nested too deeply") from err
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a List of Nodes and Pods, got {_json_kind(doc)}; {SNAPSHOT_HOWTO}")
+    kind = doc.get("kind")
+    if kind in ("Node", "Pod"):
+        raise ValueError(f"{path}: one {kind}, expected a List of Nodes and Pods; {SNAPSHOT_HOWTO}")
+    if "items" not in doc:
+        what = f"a {kind}" if isinstance(kind, str) and kind else "an object"
+        raise ValueError(f"{path}: {what} without items, expected a List of Nodes and Pods; {SNAPSHOT_HOWTO}")
+    items = doc["items"]
+    if items is None:  # Go writes an empty list as null
+        items = []
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: items: expected a list, got {_json_kind(items)}")
+    for i, obj in enumerate(items):
+        where = f"items[{i}]"
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: {where}: expected an object, got {_json_kind(obj)}")
+        try:
+            if obj.get("kind") == "Node":
+                _check_node(obj)
+            elif obj.get("kind") == "Pod":
+                podspec.check_shape(obj)
+        except podspec.ShapeError as err:  # "Pod.spec: ..." -> "items[3].spec: ..."
+            message = str(err).removeprefix(str(obj["kind"]))
+            name = _name_of(obj)
+            raise ValueError(f"{path}: {where}{message}" + (f" ({obj['kind']} {name})" if name else "")) from err
+    return from_objects(items)
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _name_of(obj: KubeObject) -> str:
+    """``namespace/name`` (a Node: ``name``) where they are strings, else ""."""
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str):
+        return ""
+    namespace = meta.get("namespace") if isinstance(meta, dict) else None
+    return f"{namespace}/{name}" if isinstance(namespace, str) and namespace else name
+
+
+def _check_inventory_numbers(raw: str) -> None:
+    """Raises :class:`podspec.ShapeError` where an inventory holds a number the kernel's int32
+    columns cannot (the plugin never writes one; a snapshot edited by hand may). An inventory
+    that cannot be read at all is left to the cache, which keeps the node with that error."""
+    try:
+        inv = contract.decode_inventory(raw)
+    except contract.ContractError:
+        return
+    for i, g in enumerate(inv.gpus):
+        numbers = [("index", g.index), ("memoryMiB", g.memory_mib), ("numaNode", g.numa_node), ("replicas", g.replicas)]
+        for j, m in enumerate(g.mig):
+            numbers += [(f"mig[{j}].memoryMiB", m.memory_mib), (f"mig[{j}].replicas", m.replicas)]
+        for field, value in numbers:
+            if not podspec.INT32_MIN <= value <= podspec.INT32_MAX:
+                raise podspec.ShapeError(f"Node.metadata.annotations[{contract.INVENTORY_ANNOTATION!r}]: "
+                                         f"gpus[{i}].{field}: {value} is beyond int32")
+
+
+def _check_node(node: KubeObject) -> None:
+    """Raises :class:`podspec.ShapeError` where a Node's fields that the cache reads have JSON
+    types the API never writes (``Node.metadata: expected an object, got a list``)."""
+    meta = node.get("metadata")
+    if not isinstance(meta, dict):
+        raise podspec.ShapeError(f"Node.metadata: expected an object, got {_json_kind(meta)}")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        got = "an empty string" if isinstance(name, str) else _json_kind(name)
+        raise podspec.ShapeError(f"Node.metadata.name: expected the node's name, got {got}")
+    annotations = meta.get("annotations")
+    if annotations is not None and not isinstance(annotations, dict):
+        raise podspec.ShapeError(f"Node.metadata.annotations: expected an object, got {_json_kind(annotations)}")
+    inventory = (annotations or {}).get(contract.INVENTORY_ANNOTATION)
+    if inventory is not None and not isinstance(inventory, str):
+        raise podspec.ShapeError(f"Node.metadata.annotations[{contract.INVENTORY_ANNOTATION!r}]: expected a string, "
+                                 f"got {_json_kind(inventory)}")
+    if inventory is not None:
+        _check_inventory_numbers(inventory)
+    status = node.get("status")
+    if status is not None and not isinstance(status, dict):
+        raise podspec.ShapeError(f"Node.status: expected an object, got {_json_kind(status)}")
+    allocatable = (status or {}).get("allocatable")
+    if allocatable is not None and not isinstance(allocatable, dict):
+        raise podspec.ShapeError(f"Node.status.allocatable: expected an object, got {_json_kind(allocatable)}")
 
 
 def from_objects(items: Iterable[KubeObject]) -> ClusterCache:

@@ -74,6 +74,13 @@ def test_bad_memory_hint_names_the_annotation(bad: str) -> None:
         ('{"version": 1, "gpus": [{"id": "g", "index": 0, "vendor": "ibm", "model": "x", "memoryMiB": 1}]}', "vendor: 'ibm'"),
         ('{"version": 1, "gpus": [{"id": "g", "index": true, "vendor": "amd", "model": "x", "memoryMiB": 1}]}', "gpus[0].index: expected int"),
         ('{"version": 1, "gpus": [{"id": "g", "index": 0, "vendor": "amd", "model": "x"}]}', "gpus[0].memoryMiB: missing"),
+        # beyond int32 overflowed the extender's arrays (OverflowError in its watch) before the bound
+        ('{"version": 1, "gpus": [{"id": "g", "index": 0, "vendor": "amd", "model": "x", "memoryMiB": 2147483648}]}',
+         "gpus[0].memoryMiB: 2147483648 is out of range"),
+        ('{"version": 1, "gpus": [{"id": "g", "index": 0, "vendor": "nvidia", "model": "x", "memoryMiB": 1, '
+         '"replicas": 99999999999}]}', "gpus[0].replicas: 99999999999 is out of range"),
+        ('{"version": 1, "gpus": [' + ",".join(['{"id": "g", "index": 0, "vendor": "amd", "model": "x", "memoryMiB": 1}'] * 257)
+         + "]}", "inventory.gpus: 257 GPUs, more than 256"),
     ],
 )
 def test_malformed_inventory_is_refused_with_the_field(text: str, message: str) -> None:
