@@ -275,7 +275,7 @@ def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path
         raise ContractError(f"{path}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
     # The kernel keeps counts, indexes and MiB in 32-bit arrays: a larger number is no real
     # device, and would overflow them where the extender reads the annotation.
-    if kind is int and not INT32_MIN <= value <= INT32_MAX:
+    if kind is int and isinstance(value, int) and not INT32_MIN <= value <= INT32_MAX:
         raise ContractError(f"{path}.{key}: {value} is out of range ({INT32_MIN}..{INT32_MAX})")
     return value
 
