@@ -261,7 +261,7 @@ def load_file(path: pathlib.Path, base: Settings) -> Settings:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from err
     except (ValueError, RecursionError) as err:  # e.g. nesting too deep for the parser
         raise ConfigError(f"{path}: not readable YAML ({type(err).__name__}: {err})") from err
     try:
@@ -366,3 +366,11 @@ def resolve(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None
 
 
 __all__ = ["ConfigError", "Settings", "resolve", "parser", "load_file", "apply_config", "xids"]
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML parse error: where, and what (PyYAML's own text spans several)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+    what = getattr(err, "problem", None) or getattr(err, "context", None) or str(err).splitlines()[0]
+    return f"{where}{what}"

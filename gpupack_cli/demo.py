@@ -116,5 +116,13 @@ def _drive(out: Printer, fake: fake_nvml.FakeNvml, kubelet: KubeletStandIn, mana
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="gpupack demo",
+        description="Run the device plugin on a built-in fake 8-GPU node (a modelled DGX A100) with a kubelet "
+                    "stand-in over real gRPC sockets: registration, advertised devices, preferred allocation, "
+                    "an ignored application XID, a GPU falling off the bus and recovering, a kubelet restart.",
+    ).parse_args(list(argv or []))
     logging.basicConfig(level=logging.WARNING, format="   [plugin log] %(levelname)s %(message)s")
     return run(Printer())

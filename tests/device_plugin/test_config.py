@@ -42,7 +42,8 @@ def test_config_file_sets_health(tmp_path: pathlib.Path) -> None:
         ("version: v1\nhealth:\n  skipXids: [13, x]\n", "health.skipXids: expected a list of positive XID numbers"),
         ("version: v1\nflags:\n  passDeviceSpecs: maybe\n", "flags.passDeviceSpecs: expected true or false"),
         ("- a\n", "expected a mapping at the top level"),
-        ("version: [\n", "not valid YAML"),
+        ("version: [\n", "not valid YAML: line 2 column 1: expected the node content"),
+        ("version: v1\n\thealth: {}\n", "not valid YAML: line 2 column 1: found character '\\t'"),
     ],
 )
 def test_bad_config_file_names_the_field(tmp_path: pathlib.Path, text: str, message: str) -> None:
@@ -51,6 +52,7 @@ def test_bad_config_file_names_the_field(tmp_path: pathlib.Path, text: str, mess
     with pytest.raises(config.ConfigError) as err:
         config.resolve(["--config", str(f)], environ={})
     assert message in str(err.value) and str(f) in str(err.value)
+    assert "\n" not in str(err.value)  # one line for the operator
 
 
 @pytest.mark.parametrize(
