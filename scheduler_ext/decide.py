@@ -96,9 +96,11 @@ class Group:
     unresolvable: bool
 
 
-def _units_text(count: int, resource: str, memory_mib: int) -> str:
+def _units_text(count: int, resource: str, memory_mib: int, products: frozenset[str] = frozenset()) -> str:
     mem = f" with {memory_mib} MiB each" if memory_mib else ""
-    return f"{count} {resource}{mem}"
+    # a pin makes "at most 0 even when empty" on a node of another model read as what it is
+    pin = f" of model {' or '.join(sorted(products))}" if products else ""
+    return f"{count} {resource}{pin}{mem}"
 
 
 def _reason_text(reason: kernel.Reason, ask: str, free: int, total: int, node_error: str) -> str:
@@ -234,7 +236,7 @@ class Decider:
             ok = kernel.xp.to_host(v.feasible)
             free = kernel.xp.to_host(v.free_units)
             total = kernel.xp.to_host(v.total_units)
-            ask = _units_text(totals[resource], resource, demand.memory_mib)
+            ask = _units_text(totals[resource], resource, demand.memory_mib, demand.products)
             if reasons:
                 bad = numpy.nonzero(~ok & fits[pos])[0]
                 groups.extend(self._groups(names, pos[bad], kernel.xp.to_host(v.reason)[bad], free[bad], total[bad], ask))

@@ -270,24 +270,6 @@ def _name_of(obj: KubeObject) -> str:
     return f"{namespace}/{name}" if isinstance(namespace, str) and namespace else name
 
 
-def _check_inventory_numbers(raw: str) -> None:
-    """Raises :class:`podspec.ShapeError` where an inventory holds a number the kernel's int32
-    columns cannot (the plugin never writes one; a snapshot edited by hand may). An inventory
-    that cannot be read at all is left to the cache, which keeps the node with that error."""
-    try:
-        inv = contract.decode_inventory(raw)
-    except contract.ContractError:
-        return
-    for i, g in enumerate(inv.gpus):
-        numbers = [("index", g.index), ("memoryMiB", g.memory_mib), ("numaNode", g.numa_node), ("replicas", g.replicas)]
-        for j, m in enumerate(g.mig):
-            numbers += [(f"mig[{j}].memoryMiB", m.memory_mib), (f"mig[{j}].replicas", m.replicas)]
-        for field, value in numbers:
-            if not podspec.INT32_MIN <= value <= podspec.INT32_MAX:
-                raise podspec.ShapeError(f"Node.metadata.annotations[{contract.INVENTORY_ANNOTATION!r}]: "
-                                         f"gpus[{i}].{field}: {value} is beyond int32")
-
-
 def _check_node(node: KubeObject) -> None:
     """Raises :class:`podspec.ShapeError` where a Node's fields that the cache reads have JSON
     types the API never writes (``Node.metadata: expected an object, got a list``)."""
@@ -305,8 +287,6 @@ def _check_node(node: KubeObject) -> None:
     if inventory is not None and not isinstance(inventory, str):
         raise podspec.ShapeError(f"Node.metadata.annotations[{contract.INVENTORY_ANNOTATION!r}]: expected a string, "
                                  f"got {_json_kind(inventory)}")
-    if inventory is not None:
-        _check_inventory_numbers(inventory)
     status = node.get("status")
     if status is not None and not isinstance(status, dict):
         raise podspec.ShapeError(f"Node.status: expected an object, got {_json_kind(status)}")

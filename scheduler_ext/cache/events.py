@@ -90,7 +90,7 @@ class Events:
         slots: tuple[node_slots.SlotInfo, ...] = ()
         error = ""
         if raw is None:
-            error = f"no {contract.INVENTORY_ANNOTATION} annotation (is the gpupack device plugin running there?)"
+            error = f"no {contract.INVENTORY_ANNOTATION} annotation: is the gpupack device plugin running there?"
         else:
             try:
                 slots = node_slots.inventory_slots(contract.decode_inventory(str(raw)))
