@@ -47,6 +47,13 @@ class CandidateList:
     in_use: bool = False  # a caller is evaluating on ``copy``
     memo: VerdictMemo | None = None  # per-node sums and recent verdicts of ``copy``, kept with it
     _positions: dict[int, list[int]] | None = None  # row -> its positions in ``idx``, built on first need
+    _sorted: numpy.ndarray[Any, Any] | None = None  # ``idx`` sorted, built on first need
+
+    def sorted_idx(self) -> numpy.ndarray[Any, Any]:
+        """``idx`` in ascending order (to recognise the same rows listed in another order)."""
+        if self._sorted is None:
+            self._sorted = numpy.sort(self.idx)
+        return self._sorted
 
     def positions_of(self, rows: Iterable[int]) -> numpy.ndarray[Any, Any]:
         """The positions in ``idx`` of the given rows (a name listed twice has two)."""
@@ -95,11 +102,11 @@ class Candidates:
         refused for the devices held for itself."""
         with self._lock:
             self._holds.expire()
-            sel = self._find(names)
+            sel, pos = self._find(names)
             rows = self._state.arrays.rows(sel.idx)
             if exclude in self._holds:
                 self._holds.free_in_copy(rows, sel.idx, exclude)
-            return rows, sel.pos
+            return rows, pos
 
     @contextlib.contextmanager
     def rows_of(
@@ -113,7 +120,7 @@ class Candidates:
         recomputes only those rows. The arrays must not be written to."""
         with self._lock:
             self._holds.expire()
-            sel = self._find(names)
+            sel, pos = self._find(names)
             if sel.copy is None or sel.in_use:  # first use, or in use by another request
                 sel = dataclasses.replace(sel, copy=self._state.arrays.rows(sel.idx), changed_rows=set(), memo=None)
             else:
@@ -132,7 +139,7 @@ class Candidates:
                     if sel.memo is not None:
                         sel.memo.mark(numpy.nonzero(sel.idx == st.row)[0])
         try:
-            yield rows, sel.pos, sel.memo
+            yield rows, pos, sel.memo
         finally:
             with self._lock:
                 sel.in_use = False
@@ -146,20 +153,39 @@ class Candidates:
             idx = numpy.asarray([nodes[n].row for n in names], dtype=numpy.int64)
             return self._state.arrays.rows(idx), names
 
-    def _find(self, names: Sequence[str]) -> CandidateList:
-        """The candidate list of ``names``; after its first use its copy is kept (lists seen
-        once, such as prioritize's subsets, and short ones keep none)."""
+    def _find(self, names: Sequence[str]) -> tuple[CandidateList, numpy.ndarray[Any, Any]]:
+        """The candidate list of ``names`` and the positions in ``names`` of its rows; after its
+        first use its copy is kept (lists seen once, such as prioritize's subsets, and short
+        ones keep none). kube-scheduler's filter runs on parallel workers, so it names the same
+        nodes pod after pod but never twice in the same order: a list that holds the same rows
+        as a kept one, in another order, uses the kept copy (and its memo) with the positions
+        mapped to the new order."""
         state = self._state
         for sel in self._lists:
             if sel.node_generation == state.node_generation and sel.names == names:
-                if sel.copy is None and sel.idx.shape[0] >= self.keep_rows_from:
-                    sel.copy, sel.changed_rows, sel.memo = state.arrays.rows(sel.idx), set(), None
-                return sel
+                self._keep(sel)
+                return sel, sel.pos
         idx = numpy.array(list(map(state.row_of.get, names, itertools.repeat(-1))), dtype=numpy.int64)
         pos = numpy.nonzero(idx >= 0)[0]
-        sel = CandidateList(list(names), state.node_generation, idx[pos], pos)
+        known = idx[pos]
+        if known.shape[0] >= self.keep_rows_from:
+            ordered = numpy.sort(known)
+            if ordered.shape[0] < 2 or bool((ordered[1:] != ordered[:-1]).all()):  # no name twice
+                for sel in self._lists:
+                    if (sel.node_generation == state.node_generation and sel.idx.shape[0] == known.shape[0]
+                            and numpy.array_equal(sel.sorted_idx(), ordered)):
+                        self._keep(sel)
+                        at = numpy.empty(int(ordered[-1]) + 1, dtype=numpy.int64)
+                        at[known] = pos
+                        return sel, at[sel.idx]
+        sel = CandidateList(list(names), state.node_generation, known, pos)
         self._lists = [sel, *self._lists[: SELECTIONS - 1]]
-        return sel
+        return sel, sel.pos
+
+    def _keep(self, sel: CandidateList) -> None:
+        """From a list's second use on, its rows are kept (when it is long enough)."""
+        if sel.copy is None and sel.idx.shape[0] >= self.keep_rows_from:
+            sel.copy, sel.changed_rows, sel.memo = self._state.arrays.rows(sel.idx), set(), None
 
     def _refresh(self, sel: CandidateList) -> None:
         """Copies the rows changed since into the list's kept copy."""
