@@ -1,5 +1,6 @@
 """Bind: choose the devices, claim them, write the pod's ``gpupack.io/devices`` annotation,
-create the Binding.
+create the Binding. On a DRA node (its GPUs published as ResourceSlices) the Binding alone:
+kube-scheduler's DRA plugin has allocated the pod's claims by then (:meth:`Binder._bind_dra`).
 
 The Kubernetes API is reached through :class:`PodApi`, a three-method interface, so tests
 hand in a fake and :class:`KubePodApi` is the only code that talks to the real client. The
@@ -72,6 +73,8 @@ class Binder:
         demand = pod_demand(pod)
         if uid and demand.uid and demand.uid != uid:
             return f"gpupack: pod {ns}/{name} has uid {demand.uid}, not {uid} (recreated?)"
+        if self.cache.is_dra_node(node):
+            return self._bind_dra(ns, name, demand.uid or uid, node)
         if demand.error:
             return f"gpupack: pod {ns}/{name}: {demand.error}"
         if demand.wants_gpu:
@@ -89,6 +92,19 @@ class Binder:
                 self._unclaim(demand.uid, node)
             else:
                 self.cache.release(demand.uid)
+            return f"gpupack: binding {ns}/{name} to {node}: {err}"
+        return ""
+
+    def _bind_dra(self, ns: str, name: str, uid: str, node: str) -> str:
+        """A pod bound to a DRA node: kube-scheduler's DRA plugin allocated its claims in its
+        PreBind, before this Bind, and the claims' allocations are what the devices are (the
+        cache counts them from the claims' watch). So no device is chosen, no annotation
+        written, nothing claimed in the ledger: the Binding alone, and the pod's provisional
+        hold, if any, dropped."""
+        self.cache.release(uid)
+        try:
+            self.api.create_binding(ns, name, uid, node)
+        except Exception as err:
             return f"gpupack: binding {ns}/{name} to {node}: {err}"
         return ""
 

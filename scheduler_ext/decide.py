@@ -130,6 +130,7 @@ class Decider:
 
     def filter(self, demand: PodDemand, names: Sequence[str]) -> Decision:
         """:meth:`decide` with scores, remembered for the pod's :meth:`prioritize`."""
+        demand = self.cache.resolve_claims(demand)
         d = self.decide(demand, names, score=True, levels=False)  # prioritize ranks its own subset
         if demand.uid and d.lead_raw is not None:
             with self._memo_lock:
@@ -143,6 +144,7 @@ class Decider:
         """0..10 per node of ``names``: from the pod's filter scores while the cache is unchanged
         since, else decided afresh. With ``holds``, the devices the pod would get on the node
         ranked first are held for it until its bind (:meth:`ClusterCache.hold`)."""
+        demand = self.cache.resolve_claims(demand)  # DRA: what its claims ask (the filter's memo has it so)
         with self._memo_lock:
             memo = self._memo.get(demand.uid) if demand.uid else None
         idx = None
@@ -185,6 +187,7 @@ class Decider:
         """Every named node's answer for the pod, as arrays in the order of ``names``; reasons
         are worded for the failing nodes only (and, with ``detail``, for the fitting ones);
         without ``levels`` the 0..10 levels are left at 0 (raw scores are still computed)."""
+        demand = self.cache.resolve_claims(demand)
         n = len(names)
         everyone = numpy.arange(n)
         if demand.error:
@@ -353,6 +356,7 @@ class Decider:
         """Per node, the victims (pod uids) whose removal really frees the pod's GPU request:
         the proposed ones when they suffice, else those plus lower-priority GPU pods on the
         node, fewest first by priority; nodes where nothing suffices are left out."""
+        demand = self.cache.resolve_claims(demand)
         if not demand.wants_gpu or demand.error:
             return {n: (list(v), pdb) for n, (v, pdb) in proposed.items()}
         out: dict[str, tuple[list[str], int]] = {}

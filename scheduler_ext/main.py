@@ -22,7 +22,7 @@ from scheduler_ext.cache import HOLD_SECONDS, ClusterCache, from_snapshot
 from scheduler_ext.decide import Decider
 from scheduler_ext.metrics import Metrics
 from scheduler_ext.server import ExtenderApp, Limits, serve, tls_context
-from scheduler_ext.watch import KubeWatchSource, Syncer
+from scheduler_ext.watch import DRA_KINDS, KINDS, KubeWatchSource, Syncer
 
 log = logging.getLogger("gpupack-extender")
 
@@ -95,8 +95,30 @@ def parser() -> argparse.ArgumentParser:
                    help="after prioritize, hold the devices a pod would get on the node ranked first for this "
                         "long or until its bind, so the next pods of a burst see them taken; 0: off; never on a "
                         "snapshot (env GPUPACK_EXTENDER_HOLD_SECONDS; default %(default)s)")
+    p.add_argument("--dra", action=argparse.BooleanOptionalAction, default=_flag(_env("dra", "false"), "dra"),
+                   help="DRA awareness: also watch ResourceSlices, ResourceClaims, ResourceClaimTemplates and "
+                        "DeviceClasses (resource.k8s.io/v1), score nodes of the gpupack DRA driver by their slices and "
+                        "pods by their claims, and bind pods on those nodes without choosing devices (kube-scheduler "
+                        "allocates them); needs an API server that serves resource.k8s.io/v1 "
+                        "(env GPUPACK_EXTENDER_DRA=true|false; default %(default)s)")
     p.add_argument("--log-level", default=_env("log-level", "INFO"), help="DEBUG, INFO, WARNING (env GPUPACK_EXTENDER_LOG_LEVEL)")
     return p
+
+
+def _flag(text: str, name: str) -> bool:
+    """A boolean environment variable: true/false (also 1/0, yes/no); anything else stops start-up."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no", ""):
+        return False
+    raise SystemExit(f"gpupack-extender: {ENV_PREFIX}{name.upper()}={text!r}: expected true or false")
+
+
+def _resource_v1() -> Any:
+    from kubernetes import client
+
+    return client.ResourceV1Api()
 
 
 def _core_v1(kubeconfig: str) -> Any:
@@ -180,8 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             binder = None
         else:
             core = _core_v1(args.kubeconfig)
-            cache = ClusterCache(hold_seconds=args.hold_seconds)
-            Syncer(cache, KubeWatchSource(core), on_listed=freeze_heap).start(stop)
+            cache = ClusterCache(hold_seconds=args.hold_seconds, dra=args.dra)
+            source = KubeWatchSource(core, _resource_v1() if args.dra else None)
+            if args.dra:
+                source.check_dra()  # one clear line now rather than a watch that fails forever
+            Syncer(cache, source, on_listed=freeze_heap, kinds=KINDS + DRA_KINDS if args.dra else KINDS).start(stop)
         # a snapshot binds nothing, so a hold would only stand in the way of the next answers
         decider = Decider(cache, args.policy, args.xp, holds=not args.snapshot and args.hold_seconds > 0)
         if not args.snapshot:
@@ -194,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.replica = args.replica_name
     srv, thread = serve(app, host, port, tls, limits=limits)
     log.info("serving on %s:%d (policy %s, xp %s, %s)", *srv.server_address[:2], args.policy, args.xp,
-             f"snapshot {args.snapshot}" if args.snapshot else "watching the API")
+             f"snapshot {args.snapshot}" if args.snapshot else
+             "watching the API" + (" with DRA awareness" if args.dra else ""))
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stop.wait()

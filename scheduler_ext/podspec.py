@@ -56,6 +56,23 @@ class ContainerAsk:
     count: int
 
 
+@dataclasses.dataclass(frozen=True)
+class ClaimRef:
+    """One entry of a pod's ``spec.resourceClaims`` (Dynamic Resource Allocation): the pod's
+    name for it and the ResourceClaim (``claim``) or ResourceClaimTemplate (``template``) it
+    names; ``generated``: the claim made from the template for this pod, once
+    ``status.resourceClaimStatuses`` names it. Read by :mod:`scheduler_ext.dra`."""
+
+    name: str
+    claim: str = ""
+    template: str = ""
+    generated: str = ""
+
+
+#: Most ``spec.resourceClaims`` entries read from one pod (the API allows 32 today, as many as
+#: a claim's requests); more is refused with the field named.
+MAX_POD_CLAIMS = 32
+
 #: One shared empty set: each ``frozenset()`` is a new object in CPython, 216 bytes, and the
 #: cache keeps a demand per pod (150,000 pods: 30 MB).
 NO_PINS: frozenset[str] = frozenset()
@@ -79,6 +96,11 @@ class PodDemand:
     cpu_milli: int = 0  # CPU request of the pod (what kube-scheduler counts), millicores
     node_memory_mib: int = 0  # memory request of the pod, MiB (rounded up)
     products: frozenset[str] = NO_PINS  # gpupack.io/gpu.product values it is pinned to; empty: any
+    # DRA: the claims it names, not yet read into ``asks`` (:func:`scheduler_ext.dra.pod_demand`
+    # reads them and empties this); and the claim kube-scheduler made for its extended
+    # resources served by DRA (``status.extendedResourceClaimStatus``), "" when none
+    claims: tuple[ClaimRef, ...] = ()
+    extended_claim: str = ""
 
     @property
     def wants_gpu(self) -> bool:
@@ -346,6 +368,8 @@ def pod_demand(pod: KubeObject) -> PodDemand:
         errors.append(f"spec.priority: {priority} is outside int32")
         priority = 0
     cpu, mem = _pod_requests(spec, errors)
+    claims = pod_claims(spec, status, errors)
+    extended = _get(status, "extendedResourceClaimStatus", "resourceClaimName")
     return PodDemand(
         uid=str(meta.get("uid", "")),
         namespace=str(meta.get("namespace", "default")),
@@ -360,7 +384,39 @@ def pod_demand(pod: KubeObject) -> PodDemand:
         cpu_milli=cpu,
         node_memory_mib=mem,
         products=pinned_products(spec),
+        claims=claims,
+        extended_claim=extended if isinstance(extended, str) else "",
     )
+
+
+def pod_claims(spec: dict[str, Any], status: dict[str, Any], errors: list[str] | None = None) -> tuple[ClaimRef, ...]:
+    """The pod's ``spec.resourceClaims`` (DRA) with the claim names its status gives the
+    generated ones; entries that cannot be used go to ``errors``, naming the field."""
+    errors = errors if errors is not None else []
+    listed = spec.get("resourceClaims")
+    if not isinstance(listed, list) or not listed:
+        return ()
+    if len(listed) > MAX_POD_CLAIMS:
+        errors.append(f"spec.resourceClaims: {len(listed)} entries, more than {MAX_POD_CLAIMS}")
+        return ()
+    generated: dict[str, str] = {}
+    for st in status.get("resourceClaimStatuses") or []:
+        if isinstance(st, dict) and isinstance(st.get("name"), str) and isinstance(st.get("resourceClaimName"), str):
+            generated[st["name"]] = st["resourceClaimName"]
+    out: list[ClaimRef] = []
+    for i, entry in enumerate(listed):
+        where = f"spec.resourceClaims[{i}]"
+        name = _dict(entry).get("name")
+        claim = _dict(entry).get("resourceClaimName") or ""
+        template = _dict(entry).get("resourceClaimTemplateName") or ""
+        if not isinstance(name, str) or not name:
+            errors.append(f"{where}.name: expected the claim's name in the pod")
+            continue
+        if not isinstance(claim, str) or not isinstance(template, str) or bool(claim) == bool(template):
+            errors.append(f"{where}: expected exactly one of resourceClaimName and resourceClaimTemplateName")
+            continue
+        out.append(ClaimRef(name, claim, template, generated.get(name, "")))
+    return tuple(out)
 
 
 class ShapeError(ValueError):

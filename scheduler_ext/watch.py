@@ -1,5 +1,10 @@
 """List and watch Nodes and Pods into the cache; the only module that streams from the API.
 
+With DRA awareness (``--dra``) also ResourceSlices, ResourceClaims, ResourceClaimTemplates and
+DeviceClasses (``resource.k8s.io/v1``, :data:`DRA_KINDS`), each a kind of its own with the same
+list-then-watch loop; :meth:`KubeWatchSource.check_dra` refuses, in one line, an API server
+that does not serve them.
+
 :class:`WatchSource` is the seam: :class:`KubeWatchSource` wraps the kubernetes client,
 tests pass a fake that plays a script of events. :class:`Syncer` lists each kind in full
 (the cache is ready only after both first lists), then watches from the list's
@@ -16,12 +21,13 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from scheduler_ext.cache import ClusterCache
+from scheduler_ext.cache import DRA_KINDS, ClusterCache
 from scheduler_ext.wire import KubeObject
 
 log = logging.getLogger(__name__)
 
 KINDS = ("Node", "Pod")
+__all__ = ["DRA_KINDS", "KINDS", "Backoff", "Gone", "KubeWatchSource", "Syncer", "WatchSource"]
 
 
 class Gone(Exception):
@@ -53,12 +59,14 @@ class Syncer:
         backoff: Backoff = Backoff(),
         wait: Callable[[threading.Event, float], None] | None = None,
         on_listed: Callable[[str], None] = lambda kind: None,
+        kinds: tuple[str, ...] = KINDS,
     ) -> None:
         self.cache = cache
         self.source = source
         self.backoff = backoff
         self.wait = wait or (lambda stop, s: (stop.wait(s), None)[1])
-        self.relists: dict[str, int] = {k: 0 for k in KINDS}
+        self.kinds = kinds  # KINDS, plus DRA_KINDS with DRA awareness
+        self.relists: dict[str, int] = {k: 0 for k in kinds}
         self.on_listed = on_listed
 
     def run_kind(self, kind: str, stop: threading.Event) -> None:
@@ -71,8 +79,10 @@ class Syncer:
                     self.relists[kind] += 1
                     if kind == "Node":
                         self.cache.replace_nodes(items)
-                    else:
+                    elif kind == "Pod":
                         self.cache.replace_pods(items)
+                    else:
+                        self.cache.replace_kind(kind, items)
                     del items
                     self.on_listed(kind)
                     delay = self.backoff.initial_s
@@ -99,23 +109,54 @@ class Syncer:
                 delay = min(delay * self.backoff.factor, self.backoff.max_s)
 
     def start(self, stop: threading.Event) -> list[threading.Thread]:
-        threads = [threading.Thread(target=self.run_kind, args=(k, stop), name=f"watch-{k}", daemon=True) for k in KINDS]
+        threads = [threading.Thread(target=self.run_kind, args=(k, stop), name=f"watch-{k}", daemon=True) for k in self.kinds]
         for t in threads:
             t.start()
         return threads
 
 
 class KubeWatchSource:
-    """:class:`WatchSource` over the official client's ``CoreV1Api`` (raw JSON, no models)."""
+    """:class:`WatchSource` over the official client's ``CoreV1Api`` and, for the DRA kinds,
+    ``ResourceV1Api`` (raw JSON, no models: the client's models would drop fields newer than
+    they are, such as ``consumedCapacity``)."""
 
     #: Server-side watch timeout, seconds: the stream ends and is resumed from the last version.
     WATCH_TIMEOUT_S = 300
 
-    def __init__(self, core_v1: Any) -> None:
+    def __init__(self, core_v1: Any, resource_v1: Any = None) -> None:
         self.core = core_v1
+        self.resource = resource_v1  # kubernetes.client.ResourceV1Api, with DRA awareness
 
     def _lister(self, kind: str) -> Any:
-        return self.core.list_node if kind == "Node" else self.core.list_pod_for_all_namespaces
+        if kind == "Node":
+            return self.core.list_node
+        if kind == "Pod":
+            return self.core.list_pod_for_all_namespaces
+        if self.resource is None or kind not in DRA_KINDS:
+            raise ValueError(f"no lister for {kind} (DRA awareness is off)")
+        return {
+            "ResourceSlice": self.resource.list_resource_slice,
+            "ResourceClaim": self.resource.list_resource_claim_for_all_namespaces,
+            "ResourceClaimTemplate": self.resource.list_resource_claim_template_for_all_namespaces,
+            "DeviceClass": self.resource.list_device_class,
+        }[kind]
+
+    def check_dra(self) -> None:
+        """Raises ValueError, one line, when the API server does not serve ``resource.k8s.io/v1``
+        to this extender (an older cluster, DRA off, or RBAC without the DRA kinds)."""
+        for kind in DRA_KINDS:
+            try:
+                self._lister(kind)(limit=1, _preload_content=False)
+            except Exception as err:
+                status = getattr(err, "status", None)
+                if status == 404:
+                    raise ValueError("--dra: the API server does not serve resource.k8s.io/v1 (Kubernetes 1.34+ "
+                                     "with DynamicResourceAllocation); run without --dra") from err
+                if status == 403:
+                    raise ValueError(f"--dra: not allowed to list {kind}s (resource.k8s.io/v1): give the extender's "
+                                     "ClusterRole list and watch on them (the chart does with extender.dra)") from err
+                raise ValueError(f"--dra: listing {kind}s (resource.k8s.io/v1) failed: "
+                                 f"{status or type(err).__name__} {getattr(err, 'reason', err)}") from err
 
     def list(self, kind: str) -> tuple[list[KubeObject], str]:
         resp = self._lister(kind)(_preload_content=False)

@@ -33,6 +33,7 @@ from gpupack import contract, kernel
 from gpupack.kernel import slots as kslots
 from gpupack.kernel.verdict_memo import VerdictMemo
 from scheduler_ext.cache.candidates import KEEP_ROWS_FROM, SELECTIONS, Candidates
+from scheduler_ext.cache.dra import KINDS as DRA_KINDS, DraObjects
 from scheduler_ext.cache.events import Events
 from scheduler_ext.cache.holds import HOLD_SECONDS, Holds
 from scheduler_ext.cache.mix import (MIX_COVERAGE, MIX_MAX_SHAPES, MIX_MEMORY, MIX_REFRESH, MIX_TOLERANCE,
@@ -43,7 +44,7 @@ from scheduler_ext.podspec import PodDemand
 from scheduler_ext.wire import KubeObject
 
 __all__ = [
-    "HOLD_SECONDS", "KEEP_ROWS_FROM", "MIX_COVERAGE", "MIX_MAX_SHAPES", "MIX_MEMORY", "MIX_REFRESH",
+    "DRA_KINDS", "HOLD_SECONDS", "KEEP_ROWS_FROM", "MIX_COVERAGE", "MIX_MAX_SHAPES", "MIX_MEMORY", "MIX_REFRESH",
     "MIX_TOLERANCE", "SELECTIONS", "ClusterCache", "NodeState", "PodRecord", "Use",
     "from_objects", "from_snapshot", "mix_distance",
 ]
@@ -55,9 +56,12 @@ class ClusterCache:
     method is its piece's (see the module docstring), which documents it."""
 
     def __init__(self, width: int = 8, rows: int = 64, clock: Callable[[], float] = time.monotonic,
-                 hold_seconds: float = HOLD_SECONDS, keep_rows_from: int = KEEP_ROWS_FROM) -> None:
+                 hold_seconds: float = HOLD_SECONDS, keep_rows_from: int = KEEP_ROWS_FROM,
+                 dra: bool = False) -> None:
         self._state = ClusterState(width, rows)
-        self._events = Events(self._state)
+        # DRA awareness (``--dra``): ResourceSlices, claims, templates and classes are read too
+        self._dra = DraObjects(self._state) if dra else None
+        self._events = Events(self._state, self._dra)
         self._holds = Holds(self._state, clock, hold_seconds)
         self._candidates = Candidates(self._state, self._holds, keep_rows_from)
         self._shapes = ShapeMix(self._state)
@@ -149,6 +153,23 @@ class ClusterCache:
 
     def upsert_node(self, obj: KubeObject) -> None:
         self._events.upsert_node(obj)
+
+    def replace_kind(self, kind: str, items: Iterable[KubeObject]) -> None:
+        self._events.replace_kind(kind, items)
+
+    # --- DRA (:mod:`~scheduler_ext.cache.dra`; off unless built with ``dra=True``) ----------
+
+    @property
+    def dra_aware(self) -> bool:
+        return self._dra is not None
+
+    def is_dra_node(self, name: str) -> bool:
+        """Whether the node's GPUs come from ResourceSlices: kube-scheduler allocates them."""
+        return self._dra is not None and self._dra.is_dra_node(name)
+
+    def resolve_claims(self, demand: PodDemand) -> PodDemand:
+        """A pending pod's demand with what its resource claims ask read in (unchanged without DRA awareness)."""
+        return self._dra.resolve(demand) if self._dra is not None else demand
 
     def delete_node(self, name: str) -> None:
         self._state.delete_node(name)
