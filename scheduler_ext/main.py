@@ -101,8 +101,25 @@ def parser() -> argparse.ArgumentParser:
                         "pods by their claims, and bind pods on those nodes without choosing devices (kube-scheduler "
                         "allocates them); needs an API server that serves resource.k8s.io/v1 "
                         "(env GPUPACK_EXTENDER_DRA=true|false; default %(default)s)")
+    p.add_argument("--allow-unauthenticated", action=argparse.BooleanOptionalAction,
+                   default=_flag(_env("allow-unauthenticated", "false"), "allow-unauthenticated"),
+                   help="watching the API, serve filter, prioritize, bind and preempt to any caller, without a client "
+                        "certificate; off by default: without it the extender refuses to start unless --tls-cert, "
+                        "--tls-key and --tls-client-ca are given (bind changes the cluster). For a test cluster on "
+                        "loopback only (env GPUPACK_EXTENDER_ALLOW_UNAUTHENTICATED=true|false; default %(default)s)")
     p.add_argument("--log-level", default=_env("log-level", "INFO"), help="DEBUG, INFO, WARNING (env GPUPACK_EXTENDER_LOG_LEVEL)")
     return p
+
+
+def unauthenticated_refusal(snapshot: str, tls_cert: str, tls_client_ca: str, allowed: bool) -> str:
+    """Why the extender must not start, or "": a bind changes the cluster, so against the API it
+    answers only callers with a client certificate unless the operator says otherwise. A
+    snapshot binds nothing and needs none."""
+    if snapshot or allowed or (tls_cert and tls_client_ca):
+        return ""
+    missing = "--tls-client-ca" if tls_cert else "--tls-cert, --tls-key and --tls-client-ca"
+    return (f"refusing to serve bind to any caller: give {missing} (kube-scheduler's client CA; the Helm chart "
+            "does), or --allow-unauthenticated for a test cluster on loopback")
 
 
 def _flag(text: str, name: str) -> bool:
@@ -188,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     tune_malloc()  # before any thread starts
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    refusal = unauthenticated_refusal(args.snapshot, args.tls_cert, args.tls_client_ca, args.allow_unauthenticated)
+    if refusal:
+        print(f"gpupack-extender: {refusal}", file=sys.stderr)
+        return 2
     try:
         host, port = _listen(args.listen)
         limits = Limits(max_body=args.max_body_bytes, read_timeout=args.read_timeout_seconds,

@@ -337,6 +337,19 @@ def test_tls_can_be_turned_off(render: Render) -> None:
     assert not by_kind(docs, "Secret")
     env = {e["name"] for e in by_kind(docs, "Deployment")["gpupack-extender"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert not {n for n in env if "TLS" in n}
+    # the extender refuses to serve bind without client certificates unless told: the chart tells
+    # it only when the operator turned TLS or client authentication off
+    assert "GPUPACK_EXTENDER_ALLOW_UNAUTHENTICATED" in env
+
+
+@pytest.mark.parametrize("values, allowed", [
+    ((), False), (("--set", "tls.clientAuth.enabled=false"), True), (("--set", "tls.enabled=false"), True),
+], ids=["default", "no-client-auth", "no-tls"])
+def test_unauthenticated_callers_only_when_the_operator_says_so(render: Render, values: tuple[str, ...],
+                                                                 allowed: bool) -> None:
+    container = by_kind(render(*values), "Deployment")["gpupack-extender"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env.get("GPUPACK_EXTENDER_ALLOW_UNAUTHENTICATED") == "true") == allowed
 
 
 def test_the_scheduler_mounts_what_its_tls_config_names(render: Render) -> None:

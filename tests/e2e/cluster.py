@@ -429,6 +429,7 @@ class Cluster:
                     console_script("gpupack-extender"),
                     f"--kubeconfig={self.admin_kubeconfig}",
                     f"--listen=127.0.0.1:{self.extender_port}",
+                    "--allow-unauthenticated",  # plain HTTP on loopback; test_extender_tls.py runs it as shipped
                 ],
                 self.logs,
             )

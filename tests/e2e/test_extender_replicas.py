@@ -116,7 +116,7 @@ def start_replica(cluster: harness.Cluster, name: str) -> tuple[harness.Process,
     proc = harness.Process(
         f"gpupack-extender-{name}",
         [harness.console_script("gpupack-extender"), f"--kubeconfig={cluster.admin_kubeconfig}",
-         f"--listen=127.0.0.1:{port}", f"--replica-name={name}"],
+         f"--listen=127.0.0.1:{port}", f"--replica-name={name}", "--allow-unauthenticated"],
         cluster.logs,
     )
     cluster.processes.append(proc)

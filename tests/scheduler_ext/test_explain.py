@@ -52,3 +52,21 @@ def test_extender_help_documents_flags_and_env(capsys: pytest.CaptureFixture[str
 def test_extender_refuses_bad_start(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert extender_main.main(["--snapshot", str(tmp_path / "none.json")]) == 2
     assert extender_main.main(["--listen", "nonsense", "--snapshot", "x"]) == 2
+
+
+@pytest.mark.parametrize("argv, refused", [
+    ([], "give --tls-cert, --tls-key and --tls-client-ca"),
+    (["--tls-cert", "c.pem", "--tls-key", "k.pem"], "give --tls-client-ca"),
+], ids=["no-tls", "tls-without-client-ca"])
+def test_the_extender_will_not_serve_bind_to_anyone_unless_told(
+        argv: list[str], refused: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GPUPACK_EXTENDER_ALLOW_UNAUTHENTICATED", raising=False)
+    assert extender_main.main(["--kubeconfig", "/nonexistent", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpupack-extender: refusing to serve bind to any caller: " + refused) and err.count("\n") == 1
+
+
+def test_a_snapshot_or_the_operator_allows_serving_without_client_certificates() -> None:
+    assert extender_main.unauthenticated_refusal("cluster.json", "", "", False) == ""
+    assert extender_main.unauthenticated_refusal("", "", "", True) == ""
+    assert extender_main.unauthenticated_refusal("", "c.pem", "ca.pem", False) == ""
