@@ -167,7 +167,7 @@ class KubeWatchSource:
         from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
 
-        w: Any = getattr(watch, "Watch")()
+        w: Any = _raw_events(watch)
         try:
             for event in w.stream(
                 self._lister(kind), resource_version=resource_version,
@@ -180,3 +180,17 @@ class KubeWatchSource:
             raise
         finally:
             w.stop()
+
+
+def _raw_events(watch: Any) -> Any:
+    """A ``kubernetes.watch.Watch`` that hands on each event's JSON as the API server sent it.
+    The stock one also builds a model object (``V1Pod``...) per event, which the cache never
+    reads (it takes ``raw_object``): 3.4 of the extender's 32 ms per pod at 5,000 nodes
+    (docs/extender.md, "Where the extender's CPU goes"). Without a return type the client skips
+    that step; the resourceVersion to resume from is tracked by :class:`Syncer` itself."""
+
+    class RawWatch(watch.Watch):  # type: ignore[misc]
+        def get_return_type(self, func: Any) -> None:
+            return None
+
+    return RawWatch()

@@ -144,3 +144,44 @@ def test_bind_calls_reuse_one_connection() -> None:
         server.close()
     assert [m for m, _ in server.requests] == ["GET", "GET", "PUT", "POST", "PATCH", "POST"] * 5
     assert server.connections == 1
+
+
+def test_watch_hands_on_the_json_without_building_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real watch stream over loopback HTTP: each event comes out as the JSON the server sent,
+    and the client never builds a V1Pod for it (that cost 3.4 ms per pod at 5,000 nodes)."""
+    import http.server
+    import threading
+
+    from kubernetes import client
+
+    events = [{"type": "ADDED", "object": {"kind": "Pod", "metadata": {"name": f"p{i}", "resourceVersion": str(50 + i)},
+                                           "spec": {"nodeName": "n1"}}} for i in range(3)]
+    events.append({"type": "BOOKMARK", "object": {"kind": "Pod", "metadata": {"resourceVersion": "60"}}})
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            assert "watch=True" in self.path or "watch=true" in self.path
+            body = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def no_models(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a model was built for a watch event")
+
+    monkeypatch.setattr(client.ApiClient, "deserialize", no_models)
+    try:
+        core = client.CoreV1Api(client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")))
+        got = list(KubeWatchSource(core).watch("Pod", "49"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert got == [{"type": e["type"], "object": e["object"]} for e in events]
