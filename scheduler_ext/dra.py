@@ -22,8 +22,7 @@ slices are there (kube-scheduler's allocator skips an incomplete pool the same w
 Where the devices are in use is the claims' ``status.allocation.devices.results`` (every
 allocated claim, as kube-scheduler's allocator counts them, reserved or not): :func:`allocations`.
 
-The names below restate ``device_plugin/dra/names.py`` (the extender may not import the device
-plugin); ``tests/scheduler_ext/test_dra_cache.py`` checks that they are equal.
+The names are the driver's, from :mod:`gpupack.dra_names` (the contract of DRA mode).
 """
 
 from __future__ import annotations
@@ -33,27 +32,16 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from gpupack import contract
+from gpupack import contract, dra_names
 from scheduler_ext import podspec
 from scheduler_ext.podspec import ClaimRef, ContainerAsk, PodDemand
 
-DRIVER = "gpu.gpupack.io"
-API_VERSION = "resource.k8s.io/v1"
-TYPE = f"{DRIVER}/type"
-VENDOR = f"{DRIVER}/vendor"
-PRODUCT = f"{DRIVER}/productName"
-UUID = f"{DRIVER}/uuid"
-INDEX = f"{DRIVER}/index"
-PCI_BUS_ID = f"{DRIVER}/pciBusID"
-NUMA = f"{DRIVER}/numa"
-NVLINK_GROUP = f"{DRIVER}/nvlinkGroup"
-KERNEL_DRIVER = f"{DRIVER}/kernelDriver"
-MIG_ENABLED = f"{DRIVER}/migEnabled"
-MIG_PROFILE = f"{DRIVER}/migProfile"
-PARENT_UUID = f"{DRIVER}/parentUUID"
-SHARED = f"{DRIVER}/shared"
-MEMORY = f"{DRIVER}/memory"
-SHARES = f"{DRIVER}/shares"
+DRIVER = dra_names.DRIVER
+API_VERSION = dra_names.API_VERSION
+TYPE, VENDOR, PRODUCT, UUID = dra_names.TYPE, dra_names.VENDOR, dra_names.PRODUCT, dra_names.UUID
+INDEX, PCI_BUS_ID, NUMA, NVLINK_GROUP = dra_names.INDEX, dra_names.PCI_BUS_ID, dra_names.NUMA, dra_names.NVLINK_GROUP
+KERNEL_DRIVER, MIG_ENABLED, MIG_PROFILE = dra_names.KERNEL_DRIVER, dra_names.MIG_ENABLED, dra_names.MIG_PROFILE
+PARENT_UUID, SHARED, MEMORY, SHARES = dra_names.PARENT_UUID, dra_names.SHARED, dra_names.MEMORY, dra_names.SHARES
 #: Taint effects that keep new claims off a device (``NoExecute`` also evicts).
 BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 

@@ -28,7 +28,7 @@ from typing import TypedDict
 
 from device_plugin import cdi
 from device_plugin.discovery.backend import ContainerEdits
-from device_plugin.dra import names
+from gpupack import dra_names as names
 from device_plugin.dra.slices import PublishedDevice
 
 log = logging.getLogger("gpupack.dra.cdi")

@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from device_plugin import config, discovery, resources
-from device_plugin.dra import checkpoint, claimspecs, names
+from device_plugin.dra import checkpoint, claimspecs
+from gpupack import dra_names as names
 from device_plugin.dra.driver import Driver, NoSlices, Slices
 from device_plugin.dra.prepare import Preparer
 from device_plugin.dra.publisher import DynamicSliceApi, SlicePublisher

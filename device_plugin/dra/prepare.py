@@ -28,7 +28,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from device_plugin.dra import claimspecs, names
+from device_plugin.dra import claimspecs
+from gpupack import dra_names as names
 from device_plugin.dra.checkpoint import Checkpoint, PreparedClaim, PreparedDevice
 from device_plugin.dra.slices import PublishedDevice
 

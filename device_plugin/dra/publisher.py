@@ -36,7 +36,8 @@ from typing import Any, Protocol
 
 from gpupack import contract
 
-from device_plugin.dra import names, slices
+from device_plugin.dra import slices
+from gpupack import dra_names as names
 
 log = logging.getLogger("gpupack.dra.publisher")
 

@@ -30,7 +30,7 @@ from gpupack.kubeletapi import dra_v1_pb2_grpc as dra_grpc
 from gpupack.kubeletapi import pluginregistration_v1_pb2 as reg_pb
 from gpupack.kubeletapi import pluginregistration_v1_pb2_grpc as reg_grpc
 
-from device_plugin.dra import names
+from gpupack import dra_names as names
 from device_plugin.dra.prepare import ClaimRef, Preparer
 
 log = logging.getLogger("gpupack.dra.server")

@@ -5,7 +5,7 @@
 into the ResourceSlice objects of one pool (the pool is the node: ``spec.pool.name`` = node
 name). What each GPU becomes:
 
-- a whole GPU: one device ``gpu-<index>`` with attributes (:mod:`~device_plugin.dra.names`) and
+- a whole GPU: one device ``gpu-<index>`` with attributes (:mod:`~gpupack.dra_names`) and
   capacity ``memory``;
 - a time-sliced GPU (``replicas`` > 1): the same device with ``allowMultipleAllocations`` and
   two consumable capacities. ``memory``: a claim asks for N GiB (``requestPolicy.validRange``
@@ -43,9 +43,9 @@ from typing import Any, Literal, TypedDict
 from gpupack import contract, topology
 
 from device_plugin.discovery.backend import HealthEvent
-from device_plugin.dra import names
+from gpupack import dra_names as names
 
-API_VERSION = "resource.k8s.io/v1"
+API_VERSION = names.API_VERSION
 MAX_DEVICES = 128  # ResourceSliceMaxDevices
 MAX_DEVICES_ADVANCED = 64  # ResourceSliceMaxDevicesWithAdvancedFeatures: taints, counters
 MAX_COUNTER_SETS = 8  # ResourceSliceMaxCounterSets

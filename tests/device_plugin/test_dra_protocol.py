@@ -23,7 +23,8 @@ from gpupack.kubeletapi import pluginregistration_v1_pb2_grpc as reg_grpc
 
 from device_plugin import resources
 from device_plugin.discovery.nvml import NvmlBackend
-from device_plugin.dra import checkpoint, claimspecs, main as dra_main, names
+from device_plugin.dra import checkpoint, claimspecs, main as dra_main
+from gpupack import dra_names as names
 from device_plugin.dra.driver import Driver
 from device_plugin.dra.prepare import Preparer
 from device_plugin.dra.server import DraServer

@@ -17,7 +17,8 @@ import pytest
 
 from device_plugin.discovery.backend import HealthEvent
 from device_plugin.discovery.nvml import NvmlBackend
-from device_plugin.dra import names, slices
+from device_plugin.dra import slices
+from gpupack import dra_names as names
 from device_plugin.dra.driver import Driver
 from device_plugin.dra.publisher import SlicePublisher
 from device_plugin.fakes import nvml as fake_nvml

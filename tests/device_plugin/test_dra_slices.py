@@ -21,7 +21,8 @@ from device_plugin import resources
 from device_plugin.discovery import amd, intel
 from device_plugin.discovery.backend import HealthEvent
 from device_plugin.discovery.nvml import NvmlBackend
-from device_plugin.dra import names, slices
+from device_plugin.dra import slices
+from gpupack import dra_names as names
 from device_plugin.fakes import nvml as fake_nvml
 from device_plugin.fakes import sysfs as fake_sysfs
 

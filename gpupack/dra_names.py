@@ -1,4 +1,4 @@
-"""Every name the DRA driver publishes: driver, attributes, capacities, counters, taints, CDI.
+"""Every name gpupack's DRA driver publishes: driver, attributes, capacities, counters, taints, CDI.
 
 Users see these in ResourceSlices, in DeviceClass selectors (``deploy/dra/``) and in the CEL
 of their own claims, so they are defined once here. Attribute and capacity names are fully
@@ -7,11 +7,15 @@ qualified with the driver's domain (``gpu.gpupack.io/productName``); in CEL they
 standard attributes (``resource.kubernetes.io/pciBusID``, ``resource.kubernetes.io/numaNode``),
 so a claim can align a GPU with a NIC of another driver by ``matchAttribute``.
 
-The extender's DRA awareness will need the same names; they then belong in
-:mod:`gpupack.contract`, beside the device-plugin resource names.
+The driver (``device_plugin/dra/``) writes them and the extender (``scheduler_ext/dra.py``)
+reads them: the contract between the two in DRA mode, as :mod:`gpupack.contract` is for the
+device-plugin annotations.
 """
 
 from __future__ import annotations
+
+#: The API group and version of ResourceSlices, ResourceClaims and DeviceClasses (GA since 1.34).
+API_VERSION = "resource.k8s.io/v1"
 
 #: The DRA driver name: ResourceSlice ``spec.driver``, allocation results' ``driver``, the
 #: kubelet plugin name (registration ``name``), the plugin folder under /var/lib/kubelet/plugins.
