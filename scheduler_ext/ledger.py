@@ -42,6 +42,9 @@ CLAIM_SECONDS = 120.0
 #: How often a claim is written again after a conflict (another replica wrote the node's
 #: ledger between our read and our write) before the bind is reported failed.
 WRITE_RETRIES = 8
+#: Ledgers whose last write this replica remembers (:meth:`Ledger.claim` writes on it without a
+#: read first); the oldest is forgotten past this many.
+KNOWN_LEDGERS = 4096
 #: The ledger ConfigMap of a node is this prefix and the node's name.
 PREFIX = "gpupack-node-"
 #: Kubernetes object names are DNS subdomains of at most 253 characters.
@@ -57,11 +60,13 @@ class LedgerApi(Protocol):
     def read(self, name: str) -> tuple[dict[str, str], str] | None:
         """The ConfigMap's data and resourceVersion; None when it does not exist."""
 
-    def create(self, name: str, data: dict[str, str]) -> None:
-        """Creates it; raises :class:`Conflict` when it exists already."""
+    def create(self, name: str, data: dict[str, str]) -> str | None:
+        """Creates it and returns its resourceVersion (None: not known); raises
+        :class:`Conflict` when it exists already."""
 
-    def replace(self, name: str, data: dict[str, str], resource_version: str) -> None:
-        """Replaces its data with ``resource_version`` as precondition; raises :class:`Conflict`."""
+    def replace(self, name: str, data: dict[str, str], resource_version: str) -> str | None:
+        """Replaces its data with ``resource_version`` as precondition and returns the new
+        resourceVersion (None: not known); raises :class:`Conflict`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +130,11 @@ class Ledger:
         self.replica = replica
         self.clock = clock  # wall clock: claims are compared across processes
         self.claim_seconds = claim_seconds
+        # What this replica last wrote to each ledger, with its resourceVersion: the next claim
+        # on that node (a burst goes to one node after another) writes on it without reading
+        # first. It is only a guess: a write on a stale version gets 409 and reads again, and a
+        # claim it shows in the way is read again before it counts (KNOWN_LEDGERS bounds it).
+        self._known: dict[str, tuple[dict[str, str], str]] = {}
 
     def _live(self, data: Mapping[str, str], now: float) -> dict[str, Claim]:
         out: dict[str, Claim] = {}
@@ -143,25 +153,28 @@ class Ledger:
         name = ledger_name(node)
         mine = Claim(pod, devices, memory_mib, self.clock(), self.replica)
         wanted = mine.ids()
-        for _ in range(WRITE_RETRIES):
+        guess = self._known.pop(name, None)
+        for _ in range(WRITE_RETRIES + (guess is not None)):
             try:
-                found = self.api.read(name)
+                found, guessed = (guess, True) if guess is not None else (self.api.read(name), False)
+                guess = None
                 now = self.clock()
                 live = self._live(found[0] if found else {}, now)
                 live.pop(uid, None)  # this pod's own earlier claim (a retried bind) is replaced
                 live = {u: c for u, c in live.items() if not superseded(u, c)}
                 taken = {u: c for u, c in live.items() if c.ids() & wanted}
                 if taken:
+                    if guessed:
+                        continue  # the guess may be old: only what the API says now counts
                     return Outcome(False, taken)
                 data = {u: c.encode() for u, c in live.items()}
                 data[uid] = dataclasses.replace(mine, at=now).encode()
-                if found is None:
-                    self.api.create(name, data)
-                else:
-                    self.api.replace(name, data, found[1])
+                version = self.api.create(name, data) if found is None else self.api.replace(name, data, found[1])
+                if version is not None:
+                    self._remember(name, data, version)
                 return Outcome(True)
             except Conflict:
-                continue  # someone wrote in between: read again
+                continue  # someone wrote in between (or the guess was old): read again
             except Exception as err:  # the API's errors are many; the scheduler needs the text
                 return Outcome(False, error=f"gpupack: claiming devices on {node} in ConfigMap {name}: {err}")
         return Outcome(False, error=f"gpupack: the device ledger of {node} kept changing; gave up after {WRITE_RETRIES} tries")
@@ -170,18 +183,28 @@ class Ledger:
         """Removes pod ``uid``'s claim (a bind that failed after claiming). Best effort: a
         claim left behind expires after :attr:`claim_seconds`."""
         name = ledger_name(node)
+        self._known.pop(name, None)
         for _ in range(WRITE_RETRIES):
             try:
                 found = self.api.read(name)
                 if found is None or uid not in found[0]:
                     return
                 data = {u: c.encode() for u, c in self._live(found[0], self.clock()).items() if u != uid}
-                self.api.replace(name, data, found[1])
+                version = self.api.replace(name, data, found[1])
+                if version is not None:
+                    self._remember(name, data, version)
                 return
             except Conflict:
                 continue
             except Exception:
                 return
+
+
+    def _remember(self, name: str, data: dict[str, str], version: str) -> None:
+        self._known.pop(name, None)
+        self._known[name] = (data, version)
+        while len(self._known) > KNOWN_LEDGERS:
+            self._known.pop(next(iter(self._known)))
 
 
 class NoLedger:
@@ -217,7 +240,7 @@ class KubeLedgerApi:
         data = obj.get("data") or {}
         return {str(k): str(v) for k, v in data.items()}, str(obj["metadata"]["resourceVersion"])
 
-    def create(self, name: str, data: dict[str, str]) -> None:
+    def create(self, name: str, data: dict[str, str]) -> str | None:
         from kubernetes.client.exceptions import ApiException
 
         body = {"apiVersion": "v1", "kind": "ConfigMap",
@@ -225,13 +248,13 @@ class KubeLedgerApi:
                              "labels": {"app.kubernetes.io/part-of": "gpupack", "gpupack.io/ledger": "node"}},
                 "data": data}
         try:
-            finish(self.core.create_namespaced_config_map(self.namespace, body, _preload_content=False))
+            return _version(finish(self.core.create_namespaced_config_map(self.namespace, body, _preload_content=False)))
         except ApiException as err:
             if err.status == 409:
                 raise Conflict(str(err.reason)) from err
             raise
 
-    def replace(self, name: str, data: dict[str, str], resource_version: str) -> None:
+    def replace(self, name: str, data: dict[str, str], resource_version: str) -> str | None:
         from kubernetes.client.exceptions import ApiException
 
         body = {"apiVersion": "v1", "kind": "ConfigMap",
@@ -239,7 +262,8 @@ class KubeLedgerApi:
                              "labels": {"app.kubernetes.io/part-of": "gpupack", "gpupack.io/ledger": "node"}},
                 "data": data}
         try:
-            finish(self.core.replace_namespaced_config_map(name, self.namespace, body, _preload_content=False))
+            return _version(finish(self.core.replace_namespaced_config_map(name, self.namespace, body,
+                                                                        _preload_content=False)))
         except ApiException as err:
             if err.status == 409:
                 raise Conflict(str(err.reason)) from err
@@ -253,3 +277,12 @@ def finish(resp: Any) -> bytes:
     next call) or, where the body was already buffered, reuses it out of step."""
     data: bytes = resp.data  # urllib3 reads to the end and releases the connection
     return data
+
+
+def _version(body: bytes) -> str | None:
+    """The resourceVersion of a written object, from the API server's answer."""
+    try:
+        version = (json.loads(body).get("metadata") or {}).get("resourceVersion")
+    except (ValueError, AttributeError):
+        return None
+    return str(version) if version else None

@@ -52,15 +52,16 @@ class FakeLedgerApi:
             self.barrier.wait(timeout=10)
         return out
 
-    def create(self, name: str, data: dict[str, str]) -> None:
+    def create(self, name: str, data: dict[str, str]) -> str:
         with self.lock:
             if name in self.maps:
                 self.conflicts += 1
                 raise ledger_mod.Conflict("already exists")
             self.maps[name] = (dict(data), 1)
             self.writes += 1
+            return "1"
 
-    def replace(self, name: str, data: dict[str, str], resource_version: str) -> None:
+    def replace(self, name: str, data: dict[str, str], resource_version: str) -> str:
         with self.lock:
             found = self.maps.get(name)
             if found is None or str(found[1]) != resource_version:
@@ -68,6 +69,7 @@ class FakeLedgerApi:
                 raise ledger_mod.Conflict("the object has been modified")
             self.maps[name] = (dict(data), found[1] + 1)
             self.writes += 1
+            return str(found[1] + 1)
 
 
 class Clock:
@@ -265,3 +267,54 @@ def test_a_bound_pods_claim_that_matches_its_annotation_still_counts() -> None:
     assert bind_then_watch(binders[1], api, "p1") == "GPU-n1-1"
     data, _ = led.maps[ledger_mod.ledger_name("n1")]
     assert set(data) == {"uid-p0", "uid-p1"}
+
+
+
+# --- writing on what this replica wrote last ---------------------------------------------------
+
+
+def _assignment(gpu: str) -> contract.Assignment:
+    return {"c0": {GPU: [gpu]}}
+
+
+def test_a_burst_on_one_node_reads_its_ledger_once() -> None:
+    # the first claim reads (404) and creates; each later one writes on the version it wrote
+    api, clock = FakeLedgerApi(), Clock()
+    led = ledger_mod.Ledger(api, "r1", clock)
+    for i in range(5):
+        assert led.claim("n1", f"u{i}", f"ns/p{i}", _assignment(f"GPU-{i}"), 0).ok
+    assert (api.reads, api.writes, api.conflicts) == (1, 5, 0)
+    assert set(api.maps["gpupack-node-n1"][0]) == {f"u{i}" for i in range(5)}
+
+
+def test_another_replicas_write_in_between_is_read_and_counted() -> None:
+    api, clock = FakeLedgerApi(), Clock()
+    mine, other = ledger_mod.Ledger(api, "r1", clock), ledger_mod.Ledger(api, "r2", clock)
+    assert mine.claim("n1", "u1", "ns/p1", _assignment("GPU-1"), 0).ok
+    assert other.claim("n1", "u2", "ns/p2", _assignment("GPU-2"), 0).ok  # reads, writes version 2
+    # r1's guess (version 1) is stale: 409, then it reads and sees u2's claim on GPU-2
+    out = mine.claim("n1", "u3", "ns/p3", _assignment("GPU-2"), 0)
+    assert not out.ok and set(out.taken) == {"u2"}
+    assert api.conflicts == 1
+    assert mine.claim("n1", "u3", "ns/p3", _assignment("GPU-3"), 0).ok
+    assert set(api.maps["gpupack-node-n1"][0]) == {"u1", "u2", "u3"}
+
+
+def test_a_claim_in_the_guess_is_read_again_before_it_counts() -> None:
+    # r1 remembers u1 on GPU-1; r2 released it meanwhile: the guess shows GPU-1 taken, but only
+    # what the API says now counts, so u2 gets GPU-1
+    api, clock = FakeLedgerApi(), Clock()
+    mine, other = ledger_mod.Ledger(api, "r1", clock), ledger_mod.Ledger(api, "r2", clock)
+    assert mine.claim("n1", "u1", "ns/p1", _assignment("GPU-1"), 0).ok
+    other.release("n1", "u1")
+    assert mine.claim("n1", "u2", "ns/p2", _assignment("GPU-1"), 0).ok
+    assert set(api.maps["gpupack-node-n1"][0]) == {"u2"}
+
+
+def test_what_is_remembered_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger_mod, "KNOWN_LEDGERS", 3)
+    api, clock = FakeLedgerApi(), Clock()
+    led = ledger_mod.Ledger(api, "r1", clock)
+    for i in range(6):
+        assert led.claim(f"n{i}", f"u{i}", f"ns/p{i}", _assignment("GPU-0"), 0).ok
+    assert list(led._known) == ["gpupack-node-n3", "gpupack-node-n4", "gpupack-node-n5"]
