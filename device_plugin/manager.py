@@ -39,7 +39,7 @@ from gpupack import node_slots, topology
 from device_plugin import allocate as allocate_mod
 from device_plugin import cdi, resources
 from device_plugin.claims import ClaimBook, PodClaim
-from device_plugin.discovery.backend import Backend, HealthEvent
+from device_plugin.discovery.backend import Backend, HealthEvent, next_event
 from device_plugin.fswatch import DirWatcher
 from device_plugin.health import HealthSettings, HealthTracker
 from device_plugin.metrics import PluginMetrics
@@ -272,10 +272,7 @@ class Manager:
 
     def _health_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                event = self.backend.wait_event(1.0)
-            except Exception as err:  # a backend fault must not kill health checking
-                event = HealthEvent(None, f"health check failed: {err}")
+            event = next_event(self.backend, 1.0)
             if event is not None:
                 self.apply_event(event)
 

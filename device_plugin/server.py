@@ -15,7 +15,7 @@ import os
 import pathlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import grpc
@@ -139,18 +139,11 @@ class PluginServer:
 
     def start(self) -> None:
         self.stop()
-        if self.path.exists() or self.path.is_symlink():
-            self.path.unlink()
         self._stopping = threading.Event()
-        server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"))
-        pb_grpc.add_DevicePluginServicer_to_server(  # type: ignore[no-untyped-call]
-            DevicePluginServicer(self.resource, self.source, self.metrics, self._stopping), server
-        )
-        if server.add_insecure_port(f"unix://{self.path}") == 0:
-            raise OSError(f"cannot listen on {self.path}")
-        server.start()
-        self._server = server
-        self._inode = os.stat(self.path).st_ino
+        servicer = DevicePluginServicer(self.resource, self.source, self.metrics, self._stopping)
+        self._server, self._inode = serve_on_socket(
+            self.path, lambda server: pb_grpc.add_DevicePluginServicer_to_server(servicer, server),  # type: ignore[no-untyped-call]
+            workers=16, thread_prefix="grpc")
         log.info("serving %s on %s", self.resource, self.path)
 
     def serving(self) -> bool:
@@ -188,3 +181,18 @@ class PluginServer:
             )
         self.metrics.registrations.labels(self.resource).inc()
         log.info("registered %s with the kubelet (endpoint %s)", self.resource, self.path.name)
+
+
+def serve_on_socket(path: pathlib.Path, add: Callable[[grpc.Server], None], workers: int,
+                    thread_prefix: str) -> tuple[grpc.Server, int]:
+    """A gRPC server started on Unix socket ``path`` (a file left there is removed first), with
+    the services ``add`` puts on it, and the socket file's inode: ``serving()`` compares it,
+    since the kubelet removes the sockets in its folder when it restarts."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_prefix))
+    add(server)
+    if server.add_insecure_port(f"unix://{path}") == 0:
+        raise OSError(f"cannot listen on {path}")
+    server.start()
+    return server, os.stat(path).st_ino

@@ -73,3 +73,12 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def next_event(backend: Backend, timeout_s: float) -> HealthEvent | None:
+    """The backend's next health event within ``timeout_s``, or None; a fault of the backend
+    itself is an event about every GPU, so it never ends a health loop."""
+    try:
+        return backend.wait_event(timeout_s)
+    except Exception as err:  # noqa: BLE001 - a backend fault must not end health checking
+        return HealthEvent(None, f"health check failed: {err}")

@@ -27,7 +27,7 @@ from typing import Protocol
 from gpupack import contract
 
 from device_plugin import resources
-from device_plugin.discovery.backend import Backend, HealthEvent
+from device_plugin.discovery.backend import Backend, HealthEvent, next_event
 from device_plugin.dra import slices
 from device_plugin.health import HealthSettings, HealthTracker
 
@@ -152,10 +152,7 @@ class Driver:
 
     def _health_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                event = self.backend.wait_event(1.0)
-            except Exception as err:  # noqa: BLE001 - a backend fault must not end health checking
-                event = HealthEvent(None, f"health check failed: {err}")
+            event = next_event(self.backend, 1.0)
             if event is not None:
                 self.apply_event(event)
 

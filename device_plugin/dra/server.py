@@ -17,7 +17,7 @@ kubelet drop the answers of every claim in the call).
 
 from __future__ import annotations
 
-import concurrent.futures
+from collections.abc import Callable
 import logging
 import os
 import pathlib
@@ -32,6 +32,7 @@ from gpupack.kubeletapi import pluginregistration_v1_pb2_grpc as reg_grpc
 
 from gpupack import dra_names as names
 from device_plugin.dra.prepare import ClaimRef, Preparer
+from device_plugin.server import serve_on_socket
 
 log = logging.getLogger("gpupack.dra.server")
 
@@ -102,7 +103,7 @@ class RegistrationServicer(reg_grpc.RegistrationServicer):
 class _SocketServer:
     """One gRPC server on one Unix socket; the socket file is removed on stop if still ours."""
 
-    def __init__(self, path: pathlib.Path, add: object, what: str) -> None:
+    def __init__(self, path: pathlib.Path, add: Callable[[grpc.Server], None], what: str) -> None:
         self.path = path
         self._add = add
         self._what = what
@@ -112,15 +113,7 @@ class _SocketServer:
     def start(self) -> None:
         self.stop()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() or self.path.is_symlink():
-            self.path.unlink()
-        server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="grpc-dra"))
-        self._add(server)  # type: ignore[operator]
-        if server.add_insecure_port(f"unix://{self.path}") == 0:
-            raise OSError(f"cannot listen on {self.path}")
-        server.start()
-        self._server = server
-        self._inode = os.stat(self.path).st_ino
+        self._server, self._inode = serve_on_socket(self.path, self._add, workers=8, thread_prefix="grpc-dra")
         log.info("serving %s on %s", self._what, self.path)
 
     def serving(self) -> bool:
