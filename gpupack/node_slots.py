@@ -20,7 +20,7 @@ choice falls back to :mod:`gpupack.topology`. Pure: no I/O, no Kubernetes object
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import numpy
 
@@ -125,7 +125,7 @@ def unit_memory(s: SlotInfo, hint: int) -> int:
     return hint if hint > 0 else s.memory_mib // s.replicas
 
 
-def device_ids(slots: Sequence[SlotInfo], used: Sequence[set[int]],
+def device_ids(slots: Sequence[SlotInfo], used: Sequence[Collection[int]],
                picks: Iterable[tuple[int, int]]) -> list[str]:
     """The device ids of the kernel's ``((column, units), ...)``: a whole device's id, or for
     a shared slot the lowest replicas not in ``used`` (``<uuid>::<replica>``)."""
@@ -138,8 +138,7 @@ def device_ids(slots: Sequence[SlotInfo], used: Sequence[set[int]],
                 ids.append(info.device_id)
             else:
                 mine = taken.setdefault(col, set())
-                busy = used[col] | mine
-                r = next(i for i in range(info.replicas) if i not in busy)
+                r = next(i for i in range(info.replicas) if i not in used[col] and i not in mine)
                 mine.add(r)
                 ids.append(contract.share_id(info.device_id, r))
     return ids

@@ -15,6 +15,7 @@ conflict is retried with a fresh read, never overwritten blindly.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -24,6 +25,8 @@ from scheduler_ext import ledger as ledger_mod
 from scheduler_ext.cache import ClusterCache
 from scheduler_ext.podspec import ContainerAsk, PodDemand, pod_demand
 from scheduler_ext.wire import ExtenderBindingArgs, KubeObject
+
+log = logging.getLogger("gpupack.binder")
 
 
 class Conflict(Exception):
@@ -125,6 +128,8 @@ class Binder:
             if outcome.error:
                 return None, outcome.error
             for uid, claim in outcome.taken.items():
+                log.debug("%s: devices %s on %s are claimed by %s (replica %s); choosing again",
+                          pod, sorted(claim.ids()), node, claim.pod, claim.replica or "?")
                 self._count_claim(uid, node, claim)
         return None, f"gpupack: the devices on {node} kept being claimed by other replicas; {pod} is retried"
 

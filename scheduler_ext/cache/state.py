@@ -54,7 +54,10 @@ class NodeState:
     slots: tuple[node_slots.SlotInfo, ...] = ()
     col_of: dict[str, int] = dataclasses.field(default_factory=dict)
     error: str = ""  # why its inventory could not be read
-    used: list[set[int]] = dataclasses.field(default_factory=list)
+    # per column, the replicas pods hold and how many pods hold each: two records can hold one
+    # replica for a moment (a bind's own reservation and another replica's pod the watch just
+    # showed bound there), and dropping one must leave the replica taken
+    used: list[collections.Counter[int]] = dataclasses.field(default_factory=list)
     phantom: list[int] = dataclasses.field(default_factory=list)
     memory_used: list[int] = dataclasses.field(default_factory=list)
     cpu_allocatable: int = kslots.UNLIMITED  # millicores; UNLIMITED when the node does not say
@@ -249,7 +252,10 @@ class ClusterState:
             return
         for use in rec.uses:
             if use.replica >= 0:
-                st.used[use.col].discard(use.replica)
+                holders = st.used[use.col]
+                holders[use.replica] -= 1
+                if holders[use.replica] <= 0:
+                    del holders[use.replica]
             else:
                 st.phantom[use.col] = max(st.phantom[use.col] - 1, 0)
             st.memory_used[use.col] = max(st.memory_used[use.col] - use.memory_mib, 0)
@@ -299,7 +305,7 @@ class ClusterState:
                         except contract.ContractError:
                             continue
                         info = st.slots[col]
-                        st.used[col].add(replica)
+                        st.used[col][replica] += 1
                         mem = node_slots.unit_memory(info, d.memory_mib)
                         st.memory_used[col] += mem
                         uses.append(Use(col, replica, mem))
@@ -363,7 +369,7 @@ class ClusterState:
         """Rewrites a node's row from its slots and counts every pod on it again: annotated
         pods (known devices) first, then phantom ones."""
         n = len(st.slots)
-        st.used = [set() for _ in range(n)]
+        st.used = [collections.Counter() for _ in range(n)]
         st.phantom = [0] * n
         st.memory_used = [0] * n
         self._clear_row(st.row)
