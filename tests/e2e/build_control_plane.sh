@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Builds the real programs the end-to-end tests run against, from the Go module proxy only,
 # and caches them outside the repository:
-#   etcd (go.etcd.io/etcd/server/v3), kube-apiserver, kube-scheduler, kubectl (k8s.io/kubernetes)
-#   nodeagent (tests/e2e/go/nodeagent: the kubelet's device manager, see its doc comment)
+#   etcd (go.etcd.io/etcd/server/v3), kube-apiserver, kube-controller-manager, kube-scheduler,
+#   kubectl (k8s.io/kubernetes)
+#   nodeagent (tests/e2e/go/nodeagent: the kubelet's device and DRA managers, see its doc comment)
 # The control plane is keyed by the pinned versions (k8s.io/kubernetes, etcd, the replace block
-# that pins the staging modules, the Go toolchain); the node agent by a hash of its sources and
-# of go.mod/go.sum, so editing it rebuilds only it (seconds, with Go's build cache warm).
-# Prints the cache folder (holding all five programs) on its last line.
+# that pins the staging modules, the Go toolchain); a program added to go.mod's tool block is
+# built alone into the same folder. The node agent is keyed by a hash of its sources and of
+# go.mod/go.sum, so editing it rebuilds only it (seconds, with Go's build cache warm).
+# Prints the cache folder (holding all six programs) on its last line.
 # First build on 2 cores: see docs/e2e.md. GPUPACK_BIN_CACHE overrides ~/.cache/gpupack/bin.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -17,7 +19,7 @@ k8s_version="$(version_of k8s.io/kubernetes)"
 etcd_version="$(version_of go.etcd.io/etcd/server/v3)"
 [[ -n $k8s_version && -n $etcd_version ]] || { echo "cannot read the k8s.io/kubernetes or etcd version from $gomod" >&2; exit 1; }
 go_version="$(go env GOVERSION)"
-cp_key="$( { echo "$k8s_version $etcd_version $go_version"; sed -n '/^replace (/,/^)/p;/^tool (/,/^)/p' "$gomod"; } | sha256sum | cut -c1-12)"
+cp_key="$( { echo "$k8s_version $etcd_version $go_version"; sed -n '/^replace (/,/^)/p' "$gomod"; } | sha256sum | cut -c1-12)"
 root="${GPUPACK_BIN_CACHE:-$HOME/.cache/gpupack/bin}"
 cache="$root/k8s-$k8s_version-$cp_key"
 agent_key="$(cat "$here/go/go.mod" "$here/go/go.sum" $(find "$here/go/nodeagent" -name '*.go' | sort) | sha256sum | cut -c1-16)"
@@ -36,7 +38,7 @@ build() { # build <step> <package> <name>: into a temporary file, then renamed, 
   mv "$cache/.$3.tmp" "$cache/$3"
 }
 mkdir -p "$cache"
-programs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3=etcd ./nodeagent)
+programs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3=etcd ./nodeagent)
 missing=()
 for pkg in "${programs[@]}"; do
   name="${pkg#*=}"; [[ $name == "$pkg" ]] && name="$(basename "$pkg")"

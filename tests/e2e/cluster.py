@@ -1,11 +1,12 @@
 """A real control plane on loopback for gpupack's end-to-end tests, and simulated GPU nodes.
 
 Role in the whole: the only place that starts processes for the e2e tests. It runs the
-programs we do not write (etcd, kube-apiserver, kube-scheduler, built from their Go modules by
-``build_control_plane.sh``), the node agent (the kubelet's device manager, ``go/nodeagent``)
-and ours (``gpupack-device-plugin``, ``gpupack-extender``), each as a separate process talking
-the real wire formats; tests only watch and change API objects and read what the node agent
-recorded.
+programs we do not write (etcd, kube-apiserver, kube-scheduler and, for DRA, the
+kube-controller-manager's resource claim controller, built from their Go modules by
+``build_control_plane.sh``), the node agent (the kubelet's device manager and DRA manager,
+``go/nodeagent``) and ours (``gpupack-device-plugin`` or ``gpupack-dra-driver``,
+``gpupack-extender``), each as a separate process talking the real wire formats; tests only
+watch and change API objects and read what the node agent recorded.
 
 Readiness is waited for by polling health endpoints with a deadline (the only polling here);
 everything else is waited for with API watches (see :meth:`Cluster.wait_pods`,
@@ -31,7 +32,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -44,6 +45,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 BUILD_SCRIPT = HERE / "build_control_plane.sh"
 SCHEDULER_CONFIG = REPO / "deploy" / "scheduler" / "kube-scheduler-config.yaml"
+DEVICE_CLASSES = REPO / "deploy" / "dra" / "deviceclasses.yaml"
 #: label put on every simulated node; tests select their own group with it
 GROUP_LABEL = "e2e.gpupack.io/group"
 READY_TIMEOUT_S = 60.0
@@ -62,7 +64,7 @@ def build_binaries() -> pathlib.Path:
     if proc.returncode != 0:
         raise E2EError(f"{BUILD_SCRIPT} failed with exit code {proc.returncode}")
     folder = pathlib.Path(proc.stdout.strip().splitlines()[-1])
-    for name in ("etcd", "kube-apiserver", "kube-scheduler", "kubectl", "nodeagent"):
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "nodeagent"):
         if not os.access(folder / name, os.X_OK):
             raise E2EError(f"{BUILD_SCRIPT} did not produce {folder / name}")
     return folder
@@ -292,11 +294,16 @@ def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
 
 
 class Cluster:
-    """etcd + kube-apiserver + kube-scheduler (deploy/ config) + gpupack-extender, on loopback."""
+    """etcd + kube-apiserver + kube-scheduler (deploy/ config) + gpupack-extender, on loopback.
 
-    def __init__(self, bin_dir: pathlib.Path, work: pathlib.Path):
+    With ``dra``: also kube-controller-manager running only its resource claim controller
+    (ResourceClaimTemplate -> ResourceClaim per pod), the DeviceClasses of deploy/dra/, and the
+    extender with ``--dra``; nodes are then added with :meth:`add_dra_node`."""
+
+    def __init__(self, bin_dir: pathlib.Path, work: pathlib.Path, dra: bool = False):
         self.bin = bin_dir
         self.work = work
+        self.dra = dra
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.processes: list[Process] = []
@@ -319,8 +326,10 @@ class Cluster:
         self.etcd: Process | None = None
         self.apiserver: Process | None = None
         self.scheduler: Process | None = None
+        self.controller_manager: Process | None = None
         self.extender: Process | None = None
         self._core: Any = None
+        self._resource: Any = None
 
     # -- start and stop
 
@@ -381,6 +390,9 @@ class Cluster:
         )
         wait_ready(self.apiserver, lambda: http_ok(f"{self.server}/readyz", self._ssl), "kube-apiserver /readyz")
 
+        if self.dra:
+            self.start_controller_manager()
+            self.kubectl("apply", f"--filename={DEVICE_CLASSES}")
         self.start_extender()
         self.start_scheduler()
         return self
@@ -419,6 +431,33 @@ class Cluster:
         insecure.verify_mode = ssl.CERT_NONE  # its self-signed serving cert; /readyz is public
         wait_ready(self.scheduler, lambda: http_ok(f"https://127.0.0.1:{port}/readyz", insecure), "kube-scheduler /readyz")
 
+    def start_controller_manager(self) -> None:
+        """kube-controller-manager with the one controller DRA pods need: resourceclaim-controller
+        creates each pod's ResourceClaims from its templates, records them in the pod's status,
+        and deletes them (or drops the reservation) when the pod is gone."""
+        port = free_port()
+        self.controller_manager = self._add(
+            Process(
+                "kube-controller-manager",
+                [
+                    str(self.bin / "kube-controller-manager"),
+                    f"--kubeconfig={self.admin_kubeconfig}",
+                    "--controllers=resourceclaim-controller",
+                    "--leader-elect=false",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={port}",
+                    f"--cert-dir={self.work / 'controller-manager-certs'}",
+                    "--v=2",
+                ],
+                self.logs,
+            )
+        )
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # its self-signed serving cert; /healthz is public
+        wait_ready(self.controller_manager, lambda: http_ok(f"https://127.0.0.1:{port}/healthz", insecure),
+                   "kube-controller-manager /healthz")
+
     def start_extender(self) -> None:
         if self.extender is not None and self.extender.running:
             return
@@ -430,6 +469,7 @@ class Cluster:
                     f"--kubeconfig={self.admin_kubeconfig}",
                     f"--listen=127.0.0.1:{self.extender_port}",
                     "--allow-unauthenticated",  # plain HTTP on loopback; test_extender_tls.py runs it as shipped
+                    *(["--dra"] if self.dra else []),
                 ],
                 self.logs,
             )
@@ -473,6 +513,15 @@ class Cluster:
             api_client = config.new_client_from_config(config_file=str(self.admin_kubeconfig))  # type: ignore[no-untyped-call]
             self._core = client.CoreV1Api(api_client)
         return self._core
+
+    @property
+    def resource(self) -> Any:
+        """kubernetes.client.ResourceV1Api (resource.k8s.io/v1) as the cluster admin."""
+        if self._resource is None:
+            from kubernetes import client
+
+            self._resource = client.ResourceV1Api(self.core.api_client)
+        return self._resource
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
@@ -618,8 +667,23 @@ class Cluster:
         node.start()
         return node
 
+    def add_dra_node(
+        self, name: str, group: str, inventory: Mapping[str, Any], driver_args: Sequence[str] = ()
+    ) -> SimNode:
+        """Starts a node agent with its DRA manager and a gpupack-dra-driver with the fake
+        ``inventory``; returns once the driver has published the node's ResourceSlices."""
+        if not self.dra:
+            raise E2EError("add_dra_node needs a cluster started with dra=True")
+        node = SimNode(self, name, group, inventory, driver_args, dra=True)
+        self.nodes[name] = node
+        node.start()
+        node.wait_slices(lambda devices: len(devices) > 0, "the driver's first ResourceSlices")
+        return node
+
 
 AGENT_CONDITION = "GpupackNodeAgent"
+#: the gpupack DRA driver's name (gpupack/dra_names.py)
+DRIVER = "gpu.gpupack.io"
 
 
 def agent_state(node: Any) -> dict[str, Any] | None:
@@ -631,18 +695,24 @@ def agent_state(node: Any) -> dict[str, Any] | None:
 
 
 class SimNode:
-    """One simulated GPU node: the node agent (kubelet device manager) + a gpupack-device-plugin
-    with the fake backend, in a folder of their own."""
+    """One simulated GPU node, in a folder of its own: the node agent (kubelet device manager)
+    + a gpupack-device-plugin with the fake backend or, with ``dra``, the node agent with its
+    DRA manager + a gpupack-dra-driver with the fake backend (``plugin`` is then the driver)."""
 
     def __init__(
-        self, cluster: Cluster, name: str, group: str, inventory: Mapping[str, Any], plugin_args: Sequence[str]
+        self, cluster: Cluster, name: str, group: str, inventory: Mapping[str, Any], plugin_args: Sequence[str],
+        dra: bool = False,
     ):
         self.cluster = cluster
         self.name = name
         self.group = group
+        self.dra = dra
         self.folder = cluster.work / "nodes" / name
         self.plugin_dir = self.folder / "device-plugins"
         self.record_dir = self.folder / "records"
+        self.registry_dir = self.folder / "plugins_registry"
+        self.dra_data_dir = self.folder / "plugins" / "gpu.gpupack.io"
+        self.cdi_dir = self.folder / "cdi"
         self.inventory_file = self.folder / "inventory.json"
         self.pod_resources_socket = self.folder / "pod-resources" / "kubelet.sock"
         self.metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
@@ -660,12 +730,30 @@ class SimNode:
                 f"--plugin-dir={self.plugin_dir}",
                 f"--record-dir={self.record_dir}",
                 f"--pod-resources-socket={self.pod_resources_socket}",
+                *([f"--dra-registry-dir={self.registry_dir}"] if dra else []),
                 "--cpu=128",  # room for the host share of every GPU pod a test puts here
                 "--memory=1Ti",
                 "--v=2",
             ],
             cluster.logs,
         )
+        if dra:
+            self.plugin = Process(
+                f"dra-driver-{name}",
+                [
+                    console_script("gpupack-dra-driver"),
+                    "--backend=fake",
+                    f"--fake-inventory={self.inventory_file}",
+                    f"--node-name={name}",
+                    f"--kubeconfig={cluster.admin_kubeconfig}",
+                    f"--registry-dir={self.registry_dir}",
+                    f"--plugin-data-dir={self.dra_data_dir}",
+                    f"--cdi-dir={self.cdi_dir}",
+                    *plugin_args,
+                ],
+                cluster.logs,
+            )
+            return
         self.plugin = Process(
             f"device-plugin-{name}",
             [
@@ -698,7 +786,22 @@ class SimNode:
         self.start_agent()
         self.cluster.wait_node(self.name, lambda n: True, "created by the node agent")
         self.cluster.core.patch_node(self.name, {"metadata": {"labels": {GROUP_LABEL: self.group}}})
+        self.start_plugin()
+
+    def start_plugin(self) -> None:
+        """Starts the device plugin (or DRA driver); a DRA driver is waited for until the node
+        agent's DRA manager has registered it (a pod admitted before would fail its admission)."""
         self.plugin.start()
+        if self.dra:
+            self.wait_agent(lambda state: DRIVER in (state.get("draDrivers") or []), f"DRA driver {DRIVER} registered")
+
+    def stop_plugin(self) -> int | None:
+        """Stops the device plugin (or DRA driver) with SIGTERM; for a DRA driver, waits until the
+        node agent has seen it go (its registration socket removed). Returns its exit code."""
+        code = self.plugin.stop()
+        if self.dra:
+            self.wait_agent(lambda state: DRIVER not in (state.get("draDrivers") or []), f"DRA driver {DRIVER} gone")
+        return code
 
     def start_agent(self) -> None:
         """Starts the node agent and waits until this very process has published its state."""
@@ -709,7 +812,7 @@ class SimNode:
 
     def wait_agent(self, done: Callable[[dict[str, Any]], Any], what: str, timeout_s: float = 60.0) -> dict[str, Any]:
         """Waits (watch) until the running node agent's published state satisfies ``done``:
-        ``{"pid", "capacity": {resource: n}, "allocatable": {resource: n}}``."""
+        ``{"pid", "capacity": {resource: n}, "allocatable": {resource: n}, "draDrivers": [name]}``."""
         assert self.agent.proc is not None
         pid = self.agent.proc.pid
 
@@ -733,6 +836,23 @@ class SimNode:
 
         return self.cluster.wait_node(self.name, matches, what or f"allocatable {dict(expected)}", timeout_s)
 
+    def slices(self) -> dict[str, Any]:
+        """This node's published devices, by name, from its ResourceSlices of the newest generation."""
+        items = self.cluster.resource.list_resource_slice(field_selector=f"spec.nodeName={self.name}").items
+        return devices_of(items)
+
+    def wait_slices(self, done: Callable[[dict[str, Any]], Any], what: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Waits (watch) until ``done(devices by name)`` is truthy for this node's newest slices."""
+
+        def check(slices: dict[str, Any]) -> Any:
+            devices = devices_of(slices.values())
+            return devices if devices and done(devices) else None
+
+        return dict(self.cluster.watch_until(
+            self.cluster.resource.list_resource_slice, check, timeout_s, f"node {self.name}: {what}",
+            field_selector=f"spec.nodeName={self.name}",
+        ))
+
     def node_record(self) -> dict[str, Any]:
         """What the device manager last reported (written just before the Node is updated)."""
         try:
@@ -753,13 +873,33 @@ class SimNode:
         self.cluster.nodes.pop(self.name, None)
 
 
+def devices_of(slices: Iterable[Any]) -> dict[str, Any]:
+    """The devices (V1Device, by name) of the newest generation of each pool among ``slices``,
+    once all of that generation's slices are there (``resourceSliceCount``); {} before."""
+    newest: dict[str, list[Any]] = {}
+    for s in slices:
+        pool = s.spec.pool
+        kept = newest.get(pool.name)
+        if kept is None or pool.generation > kept[0].spec.pool.generation:
+            newest[pool.name] = [s]
+        elif pool.generation == kept[0].spec.pool.generation:
+            kept.append(s)
+    devices: dict[str, Any] = {}
+    for group in newest.values():
+        if len(group) < group[0].spec.pool.resource_slice_count:
+            return {}
+        for s in group:
+            devices.update({d.name: d for d in s.spec.devices or []})
+    return devices
+
+
 @contextlib.contextmanager
-def running_cluster(keep: bool = False) -> Iterator[Cluster]:
+def running_cluster(keep: bool = False, dra: bool = False) -> Iterator[Cluster]:
     """Builds (cached) and starts a cluster in a temporary folder; always tears it down."""
     bin_dir = build_binaries()
     # Unix socket paths are limited to 107 bytes: stay in /tmp whatever TMPDIR says.
     work = pathlib.Path(tempfile.mkdtemp(prefix="gpupack-e2e-", dir="/tmp" if os.access("/tmp", os.W_OK) else None))
-    cluster = Cluster(bin_dir, work)
+    cluster = Cluster(bin_dir, work, dra=dra)
     try:
         cluster.start()
         yield cluster

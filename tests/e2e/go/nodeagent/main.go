@@ -4,7 +4,10 @@
 // on a device plugin folder of its own: it serves kubelet.sock there, so a real
 // gpupack-device-plugin registers with it exactly as with a kubelet, and every call our plugin
 // receives (Register, ListAndWatch, GetPreferredAllocation, Allocate, PreStartContainer) comes
-// from the kubelet's code, with the kubelet's checkpoint file and restart behaviour.
+// from the kubelet's code, with the kubelet's checkpoint file and restart behaviour. With
+// --dra-registry-dir it also embeds the kubelet's DRA manager behind the kubelet's plugin
+// manager (dra.go), so gpupack-dra-driver registers and prepares claims as on a kubelet; the
+// CDI devices the DRA manager gives a container are recorded with the device manager's.
 //
 // Around the device manager it does the few things a kubelet does that the tests need:
 //   - creates its Node and keeps the device plugin resources of the Node's capacity and
@@ -60,6 +63,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/kubelet/cm/containermap"
 	"k8s.io/kubernetes/pkg/kubelet/cm/devicemanager"
+	"k8s.io/kubernetes/pkg/kubelet/cm/dra"
 	"k8s.io/kubernetes/pkg/kubelet/cm/topologymanager"
 	"k8s.io/kubernetes/pkg/kubelet/lifecycle"
 )
@@ -85,6 +89,8 @@ type options struct {
 	cpu            string
 	memory         string
 	pods           string
+	draRegistryDir string
+	draStateDir    string
 }
 
 // containerRecord is what one container would have been started with.
@@ -125,7 +131,8 @@ type nodeRecord struct {
 	AgentPID    int                 `json:"agentPID"`
 	Capacity    map[string]int64    `json:"capacity"`
 	Allocatable map[string]int64    `json:"allocatable"`
-	Healthy     map[string][]string `json:"healthy"` // resource -> healthy device ids
+	Healthy     map[string][]string `json:"healthy"`    // resource -> healthy device ids
+	DRADrivers  []string            `json:"draDrivers"` // DRA drivers registered with the DRA manager
 }
 
 // agentConditionType is a Node condition that tells which agent process last published the
@@ -137,6 +144,7 @@ type agentState struct {
 	PID         int              `json:"pid"`
 	Capacity    map[string]int64 `json:"capacity"`
 	Allocatable map[string]int64 `json:"allocatable"`
+	DRADrivers  []string         `json:"draDrivers"`
 }
 
 func setCondition(n *v1.Node, c v1.NodeCondition) {
@@ -155,12 +163,18 @@ type agent struct {
 	opts    options
 	client  kubernetes.Interface
 	manager *devicemanager.ManagerImpl
+	dra     *dra.Manager // nil unless --dra-registry-dir
 	pods    cache.Indexer
 	queue   workqueue.TypedRateLimitingInterface[types.UID]
 	logger  klog.Logger
 
 	mu       sync.Mutex
 	admitted sets.Set[types.UID] // pods this process admitted or found running
+	// pods whose DRA claims this process prepared, as last seen: a pod deleted at once
+	// (grace period 0) is gone from the informer before its claims are unprepared
+	prepared map[types.UID]*v1.Pod
+	// DRA drivers registered with the DRA manager (dra.go), published in the agent's state
+	draDrivers sets.Set[string]
 	// device plugin resources published on the Node by this process (to zero removed ones)
 	published sets.Set[string]
 }
@@ -178,10 +192,15 @@ func main() {
 	flag.StringVar(&o.cpu, "cpu", "64", "cpu capacity of the Node")
 	flag.StringVar(&o.memory, "memory", "512Gi", "memory capacity of the Node")
 	flag.StringVar(&o.pods, "pods", "250", "pod capacity of the Node")
+	flag.StringVar(&o.draRegistryDir, "dra-registry-dir", "", "run the kubelet's DRA manager; DRA drivers register in this folder (the kubelet's plugins_registry); empty: off")
+	flag.StringVar(&o.draStateDir, "dra-state-dir", "", "the DRA manager's checkpoint folder (default: <plugin-dir>/dra)")
 	flag.Parse()
 	if o.kubeconfig == "" || o.nodeName == "" || o.pluginDir == "" || o.recordDir == "" {
 		fmt.Fprintln(os.Stderr, "nodeagent: --kubeconfig, --node-name, --plugin-dir and --record-dir are required")
 		os.Exit(2)
+	}
+	if o.draStateDir == "" {
+		o.draStateDir = filepath.Join(o.pluginDir, "dra")
 	}
 	if err := run(o); err != nil {
 		klog.ErrorS(err, "nodeagent failed")
@@ -213,11 +232,13 @@ func run(o options) error {
 	}
 
 	a := &agent{
-		opts:      o,
-		client:    client,
-		logger:    logger,
-		admitted:  sets.New[types.UID](),
-		published: sets.New[string](),
+		opts:       o,
+		client:     client,
+		logger:     logger,
+		admitted:   sets.New[types.UID](),
+		published:  sets.New[string](),
+		prepared:   map[types.UID]*v1.Pod{},
+		draDrivers: sets.New[string](),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.DefaultTypedControllerRateLimiter[types.UID](),
 			workqueue.TypedRateLimitingQueueConfig[types.UID]{Name: "pods"}),
@@ -283,6 +304,11 @@ func run(o options) error {
 		return fmt.Errorf("device manager start: %w", err)
 	}
 	logger.Info("device manager serving", "socket", filepath.Join(o.pluginDir, "kubelet.sock"))
+	if o.draRegistryDir != "" {
+		if err := a.startDRA(ctx); err != nil {
+			return err
+		}
+	}
 	if o.podResources != "" {
 		if err := a.servePodResources(ctx, o.podResources); err != nil {
 			return fmt.Errorf("pod resources API: %w", err)
@@ -396,6 +422,9 @@ func (a *agent) syncNodeStatusLoop(ctx context.Context) {
 	for {
 		capacity, allocatable, removed := a.manager.GetCapacity(a.logger)
 		rec := &nodeRecord{Node: a.opts.nodeName, AgentPID: os.Getpid(), Capacity: map[string]int64{}, Allocatable: map[string]int64{}, Healthy: map[string][]string{}}
+		a.mu.Lock()
+		rec.DRADrivers = sets.List(a.draDrivers)
+		a.mu.Unlock()
 		for name, q := range capacity {
 			rec.Capacity[string(name)] = q.Value()
 		}
@@ -415,7 +444,7 @@ func (a *agent) syncNodeStatusLoop(ctx context.Context) {
 			if err := writeJSON(filepath.Join(a.opts.recordDir, "node.json"), rec); err != nil {
 				a.logger.Error(err, "writing node record")
 			}
-			state, _ := json.Marshal(agentState{PID: rec.AgentPID, Capacity: rec.Capacity, Allocatable: rec.Allocatable})
+			state, _ := json.Marshal(agentState{PID: rec.AgentPID, Capacity: rec.Capacity, Allocatable: rec.Allocatable, DRADrivers: rec.DRADrivers})
 			err := a.updateNodeStatus(ctx, func(n *v1.Node) {
 				setCondition(n, v1.NodeCondition{
 					Type: agentConditionType, Status: v1.ConditionTrue, Reason: "DeviceManagerState", Message: string(state),
@@ -477,12 +506,27 @@ func (a *agent) podWorker(ctx context.Context) {
 
 func (a *agent) syncPod(ctx context.Context, uid types.UID) error {
 	objs, err := a.pods.ByIndex("uid", string(uid))
-	if err != nil || len(objs) == 0 {
-		return err // gone: the device manager frees its devices (activePods no longer has it)
+	if err != nil {
+		return err
+	}
+	if len(objs) == 0 {
+		// Gone: the device manager frees its devices (activePods no longer has it); DRA claims
+		// are unprepared as the kubelet does once a pod's containers are gone.
+		a.mu.Lock()
+		last := a.prepared[uid]
+		a.mu.Unlock()
+		if last == nil {
+			return nil
+		}
+		return a.unprepareDRA(ctx, last)
 	}
 	pod := objs[0].(*v1.Pod)
 	if pod.DeletionTimestamp != nil {
-		// No containers to stop: finish the deletion as the kubelet's status manager does.
+		// No containers to stop: the claims are unprepared (the kubelet does it once the
+		// containers are gone) and the deletion finished as the kubelet's status manager does.
+		if err := a.unprepareDRA(ctx, pod); err != nil {
+			return err
+		}
 		zero := int64(0)
 		err := a.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
 			GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &pod.UID}})
@@ -510,6 +554,9 @@ func (a *agent) admit(ctx context.Context, pod *v1.Pod) error {
 	ctx = klog.NewContext(ctx, logger)
 	rec := podRecord{Namespace: pod.Namespace, Name: pod.Name, UID: string(pod.UID), Node: a.opts.nodeName, Containers: map[string]containerRecord{}}
 	admitErr := func() error {
+		if err := a.prepareDRA(ctx, pod); err != nil {
+			return err
+		}
 		for i := range pod.Spec.InitContainers {
 			if err := a.manager.Allocate(ctx, pod, &pod.Spec.InitContainers[i], lifecycle.AddOperation); err != nil {
 				return err
@@ -525,7 +572,13 @@ func (a *agent) admit(ctx context.Context, pod *v1.Pod) error {
 			if err != nil {
 				return err
 			}
-			rec.Containers[c.Name] = containerRecordOf(opts, a.manager.GetDevices(string(pod.UID), c.Name))
+			cr := containerRecordOf(opts, a.manager.GetDevices(string(pod.UID), c.Name))
+			cdi, err := a.draCDIDevices(pod, &c)
+			if err != nil {
+				return err
+			}
+			cr.CDIDevices = append(cr.CDIDevices, cdi...)
+			rec.Containers[c.Name] = cr
 		}
 		return nil
 	}()
