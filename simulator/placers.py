@@ -18,7 +18,9 @@ no GPU whose CPU and memory the policy weighs (``fragmentation``: the idle GPUs 
 strand). ``select="deployed"`` adds the
 extender's 0..10 level, weighted, to kube-scheduler's own scores, as a cluster does (with
 the packing policies' named node for pods with GPUs: ``kernel.with_lead``, by node name);
-``select="raw"`` takes the extender's raw ranking alone. kube-scheduler runs
+``select="raw"`` takes the extender's raw ranking alone. ``devices="first-fit"``
+(``gpupack-<name>@dra``) is DRA mode: the node is the extender's as above, the devices on it
+are kube-scheduler's DRA allocator's, :func:`first_fit_devices`. kube-scheduler runs
 with the profile gpupack deploys (``deploy/scheduler/kube-scheduler-config.yaml``:
 NodeResourcesFit MostAllocated over CPU and memory, BalancedAllocation off, the extender at
 weight 5).
@@ -35,6 +37,7 @@ import numpy
 from simulator.model import Devices, FloatArray, IntArray, State, Task
 from gpupack import kernel
 from gpupack.kernel.node_sums import NodeSumsMemo, RowSubset
+from gpupack.kernel.slots import units
 from gpupack.kernel.xp import to_host
 
 Choice = tuple[int, Devices] | None
@@ -108,6 +111,21 @@ def node_fit_most_allocated(st: State, task: Task, rows: IntArray) -> FloatArray
     return numpy.floor(50.0 * (numpy.clip(cpu, 0, 1) + numpy.clip(mem, 0, 1)))
 
 
+def first_fit_devices(st: State, row: int, task: Task) -> Devices:
+    """The devices kube-scheduler's DRA allocator gives a claim of ``task.count`` devices on
+    node ``row``: it scores nothing and walks the node's devices in the driver's order (GPU
+    index order, each GPU's MIG devices after it: the slot columns' order here), taking each
+    that still has room for one unit (a shared GPU: a share and the memory), one unit per
+    device, until the count is met (docs/extender.md, "Who decides what"). ``()`` when the
+    node has fewer such devices than the count: a claim's devices are distinct, so several
+    shares of one GPU for one request, which the kernel may count, are not possible."""
+    xp = st.xp
+    one = st.slots.rows(xp.asarray([row]))
+    avail = to_host(units(one, task.request, xp)[0])
+    cols = [int(c) for c in numpy.flatnonzero(avail > 0)[: task.count]]
+    return tuple((c, 1) for c in cols) if len(cols) == task.count else ()
+
+
 @dataclasses.dataclass
 class KernelPlacer:
     """A gpupack policy, through the extender's kernel, inside the deployed kube-scheduler profile.
@@ -121,6 +139,7 @@ class KernelPlacer:
     policy: kernel.Policy
     wl: Workload
     select: str = "deployed"
+    devices: str = "kernel"  # or "first-fit": DRA mode, the allocator's choice on the node
     rng: numpy.random.Generator = dataclasses.field(init=False)
     _memo: NodeSumsMemo | None = dataclasses.field(init=False, default=None)
     _memo_of: State | None = dataclasses.field(init=False, default=None)
@@ -164,7 +183,10 @@ class KernelPlacer:
         row = int(rows[i])
         if not task.wants_gpu:
             return row, ()
-        devices = kernel.choose_devices(st.slots, row, task.request, xp)
+        if self.devices == "first-fit":
+            devices = first_fit_devices(st, row, task)
+        else:
+            devices = kernel.choose_devices(st.slots, row, task.request, xp)
         return (row, devices) if devices else None
 
 
@@ -173,16 +195,19 @@ PlacerFactory = Callable[[Workload], Placer]
 
 def registry() -> Mapping[str, PlacerFactory]:
     """Every placer by name: the baselines, then each gpupack policy as deployed
-    (``gpupack-<name>``) and by its raw ranking alone (``gpupack-<name>@raw``)."""
+    (``gpupack-<name>``), by its raw ranking alone (``gpupack-<name>@raw``) and in DRA mode
+    (``gpupack-<name>@dra``: devices by the DRA allocator's first fit)."""
     from simulator import baselines
 
     out: dict[str, PlacerFactory] = dict(baselines.BASELINES)
     for name, policy in kernel.POLICIES.items():
-        for suffix, select in (("", "deployed"), ("@raw", "raw")):
+        for suffix, select, devices in (("", "deployed", "kernel"), ("@raw", "raw", "kernel"),
+                                        ("@dra", "deployed", "first-fit")):
             label = f"gpupack-{name}{suffix}"
 
-            def make(wl: Workload, label: str = label, policy: kernel.Policy = policy, select: str = select) -> Placer:
-                return KernelPlacer(label, policy, wl, select)
+            def make(wl: Workload, label: str = label, policy: kernel.Policy = policy, select: str = select,
+                     devices: str = devices) -> Placer:
+                return KernelPlacer(label, policy, wl, select, devices)
 
             out[label] = make
     return out

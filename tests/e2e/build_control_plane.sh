@@ -50,7 +50,7 @@ for pkg in "${programs[@]}"; do
 done
 if (( ${#missing[@]} == ${#programs[@]} )); then
   echo "building the test control plane (k8s $k8s_version, etcd $etcd_version, $go_version) into $cache:" \
-       "the first build downloads the Go modules and compiles ${#programs[@]} programs, about 26 min on 2 cores;" \
+       "the first build downloads the Go modules and compiles ${#programs[@]} programs, about 31 min on 2 cores;" \
        "later runs reuse it" >&2
 fi
 step=0

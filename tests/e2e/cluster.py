@@ -282,6 +282,15 @@ def wait_ready(proc: Process, probe: Callable[[], bool], what: str, timeout_s: f
     raise E2EError(f"{proc.name}: {what} not reached within {timeout_s}s\n{proc.tail()}")
 
 
+def wait_self_signed(proc: Process, url: str) -> None:
+    """Waits for a component's public health endpoint served with its own self-signed
+    certificate (kube-scheduler, kube-controller-manager: nothing to verify it against)."""
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    wait_ready(proc, lambda: http_ok(url, insecure), f"{proc.name} {url.rsplit('/', 1)[-1]}")
+
+
 def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2, context=context) as resp:
@@ -426,10 +435,7 @@ class Cluster:
                 self.logs,
             )
         )
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE  # its self-signed serving cert; /readyz is public
-        wait_ready(self.scheduler, lambda: http_ok(f"https://127.0.0.1:{port}/readyz", insecure), "kube-scheduler /readyz")
+        wait_self_signed(self.scheduler, f"https://127.0.0.1:{port}/readyz")
 
     def start_controller_manager(self) -> None:
         """kube-controller-manager with the one controller DRA pods need: resourceclaim-controller
@@ -452,11 +458,7 @@ class Cluster:
                 self.logs,
             )
         )
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE  # its self-signed serving cert; /healthz is public
-        wait_ready(self.controller_manager, lambda: http_ok(f"https://127.0.0.1:{port}/healthz", insecure),
-                   "kube-controller-manager /healthz")
+        wait_self_signed(self.controller_manager, f"https://127.0.0.1:{port}/healthz")
 
     def start_extender(self) -> None:
         if self.extender is not None and self.extender.running:
