@@ -26,6 +26,12 @@ the list an extender really gets there.
 it, so fewer changed rows are found among the states seen before (see docs/extender.md,
 "Verdicts by row state").
 
+``--pinned``: half the nodes hold A100s, half H100s, and the pending pods are pinned by
+required node affinity on ``gpupack.io/gpu.product`` to A100s, to A100s or H100s, or not at
+all, in turn (model pins split the fleet: fewer rows alike). ``--hinted``: time-sliced H100s
+of 4 shares, 60 % held by shares with memory hints of 8, 16 or 20 GiB, the pending pods one
+hinted share each.
+
 ``--policies null`` times the extender's HTTP edge with no decision behind it (every node
 fits, every score 0): what any extender behind it pays plus the client's own work, the
 baseline the policies' rows compare with.
@@ -62,9 +68,13 @@ GPUS = 8
 OCCUPIED = 0.60
 
 
-def _node(name: str, resource: str, replicas: int, cpu: int = 0) -> dict[str, Any]:
+H100 = "NVIDIA H100 80GB HBM3"
+A100 = "NVIDIA A100-SXM4-80GB"
+
+
+def _node(name: str, resource: str, replicas: int, cpu: int = 0, model: str = H100) -> dict[str, Any]:
     inv = contract.Inventory(name, tuple(
-        contract.Gpu(id=f"GPU-{name}-{i}", index=i, vendor="nvidia", model="NVIDIA H100 80GB HBM3", memory_mib=81559,
+        contract.Gpu(id=f"GPU-{name}-{i}", index=i, vendor="nvidia", model=model, memory_mib=81559,
                      numa_node=i // 4, links=tuple(contract.Link(p, 18) for p in range(GPUS) if p != i),
                      resource=resource, replicas=replicas)
         for i in range(GPUS)))
@@ -74,12 +84,14 @@ def _node(name: str, resource: str, replicas: int, cpu: int = 0) -> dict[str, An
     return node
 
 
-def _pod(uid: str, node: str, resource: str, ids: list[str], cpu: int = 0) -> dict[str, Any]:
+def _pod(uid: str, node: str, resource: str, ids: list[str], cpu: int = 0, memory_gib: int = 0) -> dict[str, Any]:
     res: dict[str, Any] = {"limits": {resource: str(len(ids))}}
     if cpu:
         res["requests"] = {"cpu": str(cpu)}
-    return {"kind": "Pod", "metadata": {"name": uid, "namespace": "bench", "uid": uid,
-                                        "annotations": {contract.DEVICES_ANNOTATION: contract.encode_assignment({"c": {resource: ids}})}},
+    annotations = {contract.DEVICES_ANNOTATION: contract.encode_assignment({"c": {resource: ids}})}
+    if memory_gib:
+        annotations[contract.GPU_MEMORY_ANNOTATION] = f"{memory_gib}Gi"
+    return {"kind": "Pod", "metadata": {"name": uid, "namespace": "bench", "uid": uid, "annotations": annotations},
             "spec": {"nodeName": node, "containers": [{"name": "c", "resources": res}]},
             "status": {"phase": "Running"}}
 
@@ -109,6 +121,26 @@ def share_pods(nodes: int, total: int, replicas: int) -> Iterator[dict[str, Any]
         yield {"kind": "Pod", "metadata": {"name": f"cpu{k}", "namespace": "bench", "uid": f"cpu{k}"},
                "spec": {"nodeName": f"node-{k % nodes:05d}", "containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]},
                "status": {"phase": "Running"}}
+
+
+#: memory hints of the ``hinted`` mix's shares, GiB (an H100 of 80 GiB, 4 shares)
+HINTS_GIB = (8, 16, 20)
+
+
+def hinted_share_pods(nodes: int, rng: random.Random) -> Iterator[dict[str, Any]]:
+    """Per GPU (4 shares), one-share pods with memory hints of 8, 16 or 20 GiB until about 60 %
+    of the shares are held, never past the GPU's memory."""
+    for n in range(nodes):
+        name = f"node-{n:05d}"
+        for g in range(GPUS):
+            used = 0
+            for r in range(sum(rng.random() < OCCUPIED for _ in range(4))):
+                hint = rng.choice(HINTS_GIB)
+                if used + hint > 79:
+                    break
+                used += hint
+                yield _pod(f"{name}-g{g}-s{r}", name, contract.NVIDIA_GPU_SHARED,
+                           [contract.share_id(f"GPU-{name}-{g}", r)], memory_gib=hint)
 
 
 def null_app(cache: Any) -> Any:
@@ -148,10 +180,16 @@ def serve(nodes: int, mode: str, pods: int, policy: str, port_q: Any) -> None:
     tune_malloc()  # as main does
     rng = random.Random(7)
     cache = ClusterCache(rows=nodes)
-    if mode in ("whole", "whole-cpu"):
+    if mode in ("whole", "whole-cpu", "pinned"):
         cpu = mode == "whole-cpu"
-        cache.replace_nodes(_node(f"node-{n:05d}", contract.NVIDIA_GPU, 1, cpu=96 if cpu else 0) for n in range(nodes))
+        # pinned: half the nodes A100s, half H100s (the pending pods pin to one or to both)
+        model = (lambda n: A100 if n % 2 else H100) if mode == "pinned" else (lambda n: H100)
+        cache.replace_nodes(_node(f"node-{n:05d}", contract.NVIDIA_GPU, 1, cpu=96 if cpu else 0, model=model(n))
+                            for n in range(nodes))
         cache.replace_pods(whole_gpu_pods(nodes, rng, cpu=cpu))
+    elif mode == "hinted":
+        cache.replace_nodes(_node(f"node-{n:05d}", contract.NVIDIA_GPU_SHARED, 4) for n in range(nodes))
+        cache.replace_pods(hinted_share_pods(nodes, rng))
     else:
         cache.replace_nodes(_node(f"node-{n:05d}", contract.NVIDIA_GPU_SHARED, 4) for n in range(nodes))
         cache.replace_pods(share_pods(nodes, pods, 4))
@@ -169,11 +207,24 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def pending_pod(i: int, resource: str, count: int, cpu: int = 0) -> dict[str, Any]:
+def pending_pod(i: int, resource: str, count: int, cpu: int = 0, models: tuple[str, ...] = (),
+                memory_gib: int = 0) -> dict[str, Any]:
+    """A pending pod; ``models``: pinned to those GPU products by required node affinity (the
+    device plugin's ``gpupack.io/gpu.product`` label); ``memory_gib``: a share's memory hint."""
     requests = {resource: str(count), **({"cpu": str(cpu)} if cpu else {})}
-    return {"metadata": {"name": f"want-{i}", "namespace": "bench", "uid": f"want-{i}", "creationTimestamp": None},
-            "spec": {"containers": [{"name": "c", "image": "x", "resources": {"limits": {resource: str(count)}, "requests": requests}}]},
-            "status": {}}
+    spec: dict[str, Any] = {"containers": [{"name": "c", "image": "x", "resources": {"limits": {resource: str(count)}, "requests": requests}}]}
+    if models:
+        term = {"matchExpressions": [{"key": contract.LABEL_PRODUCT, "operator": "In",
+                                      "values": [contract.label_value(m) for m in models]}]}
+        spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+    annotations = {contract.GPU_MEMORY_ANNOTATION: f"{memory_gib}Gi"} if memory_gib else {}
+    return {"metadata": {"name": f"want-{i}", "namespace": "bench", "uid": f"want-{i}", "creationTimestamp": None,
+                         "annotations": annotations},
+            "spec": spec, "status": {}}
+
+
+#: the ``pinned`` mix's pending pods, in turn: pinned to A100s, to A100s or H100s, not pinned
+PINS: tuple[tuple[str, ...], ...] = ((A100,), (A100, H100), ())
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,10 +264,14 @@ def run(nodes: int, decisions: int, mode: str = "whole", pods: int = 0, policy: 
     names = [f"node-{n:05d}" for n in range(nodes)]
     if candidates:
         names = random.Random(3).sample(names, candidates)
-    resource = contract.NVIDIA_GPU_SHARED if mode == "shares" else contract.NVIDIA_GPU
-    gpus = [2 if i % 3 == 0 else 1 for i in range(decisions + WARMUP)]
-    pending = [pending_pod(i, resource, g, cpu=g * (8 if i % 2 else 12) if mode == "whole-cpu" else 0)
-               for i, g in enumerate(gpus)]
+    resource = contract.NVIDIA_GPU_SHARED if mode in ("shares", "hinted") else contract.NVIDIA_GPU
+    if mode == "hinted":  # one share each, with a memory hint
+        pending = [pending_pod(i, resource, 1, memory_gib=HINTS_GIB[i % 3]) for i in range(decisions + WARMUP)]
+    else:
+        gpus = [2 if i % 3 == 0 else 1 for i in range(decisions + WARMUP)]
+        pending = [pending_pod(i, resource, g, cpu=g * (8 if i % 2 else 12) if mode == "whole-cpu" else 0,
+                               models=PINS[i % 4 % 3] if mode == "pinned" else ())
+                   for i, g in enumerate(gpus)]
     measured = drive_with_go(go_binary, port, names, pending) if go_binary else drive_with_python(port, names, pending)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("GET", "/metrics")
@@ -297,6 +352,12 @@ def main() -> None:
     p.add_argument("--cpu", dest="mode", action="store_const", const="whole-cpu", default="whole",
                    help="nodes of 96 cores whose pods ask 8 to 16 cores per GPU: CPU tracked, so kept verdicts by "
                         "row state find fewer nodes alike")
+    p.add_argument("--pinned", dest="mode", action="store_const", const="pinned",
+                   help="half the nodes A100s, half H100s; pending pods pinned by node affinity to A100s, to "
+                        "A100s or H100s, or not at all, in turn")
+    p.add_argument("--hinted", dest="mode", action="store_const", const="hinted",
+                   help="time-sliced H100s (4 shares) 60 %% held by shares with memory hints of 8, 16 or 20 GiB; "
+                        "pending pods ask one share with such a hint")
     p.add_argument("--client", choices=("python", "go"), default="python",
                    help="go: kube-scheduler's own extender client (built from tests/e2e/go/benchclient)")
     args = p.parse_args()

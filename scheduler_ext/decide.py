@@ -24,7 +24,7 @@ import numpy
 
 from gpupack import kernel
 from scheduler_ext.cache import ClusterCache
-from gpupack.kernel.verdict_memo import VerdictMemo
+from gpupack.kernel.verdict_memo import SubsetView, VerdictMemo
 from scheduler_ext.podspec import PodDemand
 
 
@@ -213,7 +213,7 @@ class Decider:
 
     def _evaluate(
         self, demand: PodDemand, lead: str, names: Sequence[str], rows: kernel.Slots, pos: numpy.ndarray[Any, Any],
-        score: bool, detail: bool, reasons: bool, memo: VerdictMemo | None = None,
+        score: bool, detail: bool, reasons: bool, memo: VerdictMemo | SubsetView | None = None,
     ) -> tuple[numpy.ndarray[Any, Any], numpy.ndarray[Any, Any], numpy.ndarray[Any, Any],
                numpy.ndarray[Any, Any] | None, list[Group]]:
         """The kernel's verdicts for every resource of a GPU pod on ``rows`` (the known names at
@@ -256,7 +256,7 @@ class Decider:
         return fits, unres, raw, lead_raw, groups
 
     def _verdicts(self, rows: kernel.Slots, req: kernel.Request, mix: kernel.Mix, score: bool,
-                  memo: VerdictMemo | None, levels: bool) -> kernel.Verdicts:
+                  memo: VerdictMemo | SubsetView | None, levels: bool) -> kernel.Verdicts:
         """The kernel's verdicts on ``rows``: from the kept rows' memo when there is one (NumPy;
         only the rows changed since the request was last evaluated are evaluated again)."""
         if memo is not None and self.xp is numpy:

@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Iterable
 
 import numpy
 
-from gpupack.kernel.node_sums import NodeSumsMemo, RowSubset
+from gpupack.kernel.node_sums import BeforeSums, NodeSumsMemo, RowSubset
 from gpupack.kernel.evaluate import Verdicts, evaluate
 from gpupack.kernel.levels import to_levels
 from gpupack.kernel.policies import Policy
 from gpupack.kernel.slots import Mix, Request, Slots
-from gpupack.kernel.xp import Array
+from gpupack.kernel.xp import Array, Namespace
 
 #: Requests whose verdicts are kept per row copy (a few bytes x nodes each).
 KEPT_REQUESTS = 16
@@ -132,6 +133,57 @@ class VerdictMemo:
             rows = at[hit]
             for f, name in enumerate(_VERDICT_FIELDS):
                 getattr(kept, name)[rows] = [found[i][f] for i in hit]  # type: ignore[index]
+
+
+class SubsetView:
+    """The verdicts of some rows of a kept row copy, from that copy's :class:`VerdictMemo`.
+
+    kube-scheduler sends prioritize the nodes its filter let through: a subset of the filter's
+    list that changes whenever a node's fit does (a pod pinned to one GPU model, a node that
+    filled up). Evaluated as a list of its own, each such subset would compute every row's
+    sums afresh. Its rows are rows of the kept copy (``copy``, positions ``at``), and a row's
+    verdict depends on the row alone, so they are taken from the copy's memo, where only the
+    rows changed since are evaluated again; levels are then ranked among the subset's rows,
+    as :func:`~gpupack.kernel.evaluate.evaluate` on the subset ranks them."""
+
+    def __init__(self, memo: VerdictMemo, copy: Slots, at: Array) -> None:
+        self._memo = memo
+        self._copy = copy
+        self._at = at
+
+    def mark(self, positions: Array) -> None:
+        self._memo.mark(self._at[positions])
+
+    @property
+    def sums(self) -> _SubsetSums:
+        """The per-node sums of the subset's rows, from the copy's memo."""
+        return _SubsetSums(self._memo.sums, self._copy, self._at)
+
+    def evaluate(self, s: Slots, req: Request, policy: Policy, mix: Mix = (), score: bool = True,
+                 levels: bool = True) -> Verdicts:
+        """:func:`~gpupack.kernel.evaluate.evaluate` of ``req`` on ``s``, the copy's rows at
+        ``at`` (``s`` itself is not read: the copy is)."""
+        v = self._memo.evaluate(self._copy, req, policy, mix, score=score, levels=False)
+        at = self._at
+        taken = {name: getattr(v, name).take(at) for name in _VERDICT_FIELDS}
+        sub = Verdicts(**taken, level=numpy.zeros(at.shape[0], numpy.int64))
+        if levels and score:
+            return dataclasses.replace(sub, level=to_levels(sub.raw, sub.feasible, numpy))
+        return sub
+
+
+@dataclasses.dataclass(frozen=True)
+class _SubsetSums:
+    memo: NodeSumsMemo
+    copy: Slots
+    at: Array
+
+    def get(self, s: Slots, gpus: Iterable[Request], xp: Namespace) -> BeforeSums:
+        """:class:`BeforeSums` of the copy's rows at ``at`` (``s`` is those rows; not read)."""
+        b = self.memo.get(self.copy, gpus, xp)
+        at = self.at
+        parts = {g: (c.take(at), st.take(at), al.take(at)) for g, (c, st, al) in b.parts.items()}
+        return BeforeSums(b.total_idle.take(at), b.used_weight.take(at), b.total_weight.take(at), parts)
 
 
 def _state_keys(s: Slots, at: Array, cuts: tuple[Array, Array]) -> list[bytes]:

@@ -31,7 +31,7 @@ import numpy
 
 from gpupack import contract, kernel
 from gpupack.kernel import slots as kslots
-from gpupack.kernel.verdict_memo import VerdictMemo
+from gpupack.kernel.verdict_memo import SubsetView, VerdictMemo
 from scheduler_ext.cache.candidates import KEEP_ROWS_FROM, SELECTIONS, Candidates
 from scheduler_ext.cache.dra import KINDS as DRA_KINDS, DraObjects
 from scheduler_ext.cache.events import Events
@@ -98,7 +98,7 @@ class ClusterCache:
 
     def rows_of(
         self, names: Sequence[str], exclude: str = ""
-    ) -> contextlib.AbstractContextManager[tuple[kslots.Slots, numpy.ndarray[Any, Any], VerdictMemo | None]]:
+    ) -> contextlib.AbstractContextManager[tuple[kslots.Slots, numpy.ndarray[Any, Any], VerdictMemo | SubsetView | None]]:
         return self._candidates.rows_of(names, exclude)
 
     def all_rows(self) -> tuple[kslots.Slots, list[str]]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy
 
 from gpupack.kernel import slots as kslots
-from gpupack.kernel.verdict_memo import VerdictMemo
+from gpupack.kernel.verdict_memo import SubsetView, VerdictMemo
 from scheduler_ext.cache.holds import Holds
 from scheduler_ext.cache.state import ClusterState
 
@@ -48,12 +48,22 @@ class CandidateList:
     memo: VerdictMemo | None = None  # per-node sums and recent verdicts of ``copy``, kept with it
     _positions: dict[int, list[int]] | None = None  # row -> its positions in ``idx``, built on first need
     _sorted: numpy.ndarray[Any, Any] | None = None  # ``idx`` sorted, built on first need
+    _where: numpy.ndarray[Any, Any] | None = None  # row -> position in ``idx``, built on first need
 
     def sorted_idx(self) -> numpy.ndarray[Any, Any]:
         """``idx`` in ascending order (to recognise the same rows listed in another order)."""
         if self._sorted is None:
             self._sorted = numpy.sort(self.idx)
         return self._sorted
+
+    def where(self) -> numpy.ndarray[Any, Any]:
+        """Per row of the arrays (up to the largest in ``idx``): its position in ``idx``, -1 if
+        absent (built on first need)."""
+        if self._where is None:
+            where = numpy.full(int(self.idx.max()) + 1 if self.idx.shape[0] else 0, -1, dtype=numpy.int64)
+            where[self.idx] = numpy.arange(self.idx.shape[0])
+            self._where = where
+        return self._where
 
     def positions_of(self, rows: Iterable[int]) -> numpy.ndarray[Any, Any]:
         """The positions in ``idx`` of the given rows (a name listed twice has two)."""
@@ -111,38 +121,72 @@ class Candidates:
     @contextlib.contextmanager
     def rows_of(
         self, names: Sequence[str], exclude: str = ""
-    ) -> Iterator[tuple[kslots.Slots, numpy.ndarray[Any, Any], VerdictMemo | None]]:
+    ) -> Iterator[tuple[kslots.Slots, numpy.ndarray[Any, Any], VerdictMemo | SubsetView | None]]:
         """:meth:`select_positions` for reading within the ``with`` block only, with a memo of
         the rows' per-node sums and recent verdicts (:class:`~gpupack.kernel.verdict_memo.VerdictMemo`,
         or None). kube-scheduler sends the same candidate list (every node, to filter) pod after
         pod; copying its rows costs a third of a filter at thousands of nodes, so the copy is
         kept and only the rows changed since are copied again; the memo is kept with it and
-        recomputes only those rows. The arrays must not be written to."""
+        recomputes only those rows. A list without a memo of its own whose rows are all in a
+        kept list with one (prioritize's subset of the filter's list) is read from that list's
+        copy and memo (:class:`~gpupack.kernel.verdict_memo.SubsetView`). The arrays must not
+        be written to."""
         with self._lock:
             self._holds.expire()
             sel, pos = self._find(names)
-            if sel.copy is None or sel.in_use:  # first use, or in use by another request
+            kept = self._kept_superset(sel) if sel.memo is None else None
+            owner = sel
+            if kept is not None:
+                owner, at = kept
+                self._refresh(owner)
+                owner.in_use = True
+            elif sel.copy is None or sel.in_use:  # first use, or in use by another request
                 sel = dataclasses.replace(sel, copy=self._state.arrays.rows(sel.idx), changed_rows=set(), memo=None)
+                owner = sel
             else:
                 self._refresh(sel)
                 sel.in_use = True
                 if sel.memo is None:
                     sel.memo = VerdictMemo(sel.idx.shape[0])
-            rows = sel.copy
-            assert rows is not None
+            copy = owner.copy
+            assert copy is not None
             if exclude in self._holds:
                 rec = self._state.pods.get(exclude)
                 st = self._state.nodes.get(rec.applied_to) if rec is not None else None
                 if st is not None:
-                    self._holds.free_in_copy(rows, sel.idx, exclude)
-                    sel.changed_rows.add(st.row)  # put back at the next use
-                    if sel.memo is not None:
-                        sel.memo.mark(numpy.nonzero(sel.idx == st.row)[0])
+                    self._holds.free_in_copy(copy, owner.idx, exclude)
+                    owner.changed_rows.add(st.row)  # put back at the next use
+                    if owner.memo is not None:
+                        owner.memo.mark(numpy.nonzero(owner.idx == st.row)[0])
+            memo: VerdictMemo | SubsetView | None = owner.memo
+            rows = copy
+            if kept is not None:
+                assert owner.memo is not None
+                rows = copy.rows(at)
+                memo = SubsetView(owner.memo, copy, at)
         try:
-            yield rows, pos, sel.memo
+            yield rows, pos, memo
         finally:
             with self._lock:
-                sel.in_use = False
+                owner.in_use = False
+
+    def _kept_superset(self, sel: CandidateList) -> tuple[CandidateList, numpy.ndarray[Any, Any]] | None:
+        """A kept list with a copy and a memo, not in use, that holds every row of ``sel``, and
+        the positions of ``sel``'s rows in it; None when there is none."""
+        if sel.idx.shape[0] == 0:
+            return None
+        top = int(sel.idx.max())
+        for other in self._lists:
+            if (other is sel or other.copy is None or other.memo is None or other.in_use
+                    or other.node_generation != sel.node_generation or other.idx.shape[0] < sel.idx.shape[0]):
+                continue
+            where = other.where()
+            if top >= where.shape[0]:
+                continue
+            at = where[sel.idx]
+            if bool((at >= 0).all()):
+                return other, at
+        return None
 
     def all_rows(self) -> tuple[kslots.Slots, list[str]]:
         """A copy of every known node's row, and the node names, sorted."""
@@ -164,6 +208,7 @@ class Candidates:
         for sel in self._lists:
             if sel.node_generation == state.node_generation and sel.names == names:
                 self._keep(sel)
+                self._to_front(sel)
                 return sel, sel.pos
         idx = numpy.array(list(map(state.row_of.get, names, itertools.repeat(-1))), dtype=numpy.int64)
         pos = numpy.nonzero(idx >= 0)[0]
@@ -175,12 +220,19 @@ class Candidates:
                     if (sel.node_generation == state.node_generation and sel.idx.shape[0] == known.shape[0]
                             and numpy.array_equal(sel.sorted_idx(), ordered)):
                         self._keep(sel)
+                        self._to_front(sel)
                         at = numpy.empty(int(ordered[-1]) + 1, dtype=numpy.int64)
                         at[known] = pos
                         return sel, at[sel.idx]
         sel = CandidateList(list(names), state.node_generation, known, pos)
         self._lists = [sel, *self._lists[: SELECTIONS - 1]]
         return sel, sel.pos
+
+    def _to_front(self, sel: CandidateList) -> None:
+        """The list was used: it is the newest (the oldest is the one a new list pushes out)."""
+        if self._lists[0] is not sel:
+            self._lists.remove(sel)
+            self._lists.insert(0, sel)
 
     def _keep(self, sel: CandidateList) -> None:
         """From a list's second use on, its rows are kept (when it is long enough)."""

@@ -13,7 +13,9 @@ import pytest
 from gpupack import contract
 from scheduler_ext.cache import ClusterCache
 from scheduler_ext.decide import Decider
+from gpupack import kernel
 from gpupack.kernel.node_sums import before_sums
+from gpupack.kernel.verdict_memo import SubsetView
 from gpupack.kernel.slots import Request, Slots
 from scheduler_ext.podspec import pod_demand
 
@@ -170,7 +172,9 @@ def test_kept_verdicts_decide_as_a_cache_that_keeps_nothing(seed: int, policy: s
     for i in range(80):  # past 40 pods the mix is kept for two pods and more (MIX_REFRESH)
         for c, rng in zip(caches, rngs):
             step(c, rng, i)
-        names = everyone if i % 3 else everyone[:30]
+        # every node (filter), a fixed subset, or a new subset each time (prioritize gets the
+        # nodes filter let through: read from the full list's memo, SubsetView)
+        names = [everyone, everyone[:30], random.Random(1000 + i).sample(everyone, 35)][i % 3]
         if i % 2:  # the same nodes in another order, as kube-scheduler's parallel filter sends them
             names = random.Random(i).sample(names, len(names))
         demand = pod_demand(pod(f"w{i}", gpus=wants[i % 3]))
@@ -180,6 +184,27 @@ def test_kept_verdicts_decide_as_a_cache_that_keeps_nothing(seed: int, policy: s
         numpy.testing.assert_allclose(kept.raw, fresh.raw, rtol=0, atol=1e-12)
         assert sorted((sorted(g.positions.tolist()), g.text) for g in kept.groups) == sorted(
             (sorted(g.positions.tolist()), g.text) for g in fresh.groups)
+
+
+def test_a_subset_of_a_kept_list_is_read_from_its_copy_and_memo() -> None:
+    cache = ClusterCache(keep_rows_from=1)
+    cache.replace_all([node(f"n{k}", n=2) for k in range(6)], [pod(
+        "x", gpus={contract.NVIDIA_GPU: 1}, node="n2", phase="Running",
+        devices={"c0": {contract.NVIDIA_GPU: ["GPU-n2-0"]}})])
+    everyone = [f"n{k}" for k in range(6)]
+    read(cache, everyone)
+    read(cache, everyone)  # kept, with a memo, from the second use
+    (kept,) = [sel for sel in cache._candidates._lists if sel.memo is not None]
+    subset = ["n4", "n2", "n0"]
+    with cache.rows_of(subset) as (rows, pos, memo):
+        assert isinstance(memo, SubsetView) and pos.tolist() == [0, 1, 2]
+        d = Decider(cache, "fragmentation")
+        req = cache.request(contract.NVIDIA_GPU, 1, 0, 0, 0)
+        from_memo = memo.evaluate(rows, req, d.policy, cache.mix())
+        alone = kernel.evaluate(rows, req, d.policy, numpy, mix=cache.mix())
+    assert from_memo.raw.tolist() == alone.raw.tolist() and from_memo.level.tolist() == alone.level.tolist()
+    assert read(cache, subset) == fresh(cache, subset)
+    assert kept.in_use is False  # released with the subset's reader
 
 
 def test_the_same_nodes_in_another_order_use_the_kept_copy() -> None:
