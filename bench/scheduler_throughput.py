@@ -20,7 +20,7 @@ one cluster per node count:
      edge, TLS and client CA included, deciding nothing: every node fits, every score 0), with
      no ``bindVerb``/``preemptVerb`` (kube-scheduler's default binder binds);
    - ``gpupack``: a fresh ``gpupack-extender`` as shipped: the Deployment's environment
-     (policy, holds, mutual TLS with the certificates ``scheduler_ext.certs.ensure`` makes, as
+     (policy, holds, the filter's cap of 50 nodes, mutual TLS with the certificates ``scheduler_ext.certs.ensure`` makes, as
      the certificates Job does), the chart's ServiceAccount token, RBAC and admission policies
      applied for real (``tests/e2e/accounts.py``), and kube-scheduler's ``tlsConfig`` with
      ``serverName`` the Service's name.
@@ -41,7 +41,8 @@ Besides the table it prints, per configuration, kube-apiserver's requests per po
 ``apiserver_request_total``), gpupack's server time per verb (its ``/metrics``) and what
 kube-scheduler sent the null extender (names and bytes per call, and whether a candidate list
 repeats a recent one as a set or also in its order). ``--configs ...,nulltop`` adds the null
-extender with a filter that answers only its first ``--top`` names.
+extender with a filter that answers only its first ``--top`` names; ``gpupackall`` gpupack
+with ``GPUPACK_EXTENDER_FILTER_TOP=0`` (every node that fits, as before the cap).
 
 ``--py-spy PATH`` records the gpupack extender with py-spy (a separate install, e.g.
 ``python -m venv /tmp/pyspy-venv && /tmp/pyspy-venv/bin/pip install py-spy``; ``--gil``,
@@ -67,7 +68,6 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
 import http.client
 import importlib.metadata
 import json
@@ -103,8 +103,9 @@ from tests.e2e import cluster as harness  # noqa: E402
 from tests.e2e import workloads  # noqa: E402
 
 CONFIGS = ("none", "null", "gpupack")
-#: not in the default list: the null extender whose filter answers only its first --top names
-EXTRA_CONFIGS = ("nulltop",)
+#: not in the default list: the null extender whose filter answers only its first --top names,
+#: and gpupack with --filter-top 0 (every node that fits, not the shipped cap)
+EXTRA_CONFIGS = ("nulltop", "gpupackall")
 MIXES = ("whole", "shares", "pinned", "cpu", "mixed")
 NAMESPACE = "bench"
 GROUP = "bench"  # the harness's group label, on every node; its pods select it
@@ -134,43 +135,14 @@ def say(text: str) -> None:
 # --- binaries: found in the cache, never built behind the user's back ------------------------
 
 
-def _cache_key_folder() -> pathlib.Path | None:
-    """The folder build_control_plane.sh would use (its key, computed the same way), or None
-    when Go is not there to say its version."""
-    gomod = harness.HERE / "go" / "go.mod"
-    lines = gomod.read_text().splitlines()
-
-    def version_of(module: str) -> str:
-        for line in lines:
-            t = line.split()
-            if len(t) >= 2 and (t[0] == module or (t[0] == "require" and len(t) >= 3 and t[1] == module)):
-                v = t[2] if t[0] == "require" else t[1]
-                if re.match(r"^v[0-9]", v):
-                    return v
-        return ""
-
-    try:
-        go = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    k8s, etcd = version_of("k8s.io/kubernetes"), version_of("go.etcd.io/etcd/server/v3")
-    blocks, inside = [], ""
-    for line in lines:  # sed -n '/^replace (/,/^)/p;/^tool (/,/^)/p'
-        if inside:
-            blocks.append(line)
-            if line.startswith(")"):
-                inside = ""
-        elif line.startswith("replace (") or line.startswith("tool ("):
-            inside = line
-            blocks.append(line)
-    text = f"{k8s} {etcd} {go}\n" + "".join(b + "\n" for b in blocks)
-    root = pathlib.Path(os.environ.get("GPUPACK_BIN_CACHE") or pathlib.Path.home() / ".cache" / "gpupack" / "bin")
-    return root / f"k8s-{k8s}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-
-
 def find_binaries() -> pathlib.Path:
-    folder = _cache_key_folder()
-    if folder is None:
+    """The folder build_control_plane.sh keeps the binaries in (its ``--folder``: the key is
+    computed there only); without Go to compute it, the newest cache folder."""
+    try:
+        out = subprocess.run(["bash", str(harness.BUILD_SCRIPT), "--folder"], capture_output=True, text=True,
+                             check=True, timeout=60).stdout
+        folder = pathlib.Path(out.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, IndexError):
         root = pathlib.Path(os.environ.get("GPUPACK_BIN_CACHE") or pathlib.Path.home() / ".cache" / "gpupack" / "bin")
         found = sorted(root.glob("k8s-*"), key=lambda p: p.stat().st_mtime)
         folder = found[-1] if found else root / "k8s-?"
@@ -604,7 +576,7 @@ class Bench:
         harness.wait_ready(proc, lambda: harness.http_ok(f"https://127.0.0.1:{port}/readyz", ctx), "null extender /readyz")
         return proc
 
-    def start_gpupack(self, port: int, tag: str, stack: contextlib.ExitStack) -> harness.Process:
+    def start_gpupack(self, port: int, tag: str, stack: contextlib.ExitStack, filter_top: int | None = None) -> harness.Process:
         """As tests/e2e/test_extender_tls.py's start_extender (copied, not imported: its token pod
         is unbound, and this benchmark's own kube-scheduler would schedule it): the Deployment's
         environment with the Secret's files, a token of the Deployment's ServiceAccount bound
@@ -619,6 +591,8 @@ class Bench:
             value = e["value"] if "value" in e else from_fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
             env[e["name"]] = value.replace(mount, str(self.tls["server"]))
         env["GPUPACK_EXTENDER_LISTEN"] = f"127.0.0.1:{port}"
+        if filter_top is not None:
+            env["GPUPACK_EXTENDER_FILTER_TOP"] = str(filter_top)
         token = stack.enter_context(accounts.pod_token(self.cluster, deployment["serviceAccountName"],
                                                        f"bench-extender-{tag}", node=next(iter(self.nodes))))
         kubeconfig = accounts.token_kubeconfig(self.cluster, token, self.work / f"extender-{tag}.kubeconfig")
@@ -646,8 +620,8 @@ class Bench:
             extender = None
             if config in ("null", "nulltop"):
                 extender = self.start_null(port, tag, self.args.top if config == "nulltop" else 0)
-            elif config == "gpupack":
-                extender = self.start_gpupack(port, tag, stack)
+            elif config in ("gpupack", "gpupackall"):
+                extender = self.start_gpupack(port, tag, stack, 0 if config == "gpupackall" else None)
             stack.callback(self.cluster.drop, extender)
             scheduler = self.start_scheduler(config, port, tag)
             stack.callback(self.cluster.drop, scheduler)
@@ -657,7 +631,7 @@ class Bench:
             if extender is not None and extender.proc is not None:
                 pids["extender"] = extender.proc.pid
             profiler, out = None, None
-            if config == "gpupack" and self.args.py_spy:
+            if config in ("gpupack", "gpupackall") and self.args.py_spy:
                 self.args.profile_dir.mkdir(parents=True, exist_ok=True)
                 out = self.args.profile_dir / f"profile-{len(self.nodes)}-{tag}-{time.strftime('%H%M%S')}.txt"
                 profiler = subprocess.Popen([self.args.py_spy, "record", "--pid", str(pids["extender"]),
@@ -712,7 +686,7 @@ class Bench:
                     profiler.wait(60)
             verbs: dict[str, tuple[int, float]] = {}
             wire: dict[str, list[int]] = {}
-            if config == "gpupack":
+            if config in ("gpupack", "gpupackall"):
                 verbs = request_seconds(self._get(port, "/metrics"))
             elif config in ("null", "nulltop"):
                 wire = json.loads(self._get(port, "/stats"))
@@ -861,6 +835,8 @@ def table(results: list[Result], nodes: int) -> str:
             parts.append(f"null/none {by['null'].rate / by['none'].rate:.2f}")
         if "nulltop" in by and "null" in by and by["null"].rate:
             parts.append(f"nulltop/null {by['nulltop'].rate / by['null'].rate:.2f}")
+        if "gpupackall" in by and "gpupack" in by and by["gpupackall"].rate:
+            parts.append(f"gpupack/gpupackall {by['gpupack'].rate / by['gpupackall'].rate:.2f}")
         if parts:
             ratio_lines.append(f"round {rnd}: " + ", ".join(parts))
     out = "\n".join(lines)
@@ -874,7 +850,7 @@ def table(results: list[Result], nodes: int) -> str:
         if r.verbs:
             calls = ", ".join(f"{v} {n / max(r.bound, 1):.2f} calls x {1000 * s / max(n, 1):.2f} ms"
                               for v, (n, s) in sorted(r.verbs.items()) if n)
-            out += f"\nround {r.round} gpupack, server time per pod (calls/pod x mean): {calls}"
+            out += f"\nround {r.round} {r.config}, server time per pod (calls/pod x mean): {calls}"
         if r.wire:
             parts = [f"{v} {c / max(r.bound, 1):.2f} calls/pod, {req / max(c, 1) / 1024:.0f} KiB in / "
                      f"{ans / max(c, 1) / 1024:.0f} KiB out, {names / max(c, 1):.0f} names per call, "
@@ -894,7 +870,7 @@ def run_node_count(args: argparse.Namespace, bin_dir: pathlib.Path, nodes: int, 
         cluster.start()
         api = Api(cluster)
         api.call("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
-        if "gpupack" in args.configs:
+        if {"gpupack", "gpupackall"} & set(args.configs):
             accounts.apply_access_objects(cluster)  # the chart's RBAC and admission policies
         say(f"nodes {nodes}: creating the fleet ({', '.join(f'{k} {v}/8' for k, v in collections.Counter(FLEET).items())})")
         node_kinds = create_nodes(api, nodes, work)
@@ -933,8 +909,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="rounds of every configuration, interleaved")
     p.add_argument("--mix", default="mixed", choices=MIXES)
     p.add_argument("--configs", default=",".join(CONFIGS),
-                   help="none, null, gpupack (and nulltop: the null extender's filter answers only --top names), "
-                        "run in this order in every round")
+                   help="none, null, gpupack (and nulltop: the null extender's filter answers only --top names; "
+                        "gpupackall: gpupack with --filter-top 0, every node that fits), run in this order in every round")
     p.add_argument("--top", type=int, default=50, help="names the nulltop configuration's filter answers")
     p.add_argument("--keep", action="store_true", help="leave the (last) cluster up until Ctrl-C, keep its folder")
     p.add_argument("--py-spy", default="", help="py-spy binary: profile gpupack-extender in its configurations")

@@ -64,6 +64,11 @@ class Decision:
         return list(itertools.compress(self.names, self.fits.tolist()))
 
 
+#: The default cap on the nodes filter lets a GPU pod through to (``--filter-top``); 0: none.
+#: Tens, not thousands: kube-scheduler then scores and sends prioritize only these (at 5,000
+#: nodes -15 ms of its CPU per pod, docs/extender.md); more than the nodes at the top levels.
+FILTER_TOP = 50
+
 #: Pods whose filter scores are remembered for their prioritize (kube-scheduler decides one
 #: pod at a time; a few more cover retries and a second profile).
 MEMO_PODS = 8
@@ -74,6 +79,9 @@ class _Memo:
     demand: PodDemand
     decision: Decision
     index: dict[str, int] | None = None  # node name -> position in the filter's list, on demand
+    # with a filter cap: each node's level among every node that fit (what prioritize would
+    # have ranked without the cap), by position in the filter's list; None without one
+    levels: numpy.ndarray[Any, Any] | None = None
 
     def positions(self, names: Sequence[str]) -> numpy.ndarray[Any, Any] | None:
         """Positions of ``names`` in the filter's list; None when one was not there."""
@@ -120,25 +128,55 @@ class Decider:
     """Filter, prioritize and preempt for one policy over one cache."""
 
     def __init__(self, cache: ClusterCache, policy: str = kernel.DEFAULT_POLICY, xp_name: str = "numpy",
-                 holds: bool = False) -> None:
+                 holds: bool = False, filter_top: int = 0) -> None:
         self.cache = cache
         self.policy = kernel.get_policy(policy)  # unknown names refused here, at start-up
         self.xp = kernel.namespace(xp_name)
         self.holds = holds  # prioritize leaves a provisional hold on the node it ranks first
+        if filter_top < 0:
+            raise ValueError(f"filter_top must be 0 (no cap) or more, got {filter_top}")
+        self.filter_top = filter_top  # filter lets through at most this many of a GPU pod's nodes; 0: all
         self._memo: collections.OrderedDict[str, _Memo] = collections.OrderedDict()
         self._memo_lock = threading.Lock()
 
     def filter(self, demand: PodDemand, names: Sequence[str]) -> Decision:
-        """:meth:`decide` with scores, remembered for the pod's :meth:`prioritize`."""
+        """:meth:`decide` with scores, remembered for the pod's :meth:`prioritize`. With
+        ``filter_top``, a GPU pod that fits more nodes than that is let through to the best
+        ``filter_top`` of them only (:meth:`_cap`)."""
         demand = self.cache.resolve_claims(demand)
         d = self.decide(demand, names, score=True, levels=False)  # prioritize ranks its own subset
+        levels = None
+        if self.filter_top and demand.wants_gpu and d.lead_raw is not None and int(d.fits.sum()) > self.filter_top:
+            d, levels = self._cap(d, demand)
         if demand.uid and d.lead_raw is not None:
             with self._memo_lock:
                 self._memo.pop(demand.uid, None)
-                self._memo[demand.uid] = _Memo(demand, d)
+                self._memo[demand.uid] = _Memo(demand, d, levels=levels)
                 while len(self._memo) > MEMO_PODS:
                     self._memo.popitem(last=False)
         return d
+
+    def _cap(self, d: Decision, demand: PodDemand) -> tuple[Decision, numpy.ndarray[Any, Any]]:
+        """The decision with only the ``filter_top`` best fitting nodes left fitting, and every
+        node's level among all that fit (by position in ``d.names``). The best: by that level,
+        then raw score, then their order in the list, so the node the levels name is always
+        among them. The
+        others are left out of the answer without a failure reason (kube-scheduler scores and
+        binds only among the nodes an extender's filter returns; a pod that fits nowhere gets
+        the full failure map as before, so preemption sees every node's reason)."""
+        at = numpy.flatnonzero(d.fits)
+        fitting = [d.names[i] for i in at.tolist()]
+        lead_raw = d.lead_raw
+        assert lead_raw is not None
+        raw = lead_raw[at]
+        level_fit = self._levels(raw, numpy.ones(at.shape[0], bool), fitting, self._names_one(demand))
+        # best level first (the named node alone at 10), then raw score; ties in list order
+        keep = at[numpy.lexsort((-raw, -level_fit))[: self.filter_top]]
+        fits = numpy.zeros_like(d.fits)
+        fits[keep] = True
+        levels = numpy.zeros(len(d.names), numpy.int64)
+        levels[at] = level_fit
+        return dataclasses.replace(d, fits=fits), levels
 
     def prioritize(self, demand: PodDemand, names: Sequence[str]) -> numpy.ndarray[Any, Any]:
         """0..10 per node of ``names``: from the pod's filter scores while the cache is unchanged
@@ -154,7 +192,10 @@ class Decider:
         if idx is not None and memo is not None and memo.decision.lead_raw is not None:
             raw = memo.decision.lead_raw[idx]
             fits = memo.decision.fits[idx]
-            level = self._levels(raw, fits, names, lead)
+            if memo.levels is not None:  # a capped filter: the levels among every node that fit, as uncapped
+                level = numpy.asarray(memo.levels[idx] * fits, dtype=numpy.int64)
+            else:
+                level = self._levels(raw, fits, names, lead)
         else:
             d = self.decide(demand, names, reasons=False)
             raw, fits, level = d.raw, d.fits, d.level

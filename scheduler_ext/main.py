@@ -19,7 +19,7 @@ from gpupack import kernel
 from scheduler_ext.binder import Binder, KubePodApi
 from scheduler_ext.ledger import KubeLedgerApi, Ledger
 from scheduler_ext.cache import HOLD_SECONDS, ClusterCache, from_snapshot
-from scheduler_ext.decide import Decider
+from scheduler_ext.decide import FILTER_TOP, Decider
 from scheduler_ext.metrics import Metrics
 from scheduler_ext.server import ExtenderApp, Limits, serve, tls_context
 from scheduler_ext.watch import DRA_KINDS, KINDS, KubeWatchSource, Syncer
@@ -95,6 +95,11 @@ def parser() -> argparse.ArgumentParser:
                    help="after prioritize, hold the devices a pod would get on the node ranked first for this "
                         "long or until its bind, so the next pods of a burst see them taken; 0: off; never on a "
                         "snapshot (env GPUPACK_EXTENDER_HOLD_SECONDS; default %(default)s)")
+    p.add_argument("--filter-top", type=int, default=int(_env("filter-top", str(FILTER_TOP))),
+                   help="filter lets a GPU pod through to at most this many nodes, the best by the policy (the "
+                        "node it names always among them), so kube-scheduler scores and the extender ranks tens "
+                        "of nodes instead of thousands; kube-scheduler's own preferences then choose among those "
+                        "only. 0: every node that fits (env GPUPACK_EXTENDER_FILTER_TOP; default %(default)s)")
     p.add_argument("--dra", action=argparse.BooleanOptionalAction, default=_flag(_env("dra", "false"), "dra"),
                    help="DRA awareness: also watch ResourceSlices, ResourceClaims, ResourceClaimTemplates and "
                         "DeviceClasses (resource.k8s.io/v1), score nodes of the gpupack DRA driver by their slices and "
@@ -209,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refusal:
         print(f"gpupack-extender: {refusal}", file=sys.stderr)
         return 2
+    if args.filter_top < 0:
+        print(f"gpupack-extender: --filter-top: expected 0 (no cap) or a number of nodes, got {args.filter_top}",
+              file=sys.stderr)
+        return 2
     try:
         host, port = _listen(args.listen)
         limits = Limits(max_body=args.max_body_bytes, read_timeout=args.read_timeout_seconds,
@@ -229,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 source.check_dra()  # one clear line now rather than a watch that fails forever
             Syncer(cache, source, on_listed=freeze_heap, kinds=KINDS + DRA_KINDS if args.dra else KINDS).start(stop)
         # a snapshot binds nothing, so a hold would only stand in the way of the next answers
-        decider = Decider(cache, args.policy, args.xp, holds=not args.snapshot and args.hold_seconds > 0)
+        decider = Decider(cache, args.policy, args.xp, holds=not args.snapshot and args.hold_seconds > 0,
+                          filter_top=args.filter_top)
         if not args.snapshot:
             ledger = Ledger(KubeLedgerApi(core, args.ledger_namespace), args.replica_name)
             binder = Binder(KubePodApi(core), cache, decider.policy, ledger)

@@ -8,7 +8,8 @@
 # that pins the staging modules, the Go toolchain); a program added to go.mod's tool block is
 # built alone into the same folder. The node agent is keyed by a hash of its sources and of
 # go.mod/go.sum, so editing it rebuilds only it (seconds, with Go's build cache warm).
-# Prints the cache folder (holding all six programs) on its last line.
+# Prints the cache folder (holding all six programs) on its last line; with --folder prints it
+# and builds nothing.
 # First build on 2 cores: see docs/e2e.md. GPUPACK_BIN_CACHE overrides ~/.cache/gpupack/bin.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -22,6 +23,8 @@ go_version="$(go env GOVERSION)"
 cp_key="$( { echo "$k8s_version $etcd_version $go_version"; sed -n '/^replace (/,/^)/p' "$gomod"; } | sha256sum | cut -c1-12)"
 root="${GPUPACK_BIN_CACHE:-$HOME/.cache/gpupack/bin}"
 cache="$root/k8s-$k8s_version-$cp_key"
+# --folder: only say where the binaries are (or would be), build nothing (bench/ uses this)
+if [[ ${1:-} == --folder ]]; then echo "$cache"; exit 0; fi
 agent_key="$(cat "$here/go/go.mod" "$here/go/go.sum" $(find "$here/go/nodeagent" -name '*.go' | sort) | sha256sum | cut -c1-16)"
 
 mkdir -p "$root"
