@@ -66,13 +66,19 @@ class Binder:
         self.policy = policy
         self.ledger: DeviceLedger = ledger if ledger is not None else ledger_mod.NoLedger()
 
-    def bind(self, args: ExtenderBindingArgs) -> str:
-        """Binds and returns "" or the error for ``ExtenderBindingResult.Error``."""
+    def bind(self, args: ExtenderBindingArgs, seen: KubeObject | None = None) -> str:
+        """Binds and returns "" or the error for ``ExtenderBindingResult.Error``. ``seen``: the
+        Pod as kube-scheduler sent it to filter or prioritize; when it is this pod (name,
+        namespace and uid), unbound, with a resourceVersion, it is not read again: the
+        annotation's patch is conditional on that resourceVersion, and a pod changed since gets
+        a conflict, is read and patched again (:meth:`_annotate`)."""
         ns, name, uid, node = args["PodNamespace"], args["PodName"], args["PodUID"], args["Node"]
-        try:
-            pod = self.api.read_pod(ns, name)
-        except Exception as err:  # the API's errors are many; the scheduler needs the text
-            return f"gpupack: reading pod {ns}/{name}: {err}"
+        pod = seen if _is_unbound(seen, ns, name, uid) else None
+        if pod is None:
+            try:
+                pod = self.api.read_pod(ns, name)
+            except Exception as err:  # the API's errors are many; the scheduler needs the text
+                return f"gpupack: reading pod {ns}/{name}: {err}"
         demand = pod_demand(pod)
         if uid and demand.uid and demand.uid != uid:
             return f"gpupack: pod {ns}/{name} has uid {demand.uid}, not {uid} (recreated?)"
@@ -173,6 +179,16 @@ class Binder:
             except Exception as err:
                 return f"gpupack: annotating pod {ns}/{name}: {err}"
         return f"gpupack: pod {ns}/{name} kept changing; gave up after {PATCH_RETRIES} conflicts"
+
+
+def _is_unbound(pod: KubeObject | None, namespace: str, name: str, uid: str) -> bool:
+    """Whether ``pod`` is the named pod with ``uid``, not bound to a node, with a resourceVersion."""
+    if not isinstance(pod, dict) or not uid:
+        return False
+    meta, spec = pod.get("metadata"), pod.get("spec")
+    return (isinstance(meta, dict) and isinstance(spec, dict) and meta.get("namespace") == namespace
+            and meta.get("name") == name and meta.get("uid") == uid and bool(meta.get("resourceVersion"))
+            and not spec.get("nodeName"))
 
 
 def _device_sets(assignment: contract.Assignment | None) -> dict[tuple[str, str], frozenset[str]]:

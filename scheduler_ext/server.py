@@ -14,6 +14,7 @@ wait to be accepted (docs/reliability.md).
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import dataclasses
 import http
@@ -218,6 +219,13 @@ class Raw(bytes):
     """JSON already encoded."""
 
 
+#: Pods kept from filter and prioritize for their bind (kube-scheduler binds a pod shortly after
+#: it prioritized it; binds of a burst run beside the next pods' filters).
+SEEN_PODS = 64
+#: Larger Pods are not kept (their bind reads them from the API): 64 x 256 KiB at most.
+SEEN_POD_BYTES = 256 * 1024
+
+
 class ExtenderApp:
     """The verbs, without HTTP."""
 
@@ -228,6 +236,9 @@ class ExtenderApp:
         self.metrics = metrics
         self.replica = ""  # this replica's name, shown by /readyz
         self._last_demand: tuple[bytes, PodDemand] | None = None
+        # the Pods kube-scheduler sent filter and prioritize, by uid (JSON), for their bind
+        self._seen: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._seen_lock = threading.Lock()
         self._routes: dict[str, Callable[[dict[str, Any]], Any]] = {
             "/filter": self.filter,
             "/prioritize": self.prioritize,
@@ -326,6 +337,12 @@ class ExtenderApp:
         # and its strings must not keep the memory of a large parsed body from going back
         demand = pod_demand(orjson.loads(text))
         self._last_demand = (text, demand)
+        if demand.uid and len(text) <= SEEN_POD_BYTES:
+            with self._seen_lock:
+                self._seen.pop(demand.uid, None)
+                self._seen[demand.uid] = text
+                while len(self._seen) > SEEN_PODS:
+                    self._seen.popitem(last=False)
         return demand
 
     def prioritize(self, args: dict[str, Any]) -> Raw:
@@ -356,7 +373,9 @@ class ExtenderApp:
         if self.binder is None:
             return {"Error": "gpupack: this extender runs on a snapshot and cannot bind"}
         held = self.cache.held(bargs["PodUID"])  # read before the bind replaces the hold
-        error = self.binder.bind(bargs)
+        with self._seen_lock:
+            text = self._seen.pop(bargs["PodUID"], None)
+        error = self.binder.bind(bargs, orjson.loads(text) if text is not None else None)
         if not error:
             self.metrics.binds.labels("no-hold" if not held else "held-node" if held == bargs["Node"] else "other-node").inc()
         return {"Error": error}

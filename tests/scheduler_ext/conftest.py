@@ -27,8 +27,10 @@ class FakePodApi:
         self.conflicts = conflicts  # how many patches to refuse with 409 first
         self.bindings: list[tuple[str, str, str]] = []
         self.patches = 0
+        self.reads = 0
 
     def read_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        self.reads += 1
         found = self.pods.get((namespace, name))
         if found is None:
             raise LookupError(f'pods "{name}" not found')

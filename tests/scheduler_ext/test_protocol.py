@@ -100,6 +100,35 @@ def test_bind_retries_a_conflict(app_parts: tuple[ClusterCache, FakePodApi, Exte
     assert api.bindings == [("default", "want1", "n-half")]
 
 
+def test_bind_uses_the_pod_filter_saw_and_reads_it_only_when_it_changed(
+    client: Client, app_parts: tuple[ClusterCache, FakePodApi, ExtenderApp]
+) -> None:
+    _, api, app = app_parts
+    want = api.read_pod("default", "want1")
+    api.reads = 0
+    status, _ = client.post("/filter", {"Pod": want, "Nodes": None, "NodeNames": NAMES})
+    assert status == 200
+    status, body = client.post("/bind", {"PodName": "want1", "PodNamespace": "default", "PodUID": "uid-want1", "Node": "n-half"})
+    assert (status, body) == (200, {"Error": ""}) and api.reads == 0 and api.patches == 1  # 4 API calls, not 5
+    assert api.bindings == [("default", "want1", "n-half")]
+    # the pod changed after filter saw it: the conditional patch conflicts, the pod is read, patched again
+    other = api.read_pod("default", "want1b")
+    client.post("/filter", {"Pod": other, "Nodes": None, "NodeNames": NAMES})
+    api.pods[("default", "want1b")]["metadata"]["resourceVersion"] = "7"
+    api.reads = 0
+    status, body = client.post("/bind", {"PodName": "want1b", "PodNamespace": "default", "PodUID": "uid-want1b", "Node": "n-empty"})
+    assert body == {"Error": ""} and api.reads == 1 and api.patches == 2
+    # a seen pod is used once, and only for the same name, namespace and uid
+    assert app.binder is not None
+    seen = api.read_pod("default", "want2")
+    api.reads = 0
+    for wrong in ({"uid": "uid-other"}, {"name": "want1"}, {"namespace": "kube-system"}, {"resourceVersion": ""}):
+        bad = json.loads(json.dumps(seen))
+        bad["metadata"].update(wrong)
+        app.binder.bind({"PodName": "want2", "PodNamespace": "default", "PodUID": "uid-want2", "Node": "n-full"}, bad)
+    assert api.reads == 4
+
+
 def test_preempt_returns_victims_that_free_the_shape(client: Client) -> None:
     # the scheduler proposes no victim on n-full (it cannot see GPUs); pod "a" holds both GPUs
     # and has lower priority than the preemptor (100 > 0)
