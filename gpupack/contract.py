@@ -101,6 +101,13 @@ def replica_of(device_id: str) -> int | None:
 INVENTORY_ANNOTATION = "gpupack.io/inventory"
 DEVICES_ANNOTATION = "gpupack.io/devices"
 GPU_MEMORY_ANNOTATION = "gpupack.io/gpu-memory"
+#: Placement ahead of kube-scheduler (``--placement gate``, scheduler_ext/placement.py): a pod
+#: created with this scheduling gate is left alone by kube-scheduler until gpupack has chosen
+#: its node and devices, pinned it there by node affinity and removed the gate.
+PLACEMENT_GATE = "gpupack.io/placement"
+#: The node gpupack pinned a gated pod to (with its devices annotation), before kube-scheduler
+#: binds it there; counted on that node from then on.
+PLACED_ANNOTATION = "gpupack.io/placed-on"
 
 LABEL_PREFIX = "gpupack.io/"
 LABEL_VENDOR = "gpupack.io/gpu.vendor"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from gpupack import contract
@@ -55,6 +55,10 @@ class DeviceLedger(Protocol):
     def claim(self, node: str, uid: str, pod: str, devices: contract.Assignment, memory_mib: int,
               superseded: Callable[[str, ledger_mod.Claim], bool] = ...) -> ledger_mod.Outcome: ...
 
+    def claim_all(self, node: str, wanted: Mapping[str, tuple[str, contract.Assignment, int]],
+                  superseded: Callable[[str, ledger_mod.Claim], bool] = ...,
+                  any_replica: bool = ...) -> ledger_mod.Outcome: ...
+
     def release(self, node: str, uid: str) -> None: ...
 
 
@@ -92,13 +96,13 @@ class Binder:
                 return error
             error = self._annotate(ns, name, pod, assignment)
             if error:
-                self._unclaim(demand.uid, node)
+                self.unclaim(demand.uid, node)
                 return error
         try:
             self.api.create_binding(ns, name, demand.uid or uid, node)
         except Exception as err:
             if demand.wants_gpu:
-                self._unclaim(demand.uid, node)
+                self.unclaim(demand.uid, node)
             else:
                 self.cache.release(demand.uid)
             return f"gpupack: binding {ns}/{name} to {node}: {err}"
@@ -127,7 +131,7 @@ class Binder:
             if assignment is None:
                 return None, f"gpupack: no room left on {node} for {pod} (taken by a concurrent bind?)"
             outcome = self.ledger.claim(node, demand.uid, pod, assignment, demand.memory_mib,
-                                        superseded=lambda uid, claim: self._superseded(uid, node, claim))
+                                        superseded=lambda uid, claim: self.superseded(uid, node, claim))
             if outcome.ok:
                 return assignment, ""
             self.cache.release(demand.uid)
@@ -136,10 +140,10 @@ class Binder:
             for uid, claim in outcome.taken.items():
                 log.debug("%s: devices %s on %s are claimed by %s (replica %s); choosing again",
                           pod, sorted(claim.ids()), node, claim.pod, claim.replica or "?")
-                self._count_claim(uid, node, claim)
+                self.count_claim(uid, node, claim)
         return None, f"gpupack: the devices on {node} kept being claimed by other replicas; {pod} is retried"
 
-    def _superseded(self, uid: str, node: str, claim: ledger_mod.Claim) -> bool:
+    def superseded(self, uid: str, node: str, claim: ledger_mod.Claim) -> bool:
         """Whether the watch shows pod ``uid`` bound to ``node`` with other devices than it claimed
         (the kubelet gave it others and the plugin corrected its annotation)."""
         known = self.cache.pod(uid)
@@ -147,7 +151,7 @@ class Binder:
             return False
         return _device_sets(known.demand.assignment) != _device_sets(claim.devices)
 
-    def _count_claim(self, uid: str, node: str, claim: ledger_mod.Claim) -> None:
+    def count_claim(self, uid: str, node: str, claim: ledger_mod.Claim) -> None:
         """Counts another replica's claim in this cache until the pod's own events arrive."""
         known = self.cache.pod(uid)
         if known is not None and not known.reserved:
@@ -158,7 +162,7 @@ class Binder:
         other = PodDemand(uid, namespace, name, "", asks, claim.memory_mib, 0, False, None)
         self.cache.reserve(other, node, claim.devices, provisional=True)
 
-    def _unclaim(self, uid: str, node: str) -> None:
+    def unclaim(self, uid: str, node: str) -> None:
         self.cache.release(uid)
         self.ledger.release(node, uid)
 
@@ -216,6 +220,20 @@ class KubePodApi:
             ledger_mod.finish(self.core.patch_namespaced_pod(name, namespace, body, _preload_content=False))
         except ApiException as err:
             if err.status == 409:
+                raise Conflict(str(err.reason)) from err
+            raise
+
+    def json_patch_pod(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
+        """A JSON patch of the pod (:class:`scheduler_ext.placement.PlacementApi`); a failed
+        ``test`` (HTTP 422 naming it) or a conflict raises :class:`Conflict`."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            ledger_mod.finish(self.core.patch_namespaced_pod(name, namespace, ops, _preload_content=False,
+                                                             _content_type="application/json-patch+json"))
+        except ApiException as err:
+            if err.status == 409 or (err.status == 422 and b"test" in (err.body or b"" if isinstance(err.body, bytes)
+                                                                       else str(err.body or "").encode())):
                 raise Conflict(str(err.reason)) from err
             raise
 

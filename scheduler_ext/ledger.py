@@ -150,9 +150,23 @@ class Ledger:
         another live pod and the write won; otherwise the claims that hold them. Claims for
         which ``superseded(uid, claim)`` is true (see the module's doc) neither hold devices nor
         are written back."""
+        return self.claim_all(node, {uid: (pod, devices, memory_mib)}, superseded)
+
+    def claim_all(self, node: str, wanted: Mapping[str, tuple[str, contract.Assignment, int]],
+                  superseded: Callable[[str, Claim], bool] = lambda uid, claim: False,
+                  any_replica: bool = True) -> Outcome:
+        """:meth:`claim` for several pods on one node in one write (``wanted``: uid -> (pod,
+        devices, memory hint)), all or none: ok, or the other claims that hold some of the
+        devices (``taken``). The pods must not ask for one device twice among themselves (the
+        caller chose them together, from one cache). A pod's own earlier claim is replaced
+        when this replica wrote it, or with ``any_replica`` when any did (a bind kube-scheduler
+        retries through another replica); without it another replica's claim for the same pod
+        holds its devices like any other (gate mode, where replicas place the same pod at once
+        and only one patch wins)."""
         name = ledger_name(node)
-        mine = Claim(pod, devices, memory_mib, self.clock(), self.replica)
-        wanted = mine.ids()
+        at = self.clock()
+        mine = {uid: Claim(pod, devices, memory, at, self.replica) for uid, (pod, devices, memory) in wanted.items()}
+        ids = {d for c in mine.values() for d in c.ids()}
         guess = self._known.pop(name, None)
         for _ in range(WRITE_RETRIES + (guess is not None)):
             try:
@@ -160,15 +174,17 @@ class Ledger:
                 guess = None
                 now = self.clock()
                 live = self._live(found[0] if found else {}, now)
-                live.pop(uid, None)  # this pod's own earlier claim (a retried bind) is replaced
+                for uid in mine:  # these pods' own earlier claims (a retried bind) are replaced
+                    if uid in live and (any_replica or live[uid].replica == self.replica):
+                        del live[uid]
                 live = {u: c for u, c in live.items() if not superseded(u, c)}
-                taken = {u: c for u, c in live.items() if c.ids() & wanted}
+                taken = {u: c for u, c in live.items() if c.ids() & ids}
                 if taken:
                     if guessed:
                         continue  # the guess may be old: only what the API says now counts
                     return Outcome(False, taken)
                 data = {u: c.encode() for u, c in live.items()}
-                data[uid] = dataclasses.replace(mine, at=now).encode()
+                data.update({uid: dataclasses.replace(c, at=now).encode() for uid, c in mine.items()})
                 version = self.api.create(name, data) if found is None else self.api.replace(name, data, found[1])
                 if version is not None:
                     self._remember(name, data, version)
@@ -213,6 +229,11 @@ class NoLedger:
 
     def claim(self, node: str, uid: str, pod: str, devices: contract.Assignment, memory_mib: int,
               superseded: Callable[[str, Claim], bool] = lambda uid, claim: False) -> Outcome:
+        return Outcome(True)
+
+    def claim_all(self, node: str, wanted: Mapping[str, tuple[str, contract.Assignment, int]],
+                  superseded: Callable[[str, Claim], bool] = lambda uid, claim: False,
+                  any_replica: bool = True) -> Outcome:
         return Outcome(True)
 
     def release(self, node: str, uid: str) -> None:

@@ -15,7 +15,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from gpupack import kernel
+from gpupack import contract, kernel
+from scheduler_ext import placement
 from scheduler_ext.binder import Binder, KubePodApi
 from scheduler_ext.ledger import KubeLedgerApi, Ledger
 from scheduler_ext.cache import HOLD_SECONDS, ClusterCache, from_snapshot
@@ -100,6 +101,16 @@ def parser() -> argparse.ArgumentParser:
                         "node it names always among them), so kube-scheduler scores and the extender ranks tens "
                         "of nodes instead of thousands; kube-scheduler's own preferences then choose among those "
                         "only. 0: every node that fits (env GPUPACK_EXTENDER_FILTER_TOP; default %(default)s)")
+    p.add_argument("--placement", default=_env("placement", "extender"), choices=["extender", "gate"],
+                   help="extender: kube-scheduler asks gpupack about each GPU pod (filter, prioritize, bind). gate: "
+                        "kube-scheduler runs without the extender and gpupack places pods created with the scheduling "
+                        f"gate {contract.PLACEMENT_GATE} ahead of it (pins each to its node and devices, then removes "
+                        "the gate); see docs/extender.md, 'Gate mode' (env GPUPACK_EXTENDER_PLACEMENT; default %(default)s)")
+    p.add_argument("--placement-patience-seconds", type=float,
+                   default=float(_env("placement-patience-seconds", str(placement.PATIENCE_SECONDS))),
+                   help="gate mode: a gated pod no node has room for is handed to kube-scheduler as it is after this "
+                        "long, so preemption and the cluster autoscaler see it "
+                        "(env GPUPACK_EXTENDER_PLACEMENT_PATIENCE_SECONDS; default %(default)s)")
     p.add_argument("--dra", action=argparse.BooleanOptionalAction, default=_flag(_env("dra", "false"), "dra"),
                    help="DRA awareness: also watch ResourceSlices, ResourceClaims, ResourceClaimTemplates and "
                         "DeviceClasses (resource.k8s.io/v1), score nodes of the gpupack DRA driver by their slices and "
@@ -214,6 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refusal:
         print(f"gpupack-extender: {refusal}", file=sys.stderr)
         return 2
+    if args.placement == "gate" and args.snapshot:
+        print("gpupack-extender: --placement gate places pods through the API; it cannot serve a --snapshot",
+              file=sys.stderr)
+        return 2
     if args.filter_top < 0:
         print(f"gpupack-extender: --filter-top: expected 0 (no cap) or a number of nodes, got {args.filter_top}",
               file=sys.stderr)
@@ -236,13 +251,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             source = KubeWatchSource(core, _resource_v1() if args.dra else None)
             if args.dra:
                 source.check_dra()  # one clear line now rather than a watch that fails forever
-            Syncer(cache, source, on_listed=freeze_heap, kinds=KINDS + DRA_KINDS if args.dra else KINDS).start(stop)
         # a snapshot binds nothing, so a hold would only stand in the way of the next answers
         decider = Decider(cache, args.policy, args.xp, holds=not args.snapshot and args.hold_seconds > 0,
                           filter_top=args.filter_top)
         if not args.snapshot:
             ledger = Ledger(KubeLedgerApi(core, args.ledger_namespace), args.replica_name)
-            binder = Binder(KubePodApi(core), cache, decider.policy, ledger)
+            pods = KubePodApi(core)
+            binder = Binder(pods, cache, decider.policy, ledger)
+            sink: ClusterCache | placement.Tee = cache
+            if args.placement == "gate":
+                controller = placement.PlacementController(cache, decider, binder, pods,
+                                                           patience=args.placement_patience_seconds)
+                sink = placement.Tee(cache, controller)
+                threading.Thread(target=controller.run, args=(stop,), name="placement", daemon=True).start()
+            Syncer(sink, source, on_listed=freeze_heap, kinds=KINDS + DRA_KINDS if args.dra else KINDS).start(stop)
     except (ValueError, OSError) as err:
         print(f"gpupack-extender: {err}", file=sys.stderr)
         return 2
@@ -251,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv, thread = serve(app, host, port, tls, limits=limits)
     log.info("serving on %s:%d (policy %s, xp %s, %s)", *srv.server_address[:2], args.policy, args.xp,
              f"snapshot {args.snapshot}" if args.snapshot else
-             "watching the API" + (" with DRA awareness" if args.dra else ""))
+             "watching the API" + (" with DRA awareness" if args.dra else "")
+             + (f"; placing pods gated by {contract.PLACEMENT_GATE} ahead of kube-scheduler"
+                if args.placement == "gate" else ""))
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stop.wait()

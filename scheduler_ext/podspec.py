@@ -86,7 +86,7 @@ class PodDemand:
     uid: str
     namespace: str
     name: str
-    node: str  # spec.nodeName, "" when not bound
+    node: str  # spec.nodeName, or the node gpupack pinned it to (placed_node); "" when neither
     asks: tuple[ContainerAsk, ...]
     memory_mib: int  # per unit, from the gpupack.io/gpu-memory hint; 0 = none
     priority: int
@@ -244,6 +244,36 @@ def pinned_products(spec: dict[str, Any]) -> frozenset[str]:
     return out or frozenset({""})  # pinned to nothing that exists: no node has the label ""
 
 
+def pinned_to(spec: dict[str, Any]) -> frozenset[str] | None:
+    """The node names a pod's required node affinity allows by ``metadata.name In`` fields in
+    every term (the terms are ORed: the union), or None when some term names none."""
+    required = _dict(_dict(_dict(spec.get("affinity")).get("nodeAffinity")).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"))
+    terms = required.get("nodeSelectorTerms")
+    if not isinstance(terms, list) or not terms:
+        return None
+    union: set[str] = set()
+    for term in terms:
+        names = [v for f in (_dict(term).get("matchFields") or []) if isinstance(f, dict)
+                 and f.get("key") == "metadata.name" and f.get("operator") == "In"
+                 for v in (f.get("values") or []) if isinstance(v, str)]
+        if not names:
+            return None
+        union.update(names)
+    return frozenset(union)
+
+
+def placed_node(spec: dict[str, Any], annotations: dict[str, Any]) -> str:
+    """The node gpupack's placement controller pinned this unbound pod to, or "": its
+    ``gpupack.io/placed-on`` annotation, believed only when the pod's required node affinity
+    allows that node alone (so kube-scheduler can put it nowhere else: an annotation written
+    by anyone else on a free-to-go pod reserves nothing)."""
+    node = annotations.get(contract.PLACED_ANNOTATION)
+    if not isinstance(node, str) or not node or spec.get("nodeName"):
+        return ""
+    return node if pinned_to(spec) == frozenset({node}) else ""
+
+
 def pod_requests(spec: dict[str, Any]) -> tuple[int, int]:
     """``(cpu millicores, memory MiB)`` of a pod as kube-scheduler counts them: the sum over
     its containers, or the largest init container when that is larger, plus ``overhead``.
@@ -374,7 +404,7 @@ def pod_demand(pod: KubeObject) -> PodDemand:
         uid=str(meta.get("uid", "")),
         namespace=str(meta.get("namespace", "default")),
         name=str(meta.get("name", "")),
-        node=str(spec.get("nodeName") or ""),
+        node=str(spec.get("nodeName") or "") or placed_node(spec, annotations),
         asks=tuple(asks),
         memory_mib=memory,
         priority=priority,

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from scheduler_ext.cache import DRA_KINDS, ClusterCache
@@ -49,12 +49,25 @@ class Backoff:
     factor: float = 2.0
 
 
+class Sink(Protocol):
+    """Where the watch's objects go: a :class:`ClusterCache`, or in gate mode the
+    :class:`scheduler_ext.placement.Tee` in front of it."""
+
+    def replace_nodes(self, nodes: Iterable[KubeObject]) -> None: ...
+
+    def replace_pods(self, pods: Iterable[KubeObject]) -> None: ...
+
+    def replace_kind(self, kind: str, items: Iterable[KubeObject]) -> None: ...
+
+    def apply_event(self, event: Mapping[str, Any], kind: str = "") -> None: ...
+
+
 class Syncer:
     """Keeps ``cache`` in step with the API; ``wait(stop, seconds)`` is injectable for tests."""
 
     def __init__(
         self,
-        cache: ClusterCache,
+        cache: ClusterCache | Sink,
         source: WatchSource,
         backoff: Backoff = Backoff(),
         wait: Callable[[threading.Event, float], None] | None = None,

@@ -104,6 +104,9 @@ class ClusterCache:
     def all_rows(self) -> tuple[kslots.Slots, list[str]]:
         return self._candidates.all_rows()
 
+    def node_names(self) -> list[str]:
+        return self._candidates.node_names()
+
     def node(self, name: str) -> NodeState | None:
         return self._state.node(name)
 

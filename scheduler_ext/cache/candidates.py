@@ -85,6 +85,7 @@ class Candidates:
         self._holds = holds
         self.keep_rows_from = keep_rows_from
         self._lists: list[CandidateList] = []  # recent candidate lists, newest first
+        self._names: tuple[int, list[str]] | None = None  # node_names(): (node generation, names)
         state.row_written = self._changed
         state.arrays_replaced = self._drop_copies
 
@@ -196,6 +197,15 @@ class Candidates:
             names = sorted(nodes)
             idx = numpy.asarray([nodes[n].row for n in names], dtype=numpy.int64)
             return self._state.arrays.rows(idx), names
+
+    def node_names(self) -> list[str]:
+        """Every known node's name, sorted; the same list object while no node is added or
+        removed (so a caller that decides over all nodes again and again hits the kept copy).
+        Callers must not change it."""
+        with self._lock:
+            if self._names is None or self._names[0] != self._state.node_generation:
+                self._names = (self._state.node_generation, sorted(self._state.nodes))
+            return self._names[1]
 
     def _find(self, names: Sequence[str]) -> tuple[CandidateList, numpy.ndarray[Any, Any]]:
         """The candidate list of ``names`` and the positions in ``names`` of its rows; after its
