@@ -24,6 +24,10 @@ one cluster per node count:
      the certificates Job does), the chart's ServiceAccount token, RBAC and admission policies
      applied for real (``tests/e2e/accounts.py``), and kube-scheduler's ``tlsConfig`` with
      ``serverName`` the Service's name.
+   - ``gate``: the same ``gpupack-extender`` with ``GPUPACK_EXTENDER_PLACEMENT=gate``, a
+     kube-scheduler as in ``none``, and every pod created with the ``gpupack.io/placement``
+     scheduling gate (what the chart's webhook adds): gpupack pins each pod to its node and
+     devices and ungates it, kube-scheduler binds it.
 
    It creates ``--pods`` pending pods of ``--mix`` (4 threads), watches them (an API watch,
    no sleeps) until every one is bound, and measures pods/s from the first create to the
@@ -102,7 +106,7 @@ from tests.e2e import accounts  # noqa: E402
 from tests.e2e import cluster as harness  # noqa: E402
 from tests.e2e import workloads  # noqa: E402
 
-CONFIGS = ("none", "null", "gpupack")
+CONFIGS = ("none", "null", "gpupack", "gate")
 #: not in the default list: the null extender whose filter answers only its first --top names,
 #: and gpupack with --filter-top 0 (every node that fits, not the shipped cap)
 EXTRA_CONFIGS = ("nulltop", "gpupackall")
@@ -533,8 +537,8 @@ class Bench:
         c = json.loads(json.dumps(self.shipped))
         c["clientConnection"]["kubeconfig"] = str(self.cluster.scheduler_kubeconfig)
         c["leaderElection"] = {"leaderElect": False}
-        if config == "none":
-            del c["extenders"]
+        if config in ("none", "gate"):
+            del c["extenders"]  # gate: gpupack places ahead of kube-scheduler, which runs without it
             return c
         client = self.tls["client"]
         files = {"caFile": client / "ca.crt", "certFile": client / "tls.crt", "keyFile": client / "tls.key"}
@@ -576,7 +580,8 @@ class Bench:
         harness.wait_ready(proc, lambda: harness.http_ok(f"https://127.0.0.1:{port}/readyz", ctx), "null extender /readyz")
         return proc
 
-    def start_gpupack(self, port: int, tag: str, stack: contextlib.ExitStack, filter_top: int | None = None) -> harness.Process:
+    def start_gpupack(self, port: int, tag: str, stack: contextlib.ExitStack, filter_top: int | None = None,
+                      gate: bool = False) -> harness.Process:
         """As tests/e2e/test_extender_tls.py's start_extender (copied, not imported: its token pod
         is unbound, and this benchmark's own kube-scheduler would schedule it): the Deployment's
         environment with the Secret's files, a token of the Deployment's ServiceAccount bound
@@ -593,6 +598,8 @@ class Bench:
         env["GPUPACK_EXTENDER_LISTEN"] = f"127.0.0.1:{port}"
         if filter_top is not None:
             env["GPUPACK_EXTENDER_FILTER_TOP"] = str(filter_top)
+        if gate:
+            env["GPUPACK_EXTENDER_PLACEMENT"] = "gate"
         token = stack.enter_context(accounts.pod_token(self.cluster, deployment["serviceAccountName"],
                                                        f"bench-extender-{tag}", node=next(iter(self.nodes))))
         kubeconfig = accounts.token_kubeconfig(self.cluster, token, self.work / f"extender-{tag}.kubeconfig")
@@ -615,13 +622,18 @@ class Bench:
     def run(self, config: str, round_no: int) -> Result:
         tag = f"{config}-r{round_no}"
         pods = make_pods(self.args.mix, self.args.pods, seed=round_no)
+        if config == "gate":
+            for pod in pods:  # as the chart's admission webhook does: pods that ask for a GPU
+                if pod["metadata"]["labels"]["bench"] != "cpu":
+                    pod["spec"]["schedulingGates"] = [{"name": contract.PLACEMENT_GATE}]
         port = harness.free_port()
         with contextlib.ExitStack() as stack:
             extender = None
             if config in ("null", "nulltop"):
                 extender = self.start_null(port, tag, self.args.top if config == "nulltop" else 0)
-            elif config in ("gpupack", "gpupackall"):
-                extender = self.start_gpupack(port, tag, stack, 0 if config == "gpupackall" else None)
+            elif config in ("gpupack", "gpupackall", "gate"):
+                extender = self.start_gpupack(port, tag, stack, 0 if config == "gpupackall" else None,
+                                              gate=config == "gate")
             stack.callback(self.cluster.drop, extender)
             scheduler = self.start_scheduler(config, port, tag)
             stack.callback(self.cluster.drop, scheduler)
@@ -631,7 +643,7 @@ class Bench:
             if extender is not None and extender.proc is not None:
                 pids["extender"] = extender.proc.pid
             profiler, out = None, None
-            if config in ("gpupack", "gpupackall") and self.args.py_spy:
+            if config in ("gpupack", "gpupackall", "gate") and self.args.py_spy:
                 self.args.profile_dir.mkdir(parents=True, exist_ok=True)
                 out = self.args.profile_dir / f"profile-{len(self.nodes)}-{tag}-{time.strftime('%H%M%S')}.txt"
                 profiler = subprocess.Popen([self.args.py_spy, "record", "--pid", str(pids["extender"]),
@@ -831,6 +843,10 @@ def table(results: list[Result], nodes: int) -> str:
             parts.append(f"gpupack/none {by['gpupack'].rate / by['none'].rate:.2f}")
         if "gpupack" in by and "null" in by and by["null"].rate:
             parts.append(f"gpupack/null {by['gpupack'].rate / by['null'].rate:.2f}")
+        if "gate" in by and "none" in by and by["none"].rate:
+            parts.append(f"gate/none {by['gate'].rate / by['none'].rate:.2f}")
+        if "gate" in by and "gpupack" in by and by["gpupack"].rate:
+            parts.append(f"gate/gpupack {by['gate'].rate / by['gpupack'].rate:.2f}")
         if "null" in by and "none" in by and by["none"].rate:
             parts.append(f"null/none {by['null'].rate / by['none'].rate:.2f}")
         if "nulltop" in by and "null" in by and by["null"].rate:
@@ -870,7 +886,7 @@ def run_node_count(args: argparse.Namespace, bin_dir: pathlib.Path, nodes: int, 
         cluster.start()
         api = Api(cluster)
         api.call("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
-        if {"gpupack", "gpupackall"} & set(args.configs):
+        if {"gpupack", "gpupackall", "gate"} & set(args.configs):
             accounts.apply_access_objects(cluster)  # the chart's RBAC and admission policies
         say(f"nodes {nodes}: creating the fleet ({', '.join(f'{k} {v}/8' for k, v in collections.Counter(FLEET).items())})")
         node_kinds = create_nodes(api, nodes, work)
@@ -909,7 +925,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="rounds of every configuration, interleaved")
     p.add_argument("--mix", default="mixed", choices=MIXES)
     p.add_argument("--configs", default=",".join(CONFIGS),
-                   help="none, null, gpupack (and nulltop: the null extender's filter answers only --top names; "
+                   help="none, null, gpupack, gate (gpupack placing gated pods ahead of a kube-scheduler without "
+                        "extenders; and nulltop: the null extender's filter answers only --top names; "
                         "gpupackall: gpupack with --filter-top 0, every node that fits), run in this order in every round")
     p.add_argument("--top", type=int, default=50, help="names the nulltop configuration's filter answers")
     p.add_argument("--keep", action="store_true", help="leave the (last) cluster up until Ctrl-C, keep its folder")

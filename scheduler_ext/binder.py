@@ -185,6 +185,17 @@ class Binder:
         return f"gpupack: pod {ns}/{name} kept changing; gave up after {PATCH_RETRIES} conflicts"
 
 
+def status_message(err: Any) -> str:
+    """The API server's own message in an ``ApiException`` (its Status body), else its reason:
+    one line for a log, not the client's dump of every header."""
+    body = getattr(err, "body", None)
+    try:
+        message = json.loads(body).get("message") if body else None
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or getattr(err, "reason", "") or err)
+
+
 def _is_unbound(pod: KubeObject | None, namespace: str, name: str, uid: str) -> bool:
     """Whether ``pod`` is the named pod with ``uid``, not bound to a node, with a resourceVersion."""
     if not isinstance(pod, dict) or not uid:
@@ -232,10 +243,10 @@ class KubePodApi:
             ledger_mod.finish(self.core.patch_namespaced_pod(name, namespace, ops, _preload_content=False,
                                                              _content_type="application/json-patch+json"))
         except ApiException as err:
-            if err.status == 409 or (err.status == 422 and b"test" in (err.body or b"" if isinstance(err.body, bytes)
-                                                                       else str(err.body or "").encode())):
-                raise Conflict(str(err.reason)) from err
-            raise
+            message = status_message(err)
+            if err.status == 409 or (err.status == 422 and "test" in message):
+                raise Conflict(message) from err
+            raise RuntimeError(f"HTTP {err.status}: {message}") from err
 
     def create_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
         body = {

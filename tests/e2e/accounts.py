@@ -100,6 +100,16 @@ def refusal(call: Callable[[], Any]) -> tuple[int, str]:
     raise AssertionError("the API server accepted a write it must refuse")
 
 
+def mutated(dry_run: Callable[[], bool], timeout_s: float = POLICY_READY_S) -> None:
+    """Waits until a new MutatingAdmissionPolicy is in force: ``dry_run`` creates an object as a
+    dry run and says whether admission changed it. The same readiness polling as :func:`enforced`."""
+    deadline = time.monotonic() + timeout_s
+    while not dry_run():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not mutated {timeout_s}s after the policy was applied")
+        time.sleep(0.2)
+
+
 def enforced(dry_run: Callable[[], Any], timeout_s: float = POLICY_READY_S) -> tuple[int, str]:
     """Waits until a write the policies refuse is refused, tried as a dry run (admission runs,
     nothing is stored); returns the refusal. The API server enforces a new

@@ -58,6 +58,8 @@ def apply_json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str
             if key not in parent:
                 raise ValueError(f"replace of missing {op['path']}")
             parent[key] = copy.deepcopy(op["value"])
+        elif op["op"] == "add" and isinstance(parent, list):
+            parent.insert(len(parent) if key == "-" else int(key), copy.deepcopy(op["value"]))
         elif op["op"] == "add":
             parent[key] = copy.deepcopy(op["value"])
         else:
