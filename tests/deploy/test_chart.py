@@ -30,6 +30,9 @@ SCHEDULER_CONFIG = REPO / "deploy" / "scheduler" / "kube-scheduler-config.yaml"
 
 Render = Callable[..., list[dict[str, Any]]]
 
+#: extender mode (the default on Kubernetes 1.36+ is gate mode: no extenders in the scheduler's profile)
+EXTENDER = ["--set", "extender.placement=extender"]
+
 MIG_TS_TLS = [
     "--set", "devicePlugin.migStrategy=mixed",
     "--set", "devicePlugin.timeSlicing.enabled=true",
@@ -148,7 +151,7 @@ def test_rbac_is_exactly_what_the_programs_use(render: Render) -> None:
 
 @pytest.mark.parametrize("values", [[], MIG_TS_TLS], ids=["defaults", "tls"])
 def test_scheduler_config_is_the_shared_one(render: Render, values: list[str]) -> None:
-    docs = render(*values)
+    docs = render(*values, *EXTENDER)
     rendered = yaml.safe_load(by_kind(docs, "ConfigMap")["gpupack-scheduler"]["data"]["kube-scheduler-config.yaml"])
     source = yaml.safe_load(SCHEDULER_CONFIG.read_text())
     ext, src_ext = rendered["extenders"][0], source["extenders"][0]
@@ -177,8 +180,47 @@ def test_scheduler_config_is_the_shared_one(render: Render, values: list[str]) -
         assert float(env["GPUPACK_EXTENDER_HOLD_SECONDS"]) == 5  # main's --hold-seconds parses it
 
 
+def scheduler_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(yaml.safe_load(by_kind(docs, "ConfigMap")["gpupack-scheduler"]["data"]["kube-scheduler-config.yaml"]))
+
+
+def extender_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    container = by_kind(docs, "Deployment")["gpupack-extender"]["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_gate_mode_is_the_default_from_kubernetes_1_36(render: Render, helm: str) -> None:
+    docs = render()
+    config = scheduler_config(docs)
+    source = yaml.safe_load(SCHEDULER_CONFIG.read_text())
+    assert "extenders" not in config  # kube-scheduler's batching stays on
+    assert config["profiles"][0]["plugins"] == source["profiles"][0]["plugins"]
+    assert config["profiles"][0]["schedulerName"] == "gpupack-scheduler"
+    env = extender_env(docs)
+    assert env["GPUPACK_EXTENDER_PLACEMENT"] == "gate" and float(env["GPUPACK_EXTENDER_PLACEMENT_PATIENCE_SECONDS"]) == 30
+    (policy,) = by_kind(docs, "MutatingAdmissionPolicy").values()
+    assert policy["spec"]["matchConditions"][0]["expression"] == "object.spec.?schedulerName.orValue('') == \"gpupack-scheduler\""
+    (binding,) = by_kind(docs, "MutatingAdmissionPolicyBinding").values()
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    # extender mode asked for: no gate policy, the extenders back
+    docs = render(*EXTENDER)
+    assert not by_kind(docs, "MutatingAdmissionPolicy") and scheduler_config(docs)["extenders"]
+    assert "GPUPACK_EXTENDER_PLACEMENT" not in extender_env(docs)
+
+
+def test_before_kubernetes_1_36_auto_is_extender_mode_and_gate_is_refused(helm: str) -> None:
+    proc = subprocess.run([helm, "template", "gpupack", str(CHART), "--namespace", "kube-system", "--kube-version",
+                           "1.35.0"], capture_output=True, text=True, timeout=120, check=True)
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if isinstance(d, dict)]
+    assert not by_kind(docs, "MutatingAdmissionPolicy") and scheduler_config(docs)["extenders"]
+    message = subprocess.run([helm, "template", "gpupack", str(CHART), "--kube-version", "1.35.0", "--set",
+                              "extender.placement=gate"], capture_output=True, text=True, timeout=120).stderr
+    assert "extender.placement=gate needs Kubernetes 1.36+" in message
+    assert "is not one of auto, extender, gate" in refused(helm, "--set", "extender.placement=webhook")
+
+
 def test_cpu_only_scoring_can_be_turned_off(render: Render) -> None:
-    docs = render("--set", "scheduler.scoreCpuOnlyPods=false", "--set", "scheduler.weight=3")
+    docs = render("--set", "scheduler.scoreCpuOnlyPods=false", "--set", "scheduler.weight=3", *EXTENDER)
     rendered = yaml.safe_load(by_kind(docs, "ConfigMap")["gpupack-scheduler"]["data"]["kube-scheduler-config.yaml"])
     (ext,) = rendered["extenders"]
     assert ext["filterVerb"] == "filter" and ext["weight"] == 3
@@ -331,7 +373,7 @@ def refused(helm: str, *args: str) -> str:
 
 
 def test_tls_can_be_turned_off(render: Render) -> None:
-    docs = render("--set", "tls.enabled=false")
+    docs = render("--set", "tls.enabled=false", *EXTENDER)
     rendered = yaml.safe_load(by_kind(docs, "ConfigMap")["gpupack-scheduler"]["data"]["kube-scheduler-config.yaml"])
     assert all(e["urlPrefix"].startswith("http://") and "tlsConfig" not in e for e in rendered["extenders"])
     assert not by_kind(docs, "Secret")
@@ -353,7 +395,7 @@ def test_unauthenticated_callers_only_when_the_operator_says_so(render: Render, 
 
 
 def test_the_scheduler_mounts_what_its_tls_config_names(render: Render) -> None:
-    docs = render()
+    docs = render(*EXTENDER)
     rendered = yaml.safe_load(by_kind(docs, "ConfigMap")["gpupack-scheduler"]["data"]["kube-scheduler-config.yaml"])
     pod = by_kind(docs, "Deployment")["gpupack-scheduler"]["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}

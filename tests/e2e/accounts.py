@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,6 +33,17 @@ POLICY_READY_S = 30.0
 def manifest_docs() -> list[dict[str, Any]]:
     return [d for p in sorted(MANIFESTS.glob("*.yaml")) if p.name != "kustomization.yaml"
             for d in yaml.safe_load_all(p.read_text()) if isinstance(d, dict)]
+
+
+def rendered_docs(*values: str) -> list[dict[str, Any]]:
+    """The chart as deploy/render.sh renders deploy/manifests (tls.certificates=job), with
+    ``values`` (``--set`` ...) on top: for a test of a mode the manifests do not ship."""
+    helm = subprocess.run(["bash", str(harness.REPO / "tools/helm/build.sh")], check=True, capture_output=True,
+                          text=True).stdout.strip().splitlines()[-1]
+    out = subprocess.run([helm, "template", "gpupack", str(harness.REPO / "deploy/helm/gpupack"), "--namespace",
+                          NAMESPACE, "--kube-version", "1.37.2", "--set", "tls.certificates=job", *values],
+                         check=True, capture_output=True, text=True).stdout
+    return [d for d in yaml.safe_load_all(out) if isinstance(d, dict)]
 
 
 def apply_access_objects(cluster: harness.Cluster) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Authenticated by default (issue 15, item 2): the real kube-scheduler schedules a GPU pod
 through an extender that serves TLS and demands its client certificate, everything as the
-shipped manifests (``deploy/manifests``, the chart rendered) configure it.
+shipped manifests (``deploy/manifests``, the chart rendered, in extender mode) configure it.
 
 1. The certificates Job's command (``gpupack-extender certs``, its arguments from the
    manifests) runs with a token of the Job's own ServiceAccount and makes the three Secrets;
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import http.client
 import json
 import pathlib
@@ -45,8 +46,14 @@ SERVICE_NAME = "gpupack-extender.kube-system.svc"
 SECRETS = ("gpupack-extender-ca", "gpupack-extender-tls", "gpupack-scheduler-client-tls")
 
 
+@functools.cache
+def extender_mode_docs() -> list[dict[str, Any]]:
+    """deploy/manifests as they would be in extender mode (they ship gate mode, Kubernetes 1.36+)."""
+    return accounts.rendered_docs("--set", "extender.placement=extender")
+
+
 def manifest(kind: str, name: str) -> dict[str, Any]:
-    (doc,) = [d for d in accounts.manifest_docs() if d["kind"] == kind and d["metadata"]["name"] == name]
+    (doc,) = [d for d in extender_mode_docs() if d["kind"] == kind and d["metadata"]["name"] == name]
     return doc
 
 

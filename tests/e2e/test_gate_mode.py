@@ -18,7 +18,6 @@ agent) gives it devices through the device plugin.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,13 +38,8 @@ GATE = contract.PLACEMENT_GATE
 
 def render_gate_policy(scheduler_name: str) -> list[dict[str, Any]]:
     """The chart's gate-mode admission policy for pods of ``scheduler_name``, as Helm renders it."""
-    helm = subprocess.run(["bash", str(harness.REPO / "tools/helm/build.sh")], check=True, capture_output=True,
-                          text=True).stdout.strip().splitlines()[-1]
-    out = subprocess.run([helm, "template", "gpupack", str(harness.REPO / "deploy/helm/gpupack"), "--namespace",
-                          accounts.NAMESPACE, "--kube-version", "1.37.2", "--set", "extender.placement=gate",
-                          "--set", f"scheduler.name={scheduler_name}", "--show-only", "templates/placement-gate.yaml"],
-                         check=True, capture_output=True, text=True).stdout
-    docs = [d for d in yaml.safe_load_all(out) if isinstance(d, dict)]
+    docs = [d for d in accounts.rendered_docs("--set", "extender.placement=gate", "--set", f"scheduler.name={scheduler_name}")
+            if d["kind"].startswith("MutatingAdmissionPolicy")]
     assert [d["kind"] for d in docs] == ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]
     return docs
 

@@ -9,7 +9,8 @@ ValidatingAdmissionPolicies.
   token), and there only gpupack.io/ labels and annotations: another node, a taint, a foreign
   label, a token without a node are refused; on pods it may change only gpupack.io/devices,
   and only of pods bound to its node;
-- extender: may change only the gpupack.io/devices annotation of a pod, and write only its
+- extender: may change only the gpupack.io/devices (and placed-on) annotation of a pod, its spec
+  only for gate mode's placement (tests/e2e/test_gate_mode.py), and write only its
   ledger ConfigMaps gpupack-node-<node> in its own namespace;
 - the certificates Job is covered by test_extender_tls.py, which runs it.
 """
@@ -135,7 +136,7 @@ def test_the_extender_changes_only_the_devices_annotation_and_its_ledgers(
                               {"metadata": {"finalizers": ["example.com/hold"]}},
                               {"spec": {"activeDeadlineSeconds": 1}}):
                 status, body = accounts.refusal(patch_pod(as_extender, namespace, forbidden))
-                assert status == 403 and "may change only the gpupack.io/devices annotation" in body, (forbidden, body)
+                assert status == 403 and "may change only" in body and "annotation" in body, (forbidden, body)
             # the binder's own patch, then the Binding: accepted
             pods = binder.KubePodApi(as_extender)
             rv = pods.read_pod(namespace, "target")["metadata"]["resourceVersion"]

@@ -79,3 +79,17 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- $root := index . 0 -}}
 system:serviceaccount:{{ $root.Release.Namespace }}:{{ include "gpupack.fullname" $root }}-{{ index . 1 }}
 {{- end -}}
+
+{{/* Where gpupack decides, from extender.placement: gate or extender (auto: gate from Kubernetes
+1.36 on, where MutatingAdmissionPolicy is GA; extender before). */}}
+{{- define "gpupack.placement" -}}
+{{- $p := .Values.extender.placement -}}
+{{- if not (has $p (list "auto" "extender" "gate")) -}}
+{{- fail (printf "extender.placement: %q is not one of auto, extender, gate" $p) -}}
+{{- end -}}
+{{- $served := semverCompare ">=1.36.0-0" .Capabilities.KubeVersion.Version -}}
+{{- if and (eq $p "gate") (not $served) -}}
+{{- fail (printf "extender.placement=gate needs Kubernetes 1.36+ (MutatingAdmissionPolicy v1); this cluster is %s: use extender.placement=extender (or auto)" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- if and .Values.extender.enabled (or (eq $p "gate") (and (eq $p "auto") $served)) -}}gate{{- else -}}extender{{- end -}}
+{{- end -}}
