@@ -61,7 +61,13 @@ class Events:
 
     def _demand(self, obj: KubeObject) -> podspec.PodDemand:
         d = pod_demand(obj)
-        return self.dra.bound_demand(d) if self.dra is not None else d
+        if self.dra is None:
+            return d
+        if d.node and not _dict(obj.get("spec")).get("nodeName") and self.dra.is_dra_node(d.node):
+            # placed by gate mode, not bound yet: its claims are not allocated, so what they ask
+            # is held on that node until kube-scheduler allocates them and binds the pod
+            return self.dra.resolve(d)
+        return self.dra.bound_demand(d)
 
     def apply_event(self, event: Mapping[str, Any], kind: str = "") -> None:
         """One watch event: ``{"type": ADDED|MODIFIED|DELETED, "object": Node or Pod}``;

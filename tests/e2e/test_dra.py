@@ -233,6 +233,38 @@ def test_a_burst_of_forty_gets_exactly_what_was_allocated(
     assert sorted(len(v) for v in used.values()) == [8] * 5, {n: len(v) for n, v in used.items()}
 
 
+def test_gate_mode_pins_claim_pods_and_kube_scheduler_allocates_there(
+    cluster: harness.Cluster, group: str, namespace: str
+) -> None:
+    """Gate mode on DRA nodes: the chart's admission policy gates claim pods, gpupack (``--dra``,
+    binpack) pins each to a node and ungates it, a kube-scheduler without extenders allocates
+    its claim there; the pods pack (4 + 2 on nodes of 4) and every container's CDI devices are
+    exactly its claim's allocation."""
+    from .test_gate_mode import gate_extender, gate_policy, plain_scheduler
+
+    scheduler = f"{group}-gate"
+    nodes = [cluster.add_dra_node(f"{group}-n{i}", group, workloads.nvswitch_machine(f"{group}-n{i}", count=4))
+             for i in range(2)]
+    for n in nodes:
+        n.wait_slices(lambda d: len(d) == 4, "4 GPUs in the slices")
+    cluster.resource.create_namespaced_resource_claim_template(namespace, claim_template(namespace, "one", WHOLE))
+    with gate_policy(cluster, namespace, scheduler), gate_extender(cluster, group, dra=True), \
+            plain_scheduler(cluster, scheduler):
+        names_ = [f"g{i}" for i in range(6)]
+        for pod_name in names_:
+            body = claim_pod(pod_name, group, "one")
+            body["spec"]["schedulerName"] = scheduler
+            cluster.core.create_namespaced_pod(namespace, body)
+        pods = cluster.wait_pods(namespace, workloads.all_running(namespace, names_), "6 gated claim pods Running",
+                                 timeout_s=180)
+    used = check_pods(cluster, pods)
+    assert sorted(len(v) for v in used.values()) == [2, 4], {n: len(v) for n, v in used.items()}
+    for pod in pods.values():
+        annotations = pod.metadata.annotations or {}
+        assert annotations[contract.PLACED_ANNOTATION] == pod.spec.node_name
+        assert contract.DEVICES_ANNOTATION not in annotations  # kube-scheduler's allocation is the truth
+
+
 def test_a_gpu_fault_taints_the_device_and_new_claims_avoid_it(
     cluster: harness.Cluster, group: str, namespace: str, tmp_path: pathlib.Path
 ) -> None:

@@ -63,18 +63,22 @@ def gate_policy(cluster: harness.Cluster, namespace: str, scheduler_name: str) -
 
 
 @contextlib.contextmanager
-def gate_extender(cluster: harness.Cluster, group: str) -> Iterator[harness.Process]:
+def gate_extender(cluster: harness.Cluster, group: str, dra: bool = False) -> Iterator[harness.Process]:
     """gpupack-extender in gate mode as the chart's ServiceAccount (its RBAC and policy applied),
-    with the binpack policy, whose placement of the wave is one answer (full first)."""
-    accounts.apply_access_objects(cluster)
+    with the binpack policy, whose placement of the wave is one answer (full first). With
+    ``dra``: DRA awareness, as the cluster admin (the default manifests grant no DRA kinds)."""
     with contextlib.ExitStack() as stack:
-        token = stack.enter_context(accounts.pod_token(cluster, "gpupack-extender", f"{group}-gate-extender"))
-        kubeconfig = accounts.token_kubeconfig(cluster, token, cluster.work / f"{group}-gate-extender.kubeconfig")
+        if dra:
+            kubeconfig = cluster.admin_kubeconfig
+        else:
+            accounts.apply_access_objects(cluster)
+            token = stack.enter_context(accounts.pod_token(cluster, "gpupack-extender", f"{group}-gate-extender"))
+            kubeconfig = accounts.token_kubeconfig(cluster, token, cluster.work / f"{group}-gate-extender.kubeconfig")
         port = harness.free_port()
         proc = harness.Process(f"gpupack-extender-gate-{group}", [
             harness.console_script("gpupack-extender"), f"--kubeconfig={kubeconfig}", f"--listen=127.0.0.1:{port}",
             "--allow-unauthenticated", "--placement=gate", "--policy=binpack", f"--placement-patience-seconds={PATIENCE_S}",
-            f"--ledger-namespace={accounts.NAMESPACE}"], cluster.logs)
+            *(["--dra"] if dra else []), f"--ledger-namespace={accounts.NAMESPACE}"], cluster.logs)
         cluster.processes.append(proc)
         stack.callback(cluster.processes.remove, proc)
         stack.callback(proc.stop)

@@ -218,6 +218,25 @@ def test_a_bound_pod_on_a_dra_node_counts_through_its_claim_only() -> None:
     assert int(rows.free[0, :8].sum()) == 7  # 8 - 1, not 8 - 2
 
 
+def test_a_pod_gate_mode_placed_on_a_dra_node_holds_what_its_claims_ask_until_bound() -> None:
+    """Placed (pinned, placed-on) but not bound, its claims not allocated yet: the GPUs its
+    template asks stay counted on that node, so the next placement does not take them."""
+    placed = claim_pod("p", templ="two")
+    placed["metadata"]["annotations"][contract.PLACED_ANNOTATION] = "n"
+    placed["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n"]}]}]}}}
+    templates = [template("two", {"exactly": {"deviceClassName": "gpu.gpupack.io", "count": 2}})]
+    cache = dra_cache(["n"], published("8gpu", "n"), templates=templates, pods=[placed])
+    rows, _ = cache.all_rows()
+    assert int(rows.free[0, :8].sum()) == 6
+    # bound, its claim allocated: counted through the claim alone
+    bound = claim_pod("p", claim_name="p-gpus", node_name="n")
+    cache.replace_kind("ResourceClaim", [claim("p-gpus", [result("n", "gpu-0"), result("n", "gpu-1")])])
+    cache.apply_event({"type": "MODIFIED", "object": bound}, "Pod")
+    rows, _ = cache.all_rows()
+    assert int(rows.free[0, :8].sum()) == 6
+
+
 # --- claims -> demand -----------------------------------------------------------------------------------
 
 
