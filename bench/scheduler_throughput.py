@@ -26,7 +26,7 @@ one cluster per node count:
      ``serverName`` the Service's name.
    - ``gate``: the same ``gpupack-extender`` with ``GPUPACK_EXTENDER_PLACEMENT=gate``, a
      kube-scheduler as in ``none``, and every pod created with the ``gpupack.io/placement``
-     scheduling gate (what the chart's webhook adds): gpupack pins each pod to its node and
+     scheduling gate (what the chart's admission policy adds): gpupack pins each pod to its node and
      devices and ungates it, kube-scheduler binds it.
 
    It creates ``--pods`` pending pods of ``--mix`` (4 threads), watches them (an API watch,
@@ -623,9 +623,8 @@ class Bench:
         tag = f"{config}-r{round_no}"
         pods = make_pods(self.args.mix, self.args.pods, seed=round_no)
         if config == "gate":
-            for pod in pods:  # as the chart's admission webhook does: pods that ask for a GPU
-                if pod["metadata"]["labels"]["bench"] != "cpu":
-                    pod["spec"]["schedulingGates"] = [{"name": contract.PLACEMENT_GATE}]
+            for pod in pods:  # as the chart's admission policy does: every pod of the gpupack scheduler
+                pod["spec"]["schedulingGates"] = [{"name": contract.PLACEMENT_GATE}]
         port = harness.free_port()
         with contextlib.ExitStack() as stack:
             extender = None

@@ -1,11 +1,11 @@
 """Placement ahead of kube-scheduler (``--placement gate``): gpupack decides, kube-scheduler binds.
 
 As an extender, gpupack is asked about every GPU pod over HTTP, and kube-scheduler turns its
-own batching off for a profile with extenders: at 5,000 nodes a null extender alone cuts its
-pods per second to a tenth (docs/extender.md). In gate mode kube-scheduler runs without an
-extender. A GPU pod is created with the scheduling gate :data:`~gpupack.contract.PLACEMENT_GATE`
-(its template says so, or the chart's admission webhook adds it, :mod:`scheduler_ext.admission`),
-and kube-scheduler leaves a gated pod alone. This controller sees those pods through the
+own batching off for a profile with extenders: at 5,000 nodes a null extender alone halves its
+pods per second (docs/extender.md). In gate mode kube-scheduler runs without an extender. A pod
+is created with the scheduling gate :data:`~gpupack.contract.PLACEMENT_GATE` (the chart's
+MutatingAdmissionPolicy gives it to every new pod of the gpupack scheduler, or its template
+says so), and kube-scheduler leaves a gated pod alone. This controller sees those pods through the
 extender's own watch (:class:`Tee`), and for each one, in queue order (priority, then age):
 
 1. decides its node with the same kernel, policy and cache as filter and prioritize (the node
@@ -21,11 +21,17 @@ kube-scheduler then schedules the pod onto that node, its one feasible node, and
 itself; the node's device plugin gives the annotated devices. From the patch on, the cache
 counts the pod on that node (:func:`scheduler_ext.podspec.placed_node`), whoever restarts.
 
+Every pod of the gpupack scheduler is gated, those without GPUs too (scored as extender mode's
+score-only entry scores them): pods that kube-scheduler placed meanwhile on their own could take
+the CPU a pin counted on. A node is a candidate only where kube-scheduler's filters would let
+the pod (taints, cordon, node selector and affinity: :mod:`scheduler_ext.nodefilter`) and its CPU
+and memory fit. A pod with what gpupack does not evaluate (required inter-pod affinity, a hard
+topology spread, a claimed volume, a host port, another extended resource) or with a request
+it cannot read is ungated as it is at once, with the reason logged.
+
 A pod that fits nowhere now stays gated and is tried again whenever the cache changes; after
 ``patience`` seconds it is handed to kube-scheduler as it is (the gate removed, nothing pinned),
-so that preemption and the cluster autoscaler, which both ignore gated pods, see it. A pod
-with no GPU, or with a request gpupack cannot read, is ungated as it is at once, with the
-reason logged. On a DRA node (GPUs in ResourceSlices) the pod is pinned and ungated, and
+so that preemption and the cluster autoscaler, which both ignore gated pods, see it. On a DRA node (GPUs in ResourceSlices) the pod is pinned and ungated, and
 kube-scheduler's DRA plugin allocates its claims there.
 
 The API is reached through :class:`PlacementApi` (one call) and the ledger's own interface, so
@@ -46,6 +52,7 @@ from typing import Any, Protocol
 import numpy
 
 from gpupack import contract
+from scheduler_ext import nodefilter
 from scheduler_ext.binder import Binder, Conflict
 from scheduler_ext.cache import ClusterCache
 from scheduler_ext.decide import Decider
@@ -294,20 +301,29 @@ class PlacementController:
 
     def _decide(self, w: _Waiting, names: list[str], now: float, generation: int) -> _Placed | None:
         pod = w.pod
+        spec = pod.get("spec") or {}
         demand = self.cache.resolve_claims(pod_demand(pod))
         where = f"{demand.namespace}/{demand.name}"
-        if demand.error or not demand.wants_gpu:
-            why = f"its request cannot be read ({demand.error})" if demand.error else "it asks for no GPU"
+        why = f"its request cannot be read ({demand.error})" if demand.error else ""
+        if not why and nodefilter.unsupported(spec):
+            why = f"it uses {nodefilter.unsupported(spec)}, which gate mode leaves to kube-scheduler"
+        if why:
             self._hand_over(w, f"pod {where}: {why}; handed to kube-scheduler as it is")
             return None
         decision = self.decider.decide(demand, names, score=True, reasons=False)
-        fits = numpy.flatnonzero(decision.fits)
+        # kube-scheduler will see one node only: it must pass its filters and hold the CPU and memory
+        ok = decision.fits & self.cache.eligible(nodefilter.pod_constraints(spec), names, demand.cpu_milli,
+                                                 demand.node_memory_mib)
+        fits = numpy.flatnonzero(ok)
         if fits.size:
             # the node the levels name first (alone at 10 for a packing policy), then raw score
             order = fits[numpy.lexsort((-decision.raw[fits], -decision.level[fits]))]
             for i in order[:TRIES].tolist():
                 node = names[i]
                 # reserved in the cache either way, so the pods after it see the devices taken
+                if not demand.wants_gpu:
+                    self.cache.reserve(demand, node, {})
+                    return _Placed(pod, demand, node, {})
                 assignment = self.cache.assign(demand, node, self.decider.policy)
                 if assignment is not None:
                     return _Placed(pod, demand, node, assignment, dra=self.cache.is_dra_node(node))
@@ -344,7 +360,7 @@ class PlacementController:
         for p in placed:
             by_node[p.node].append(p)
         for node, group in by_node.items():
-            claimable = [p for p in group if not p.dra]
+            claimable = [p for p in group if not p.dra and p.assignment]
             if claimable and not self._claim(node, claimable):
                 continue
             for p in group:
@@ -373,7 +389,7 @@ class PlacementController:
     def _patch(self, p: _Placed) -> None:
         where = f"{p.demand.namespace}/{p.demand.name}"
         try:
-            self.api.json_patch_pod(p.demand.namespace, p.demand.name, pin_patch(p.pod, p.node, None if p.dra else p.assignment, self.gate))
+            self.api.json_patch_pod(p.demand.namespace, p.demand.name, pin_patch(p.pod, p.node, p.assignment if p.assignment and not p.dra else None, self.gate))
         except Conflict:
             self._unclaim(p)
             self.stats.conflicts += 1
@@ -387,11 +403,11 @@ class PlacementController:
         devices = "; ".join(f"{c}: {', '.join(i for ids in per.values() for i in ids)}"
                             for c, per in sorted(p.assignment.items()))
         log.info("placed pod %s on %s (%s); kube-scheduler binds it there", where, p.node,
-                 "claims allocated there by kube-scheduler's DRA plugin" if p.dra else devices)
+                 "claims allocated there by kube-scheduler's DRA plugin" if p.dra else devices or "no GPU")
         self._done(p.pod)
 
     def _unclaim(self, p: _Placed) -> None:
-        if p.dra:
+        if p.dra or not p.assignment:
             self.cache.release(p.demand.uid)
         else:
             self.binder.unclaim(p.demand.uid, p.node)

@@ -39,9 +39,12 @@ from scheduler_ext.cache.holds import HOLD_SECONDS, Holds
 from scheduler_ext.cache.mix import (MIX_COVERAGE, MIX_MAX_SHAPES, MIX_MEMORY, MIX_REFRESH, MIX_TOLERANCE,
                                      ShapeMix, mix_distance)
 from scheduler_ext.cache.state import ClusterState, NodeState, PodRecord, Use
-from scheduler_ext import podspec
+from scheduler_ext import nodefilter, podspec
 from scheduler_ext.podspec import PodDemand
 from scheduler_ext.wire import KubeObject
+
+#: Pod shapes (selector, affinity, tolerations) whose node masks :meth:`ClusterCache.eligible` keeps.
+ELIGIBLE_SHAPES = 64
 
 __all__ = [
     "DRA_KINDS", "HOLD_SECONDS", "KEEP_ROWS_FROM", "MIX_COVERAGE", "MIX_MAX_SHAPES", "MIX_MEMORY", "MIX_REFRESH",
@@ -65,6 +68,7 @@ class ClusterCache:
         self._holds = Holds(self._state, clock, hold_seconds)
         self._candidates = Candidates(self._state, self._holds, keep_rows_from)
         self._shapes = ShapeMix(self._state)
+        self._eligible: dict[tuple[str, int, int, str], numpy.ndarray[Any, Any]] = {}  # eligible()'s masks
         self.resources = self._state.resources
         self.models = self._state.models
 
@@ -106,6 +110,31 @@ class ClusterCache:
 
     def node_names(self) -> list[str]:
         return self._candidates.node_names()
+
+    def eligible(self, constraints: nodefilter.PodConstraints, names: Sequence[str], cpu_milli: int = 0,
+                 memory_mib: int = 0) -> numpy.ndarray[Any, Any]:
+        """Per name: whether kube-scheduler's node filters would let the pod there (taints,
+        cordon, selector and required node affinity: :func:`scheduler_ext.nodefilter.allows`)
+        and its CPU and memory requests fit the node's free CPU and memory now. Gate mode pins
+        a pod ahead of kube-scheduler, so it must ask first. The filters' part is kept per pod
+        shape while no node's facts change (:data:`ELIGIBLE_SHAPES` of them)."""
+        st = self._state
+        with st.lock:
+            key = (constraints.key, st.facts_generation, len(names), names[0] if names else "")
+            mask = self._eligible.get(key)
+            if mask is None:
+                facts = st.facts
+                mask = numpy.fromiter((n in facts and nodefilter.allows(constraints, n, facts[n]) for n in names),
+                                      dtype=bool, count=len(names))
+                self._eligible[key] = mask
+                while len(self._eligible) > ELIGIBLE_SHAPES:
+                    self._eligible.pop(next(iter(self._eligible)))
+            rows = numpy.fromiter((st.row_of.get(n, -1) for n in names), dtype=numpy.int64, count=len(names))
+            known = rows >= 0
+            at = numpy.where(known, rows, 0)
+            a = st.arrays
+            room = known & (a.node_cpu_free[at] >= cpu_milli) & (a.node_memory_free[at] >= memory_mib)
+            return numpy.asarray(mask & room)
 
     def node(self, name: str) -> NodeState | None:
         return self._state.node(name)

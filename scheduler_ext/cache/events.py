@@ -15,7 +15,7 @@ from typing import Any
 
 from gpupack import contract, node_slots
 from gpupack.kernel import slots as kslots
-from scheduler_ext import dra, podspec
+from scheduler_ext import dra, nodefilter, podspec
 from scheduler_ext.cache.dra import KINDS as DRA_KINDS, DraObjects
 from scheduler_ext.cache.state import ClusterState
 from scheduler_ext.podspec import pod_demand
@@ -130,6 +130,7 @@ class Events:
             else:
                 self._annotations[name] = str(raw)
         slots, error = self._slots(name, raw)
+        self._state.put_facts(name, nodefilter.node_facts(obj))
         allocatable = _dict((obj.get("status") or {}).get("allocatable"))
         cpu = podspec.cpu_milli(allocatable["cpu"]) if "cpu" in allocatable else kslots.UNLIMITED
         mem = podspec.memory_mib(allocatable["memory"]) if "memory" in allocatable else kslots.UNLIMITED

@@ -34,6 +34,7 @@ import numpy
 from gpupack import contract, kernel, node_slots
 from gpupack.kernel import slots as kslots
 from scheduler_ext.podspec import PodDemand
+from scheduler_ext.nodefilter import NodeFacts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,9 @@ class ClusterState:
         self.row_written: Callable[[int], None] = _no_row
         self.arrays_replaced: Callable[[], None] = _nothing
         self.generation = 0  # bumped on every change, for callers that memoise
+        # what kube-scheduler's node filters read of each Node (gate mode: scheduler_ext/nodefilter.py)
+        self.facts: dict[str, NodeFacts] = {}
+        self.facts_generation = 0  # bumped when a node's facts change, or a node comes or goes
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -192,8 +196,16 @@ class ClusterState:
             self._ensure_width(len(slots))
             self._reapply(st)
 
+    def put_facts(self, name: str, facts: NodeFacts) -> None:
+        with self.lock:
+            if self.facts.get(name) != facts:
+                self.facts[name] = facts
+                self.facts_generation += 1
+
     def delete_node(self, name: str) -> None:
         with self.lock:
+            if self.facts.pop(name, None) is not None:
+                self.facts_generation += 1
             st = self.nodes.pop(name, None)
             self.row_of.pop(name, None)
             if st is None:

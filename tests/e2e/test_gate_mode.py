@@ -8,7 +8,7 @@ the gate; a kube-scheduler without extenders binds it; the kubelet's device mana
 agent) gives it devices through the device plugin.
 
 1. A wave of GPU pods packs onto one node (binpack), every container gets exactly its annotated devices,
-   and each pod is bound where it was pinned; a CPU-only pod is not gated at all.
+   and each pod is bound where it was pinned; a CPU-only pod is pinned too, with no devices.
 2. A pod that fits nowhere waits gated, then after the patience is handed to kube-scheduler as
    it is (no pin), which reports FailedScheduling.
 3. The admission policy lets the extender's account remove the gate only with a pin to the
@@ -131,8 +131,9 @@ def test_gated_pods_are_placed_packed_and_bound_where_pinned(cluster: harness.Cl
         names = [n for n, _ in wave]
         pods = cluster.wait_pods(namespace, workloads.all_running(namespace, [*names, "cpu"]),
                                  "the wave and the CPU pod Running", timeout_s=120)
-        assert not pods[f"{namespace}/cpu"].spec.scheduling_gates
-        assert not (pods[f"{namespace}/cpu"].metadata.annotations or {}).get(contract.PLACED_ANNOTATION)
+        cpu = pods[f"{namespace}/cpu"]  # gated and pinned too, with no devices
+        assert not cpu.spec.scheduling_gates and cpu.metadata.annotations[contract.PLACED_ANNOTATION] == cpu.spec.node_name
+        assert contract.DEVICES_ANNOTATION not in cpu.metadata.annotations
         gpu_pods = [pods[f"{namespace}/{n}"] for n in names]
         workloads.check_allocations(cluster, gpu_pods)  # each container got exactly its annotated GPUs
         for pod in gpu_pods:

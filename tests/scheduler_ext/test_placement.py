@@ -275,15 +275,69 @@ def test_patience_hands_the_pod_to_kube_scheduler_as_it_is() -> None:
     assert "schedulingGates" not in spec and "affinity" not in spec  # as it was, so preemption sees it
 
 
-def test_pods_without_gpus_or_readable_requests_are_ungated_as_they_are() -> None:
+def test_a_cpu_only_pod_is_pinned_without_devices_and_holds_its_cpu() -> None:
+    cluster = FakeCluster()
+    small = node("small", n=1)
+    small["status"]["allocatable"] = {"cpu": "4", "memory": "16Gi"}
+    big = node("big", n=1)
+    big["status"]["allocatable"] = {"cpu": "64", "memory": "256Gi"}
+    r = Replica(cluster, [small, big], FakeLedgerApi())
+    for name in ("c1", "c2"):
+        p = gated_pod(name)
+        p["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "3", "memory": "1Gi"}}
+        cluster.create(p)
+    assert r.controller.place_ready().placed == 2
+    bound = dict(cluster.schedule())
+    assert bound["c1"] != bound["c2"] or bound["c1"] == "big"  # never two 3-CPU pods on the 4-CPU node
+    assert all(contract.DEVICES_ANNOTATION not in p["metadata"]["annotations"] for p in cluster.pods.values())
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda p: p["metadata"]["annotations"].__setitem__(contract.GPU_MEMORY_ANNOTATION, "lots"), "cannot be read"),
+    (lambda p: p["spec"].__setitem__("volumes", [{"name": "cache", "persistentVolumeClaim": {"claimName": "c"}}]),
+     "persistentVolumeClaim"),
+    (lambda p: p["spec"].__setitem__("affinity", {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "kubernetes.io/hostname", "labelSelector": {}}]}}), "podAntiAffinity"),
+    (lambda p: p["spec"].__setitem__("topologySpreadConstraints", [{"maxSkew": 1, "topologyKey": "zone"}]),
+     "topology spread"),
+    (lambda p: p["spec"]["containers"][0].__setitem__("ports", [{"containerPort": 80, "hostPort": 80}]), "host port"),
+    (lambda p: p["spec"]["containers"][0]["resources"]["limits"].__setitem__("rdma/hca", "1"), "rdma/hca"),
+], ids=["unreadable", "pvc", "anti-affinity", "spread", "host-port", "other-resource"])
+def test_what_gate_mode_cannot_evaluate_is_handed_over_at_once(change: Any, reason: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     cluster = FakeCluster()
     r = Replica(cluster, [node("n1", n=1)], FakeLedgerApi())
-    cluster.create(gated_pod("cpu"))
-    bad = gated_pod("bad", gpus={GPU: 1})
-    bad["metadata"]["annotations"][contract.GPU_MEMORY_ANNOTATION] = "lots"
-    cluster.create(bad)
-    assert r.controller.place_ready().handed_over == 2
-    assert all("schedulingGates" not in p["spec"] and "affinity" not in p["spec"] for p in cluster.pods.values())
+    p = gated_pod("p", gpus={GPU: 1})
+    change(p)
+    cluster.create(p)
+    with caplog.at_level("INFO", logger="gpupack.placement"):
+        assert r.controller.place_ready().handed_over == 1
+    spec = cluster.pods[("default", "p")]["spec"]
+    assert "schedulingGates" not in spec and "nodeAffinity" not in (spec.get("affinity") or {})
+    assert reason in caplog.text and "handed to kube-scheduler as it is" in caplog.text
+
+
+def test_the_pin_respects_taints_selectors_and_cordons() -> None:
+    cluster = FakeCluster()
+    tainted, cordoned, other, fine = (node(n, n=4) for n in ("a-tainted", "b-cordoned", "c-other", "d-fine"))
+    tainted["spec"]["taints"] = [{"key": "dedicated", "value": "training", "effect": "NoSchedule"}]
+    cordoned["spec"]["unschedulable"] = True
+    for n in (tainted, cordoned, fine):
+        n["metadata"]["labels"] = {"pool": "inference"}
+    r = Replica(cluster, [tainted, cordoned, other, fine], FakeLedgerApi())
+    p = gated_pod("p", gpus={GPU: 1})
+    p["spec"]["nodeSelector"] = {"pool": "inference"}
+    cluster.create(p)
+    assert r.controller.place_ready().placed == 1
+    assert cluster.schedule() == [("p", "d-fine")]
+    q = gated_pod("q", gpus={GPU: 1})  # tolerates the taint: a-tainted sorts first and is as good
+    q["spec"]["tolerations"] = [{"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"}]
+    q["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["inference"]}],
+         "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["d-fine"]}]}]}}}
+    cluster.create(q)
+    assert r.controller.place_ready().placed == 2
+    assert cluster.schedule() == [("q", "a-tainted")]
 
 
 def test_a_pod_changed_under_the_patch_keeps_nothing_and_is_placed_from_its_next_version() -> None:

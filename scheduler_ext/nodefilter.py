@@ -1,0 +1,153 @@
+"""kube-scheduler's node filters that gate mode must apply itself, as pure functions.
+
+In extender mode kube-scheduler filters the nodes (taints, selectors, affinity, CPU and memory,
+...) before gpupack sees them. In gate mode gpupack pins a pod to one node ahead of
+kube-scheduler, so a pin kube-scheduler's filters would refuse leaves the pod pending there.
+This module answers, per pod and node, what kube-scheduler's NodeUnschedulable, TaintToleration
+and NodeAffinity filters would (NodeResourcesFit's CPU and memory are the cache's free CPU and
+memory, :meth:`scheduler_ext.cache.ClusterCache.eligible`), and names what it cannot evaluate
+(:func:`unsupported`): a pod with any of that is handed to kube-scheduler as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from gpupack import contract
+from scheduler_ext.wire import KubeObject
+
+#: The taint kube-scheduler's NodeUnschedulable filter stands for (a cordoned node).
+UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
+#: Pod volume kinds whose binding (VolumeBinding, VolumeZone, volume limits) needs kube-scheduler.
+BOUND_VOLUMES = ("persistentVolumeClaim", "ephemeral")
+#: Resources every node has that kube-scheduler fits and gpupack counts (or need not).
+PLAIN_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage", "pods"})
+
+
+def _dict(obj: Any) -> dict[str, Any]:
+    return obj if isinstance(obj, dict) else {}
+
+
+def _list(obj: Any) -> list[Any]:
+    return obj if isinstance(obj, list) else []
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeFacts:
+    """What the filters read of a Node."""
+
+    labels: Mapping[str, str]
+    taints: tuple[tuple[str, str, str], ...]  # (key, value, effect), NoSchedule and NoExecute only
+    unschedulable: bool
+
+
+def node_facts(node: KubeObject) -> NodeFacts:
+    meta, spec = _dict(node.get("metadata")), _dict(node.get("spec"))
+    labels = {str(k): str(v) for k, v in _dict(meta.get("labels")).items()}
+    taints = tuple((str(t.get("key", "")), str(t.get("value", "")), str(t.get("effect", "")))
+                   for t in _list(spec.get("taints")) if isinstance(t, dict)
+                   and t.get("effect") in ("NoSchedule", "NoExecute"))
+    return NodeFacts(labels, taints, bool(spec.get("unschedulable")))
+
+
+@dataclasses.dataclass(frozen=True)
+class PodConstraints:
+    """What a pod's spec says about nodes; ``key`` is its canonical JSON (for caching masks)."""
+
+    selector: tuple[tuple[str, str], ...]
+    terms: tuple[Any, ...]  # required node affinity terms, as JSON
+    tolerations: tuple[Any, ...]
+    key: str
+
+
+def pod_constraints(spec: Mapping[str, Any]) -> PodConstraints:
+    selector = tuple(sorted((str(k), str(v)) for k, v in _dict(spec.get("nodeSelector")).items()))
+    required = _dict(_dict(_dict(spec.get("affinity")).get("nodeAffinity")).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"))
+    terms = tuple(t for t in _list(required.get("nodeSelectorTerms")) if isinstance(t, dict))
+    tolerations = tuple(t for t in _list(spec.get("tolerations")) if isinstance(t, dict))
+    key = json.dumps([selector, terms, tolerations], sort_keys=True, separators=(",", ":"))
+    return PodConstraints(selector, terms, tolerations, key)
+
+
+def unsupported(spec: Mapping[str, Any]) -> str:
+    """What in the pod gate mode cannot evaluate ahead of kube-scheduler, or ""."""
+    affinity = _dict(spec.get("affinity"))
+    for kind in ("podAffinity", "podAntiAffinity"):
+        if _dict(affinity.get(kind)).get("requiredDuringSchedulingIgnoredDuringExecution"):
+            return f"required {kind}"
+    if any(isinstance(c, dict) and c.get("whenUnsatisfiable", "DoNotSchedule") == "DoNotSchedule"
+           for c in _list(spec.get("topologySpreadConstraints"))):
+        return "a topology spread constraint with whenUnsatisfiable: DoNotSchedule"
+    for v in _list(spec.get("volumes")):
+        kind = next((k for k in BOUND_VOLUMES if isinstance(v, dict) and k in v), "")
+        if kind:
+            return f"a {kind} volume"
+    for c in [*_list(spec.get("initContainers")), *_list(spec.get("containers"))]:
+        if not isinstance(c, dict):
+            continue
+        if any(isinstance(p, dict) and p.get("hostPort") for p in _list(c.get("ports"))):
+            return "a host port"
+        resources = _dict(c.get("resources"))
+        for r in [*_dict(resources.get("requests")), *_dict(resources.get("limits"))]:
+            if r not in PLAIN_RESOURCES and not r.startswith("hugepages-") and not contract.is_gpu_resource(str(r)):
+                return f"the resource {r}"
+    return ""
+
+
+def _requirement(req: Any, value: str | None) -> bool:
+    """One NodeSelectorRequirement against the node's value of its key (None: no such label)."""
+    if not isinstance(req, dict):
+        return False
+    op, values = req.get("operator"), [str(v) for v in _list(req.get("values"))]
+    if op == "In":
+        return value is not None and value in values
+    if op == "NotIn":
+        return value is None or value not in values
+    if op == "Exists":
+        return value is not None
+    if op == "DoesNotExist":
+        return value is None
+    if op in ("Gt", "Lt") and value is not None and len(values) == 1:
+        try:
+            have, bound = int(value), int(values[0])
+        except ValueError:
+            return False
+        return have > bound if op == "Gt" else have < bound
+    return False
+
+
+def _term(term: Mapping[str, Any], name: str, facts: NodeFacts) -> bool:
+    """A NodeSelectorTerm: its requirements ANDed; an empty term matches nothing."""
+    expressions, fields = _list(term.get("matchExpressions")), _list(term.get("matchFields"))
+    if not expressions and not fields:
+        return False
+    return (all(_requirement(e, facts.labels.get(str(_dict(e).get("key", "")))) for e in expressions)
+            and all(_dict(f).get("key") == "metadata.name" and _requirement(f, name) for f in fields))
+
+
+def _tolerated(taint: tuple[str, str, str], tolerations: tuple[Any, ...]) -> bool:
+    key, value, effect = taint
+    for t in tolerations:
+        if t.get("effect") not in (None, "", effect):
+            continue
+        if t.get("operator") == "Exists":
+            if not t.get("key") or t.get("key") == key:
+                return True
+        elif t.get("key") == key and str(t.get("value", "")) == value:
+            return True
+    return False
+
+
+def allows(c: PodConstraints, name: str, facts: NodeFacts) -> bool:
+    """Whether NodeUnschedulable, TaintToleration and NodeAffinity let the pod onto the node."""
+    if facts.unschedulable and not _tolerated((UNSCHEDULABLE_TAINT, "", "NoSchedule"), c.tolerations):
+        return False
+    if not all(_tolerated(t, c.tolerations) for t in facts.taints):
+        return False
+    if any(facts.labels.get(k) != v for k, v in c.selector):
+        return False
+    return not c.terms or any(_term(t, name, facts) for t in c.terms)
