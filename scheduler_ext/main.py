@@ -251,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             source = KubeWatchSource(core, _resource_v1() if args.dra else None)
             if args.dra:
                 source.check_dra()  # one clear line now rather than a watch that fails forever
+        metrics = Metrics(cache)
         # a snapshot binds nothing, so a hold would only stand in the way of the next answers
         decider = Decider(cache, args.policy, args.xp, holds=not args.snapshot and args.hold_seconds > 0,
                           filter_top=args.filter_top)
@@ -260,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             binder = Binder(pods, cache, decider.policy, ledger)
             sink: ClusterCache | placement.Tee = cache
             if args.placement == "gate":
-                controller = placement.PlacementController(cache, decider, binder, pods,
+                controller = placement.PlacementController(cache, decider, binder, pods, metrics=metrics,
                                                            patience=args.placement_patience_seconds)
                 sink = placement.Tee(cache, controller)
                 threading.Thread(target=controller.run, args=(stop,), name="placement", daemon=True).start()
@@ -268,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"gpupack-extender: {err}", file=sys.stderr)
         return 2
-    app = ExtenderApp(cache, decider, binder, Metrics(cache))
+    app = ExtenderApp(cache, decider, binder, metrics)
     app.replica = args.replica_name
     srv, thread = serve(app, host, port, tls, limits=limits)
     log.info("serving on %s:%d (policy %s, xp %s, %s)", *srv.server_address[:2], args.policy, args.xp,

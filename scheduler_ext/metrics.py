@@ -60,6 +60,19 @@ class Metrics:
             "on at prioritize), other-node (kube-scheduler chose another), no-hold.",
             ["on"], registry=self.registry,
         )
+        # gate mode (scheduler_ext/placement.py)
+        self.placement_seconds = prometheus_client.Histogram(
+            "gpupack_placement_decision_seconds",
+            "Gate mode: time to decide one gated pod (kernel over every node, the node filters, the device "
+            "choice), before its ledger claim and patch.", registry=self.registry,
+            buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+        self.placements = prometheus_client.Counter(
+            "gpupack_placements",
+            "Gate mode: gated pods by outcome: placed (pinned and ungated), handed-over (ungated as they were), "
+            "waiting (a pass found no room), conflict (the pod changed under the patch), error (API failure).",
+            ["outcome"], registry=self.registry,
+        )
         # the HTTP edge's bounds (docs/reliability.md)
         self.connections = prometheus_client.Gauge(
             "gpupack_extender_connections", "Client connections open now.", registry=self.registry,

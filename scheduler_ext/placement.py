@@ -56,6 +56,7 @@ from scheduler_ext import nodefilter
 from scheduler_ext.binder import Binder, Conflict
 from scheduler_ext.cache import ClusterCache
 from scheduler_ext.decide import Decider
+from scheduler_ext.metrics import Metrics
 from scheduler_ext.podspec import PodDemand, pod_demand
 from scheduler_ext.wire import KubeObject
 
@@ -188,7 +189,7 @@ class PlacementController:
 
     def __init__(self, cache: ClusterCache, decider: Decider, binder: Binder, api: PlacementApi,
                  patience: float = PATIENCE_SECONDS, gate: str = contract.PLACEMENT_GATE,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None) -> None:
         self.cache = cache
         self.decider = decider
         self.binder = binder  # its device choice and ledger claims
@@ -197,6 +198,7 @@ class PlacementController:
         self.gate = gate
         self.clock = clock
         self.stats = Stats()
+        self.metrics = metrics
         self._waiting: dict[str, _Waiting] = {}
         self._cond = threading.Condition()
         self._refused = 0
@@ -290,7 +292,10 @@ class PlacementController:
         placed: list[_Placed] = []
         names = self.cache.node_names()
         for w in due:
+            started = time.perf_counter()
             outcome = self._decide(w, names, now, generation)
+            if self.metrics is not None:
+                self.metrics.placement_seconds.observe(time.perf_counter() - started)
             if isinstance(outcome, _Placed):
                 placed.append(outcome)
                 if len(placed) >= BATCH:
@@ -331,7 +336,7 @@ class PlacementController:
             self._hand_over(w, f"pod {where}: no node has room for it after {self.patience:.0f}s; handed to "
                                "kube-scheduler as it is, so preemption and the cluster autoscaler see it")
             return None
-        self.stats.waiting += 1
+        self._count("waiting")
         w.not_before = now + ROOM_RETRY_SECONDS
         if w.tried_at_generation < 0:
             log.info("pod %s waits gated: no node has room for it now (tried again as pods end, for up to %.0fs)",
@@ -344,13 +349,13 @@ class PlacementController:
         try:
             self.api.json_patch_pod(str(meta.get("namespace", "")), str(meta.get("name", "")), ungate_patch(w.pod, self.gate))
         except Conflict:
-            self.stats.conflicts += 1
+            self._count("conflicts")
             self._forget(w.pod)  # its next event queues it again
             return
         except Exception as err:
             self._failed(w.pod, f"removing the gate: {err}")
             return
-        self.stats.handed_over += 1
+        self._count("handed_over")
         log.info("%s", message)
         self._done(w.pod)
 
@@ -392,14 +397,14 @@ class PlacementController:
             self.api.json_patch_pod(p.demand.namespace, p.demand.name, pin_patch(p.pod, p.node, p.assignment if p.assignment and not p.dra else None, self.gate))
         except Conflict:
             self._unclaim(p)
-            self.stats.conflicts += 1
+            self._count("conflicts")
             self._forget(p.pod)  # changed meanwhile (or placed by another replica): its next event says
             return
         except Exception as err:
             self._unclaim(p)
             self._failed(p.pod, f"pinning it to {p.node}: {err}")
             return
-        self.stats.placed += 1
+        self._count("placed")
         devices = "; ".join(f"{c}: {', '.join(i for ids in per.values() for i in ids)}"
                             for c, per in sorted(p.assignment.items()))
         log.info("placed pod %s on %s (%s); kube-scheduler binds it there", where, p.node,
@@ -411,6 +416,11 @@ class PlacementController:
             self.cache.release(p.demand.uid)
         else:
             self.binder.unclaim(p.demand.uid, p.node)
+
+    def _count(self, outcome: str) -> None:
+        setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+        if self.metrics is not None:
+            self.metrics.placements.labels(_OUTCOME_LABELS[outcome]).inc()
 
     def _done(self, pod: KubeObject) -> None:
         """The pod was ungated by this controller: forgotten, and its older versions ignored."""
@@ -430,7 +440,7 @@ class PlacementController:
 
     def _failed(self, pod: KubeObject, error: str) -> None:
         meta = pod.get("metadata") or {}
-        self.stats.errors += 1
+        self._count("errors")
         with self._cond:
             w = self._waiting.get(str(meta.get("uid", "")))
             if w is None:
@@ -439,6 +449,10 @@ class PlacementController:
             wait = min(RETRY_SECONDS * 2 ** (w.failures - 1), RETRY_MAX_SECONDS)
             w.not_before = self.clock() + wait
         log.warning("pod %s/%s: %s; trying again in %.1fs", meta.get("namespace"), meta.get("name"), error, wait)
+
+
+_OUTCOME_LABELS = {"placed": "placed", "handed_over": "handed-over", "waiting": "waiting", "conflicts": "conflict",
+                   "errors": "error"}
 
 
 def _queue_order(w: _Waiting) -> tuple[int, str, str]:

@@ -69,6 +69,7 @@ class ClusterCache:
         self._candidates = Candidates(self._state, self._holds, keep_rows_from)
         self._shapes = ShapeMix(self._state)
         self._eligible: dict[tuple[str, int, int, str], numpy.ndarray[Any, Any]] = {}  # eligible()'s masks
+        self._rows_for: tuple[int, Sequence[str], numpy.ndarray[Any, Any]] | None = None  # eligible()'s rows
         self.resources = self._state.resources
         self.models = self._state.models
 
@@ -129,7 +130,12 @@ class ClusterCache:
                 self._eligible[key] = mask
                 while len(self._eligible) > ELIGIBLE_SHAPES:
                     self._eligible.pop(next(iter(self._eligible)))
-            rows = numpy.fromiter((st.row_of.get(n, -1) for n in names), dtype=numpy.int64, count=len(names))
+            kept = self._rows_for
+            if kept is None or kept[0] != st.node_generation or kept[1] is not names:
+                rows = numpy.fromiter((st.row_of.get(n, -1) for n in names), dtype=numpy.int64, count=len(names))
+                # the list itself is kept (node_names() hands out one per node set), never a copy
+                kept = self._rows_for = (st.node_generation, names, rows)
+            rows = kept[2]
             known = rows >= 0
             at = numpy.where(known, rows, 0)
             a = st.arrays

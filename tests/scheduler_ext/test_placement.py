@@ -22,6 +22,7 @@ from scheduler_ext import placement
 from scheduler_ext.binder import Binder, Conflict
 from scheduler_ext.cache import ClusterCache
 from scheduler_ext.decide import Decider
+from scheduler_ext.metrics import Metrics
 from scheduler_ext.podspec import pinned_products, pod_demand
 from tests.fixtures import node, pod
 
@@ -233,10 +234,14 @@ def test_gated_pods_pack_and_kube_scheduler_binds_them_where_pinned() -> None:
     cluster.create(pod("running", gpus={GPU: 2}, node="n2", phase="Running", devices={"c0": {GPU: ["GPU-n2-0", "GPU-n2-1"]}}))
     ledger_api = FakeLedgerApi()
     r = Replica(cluster, nodes, ledger_api)
+    r.controller.metrics = metrics = Metrics(r.cache)
     for i in range(4):
         cluster.create(gated_pod(f"g{i}", gpus={GPU: 1}))
     stats = r.controller.place_ready()
     assert stats.placed == 4 and r.controller.waiting() == 0
+    text = metrics.exposition().decode()
+    assert 'gpupack_placements_total{outcome="placed"} 4.0' in text
+    assert "gpupack_placement_decision_seconds_count 4.0" in text
     bound = dict(cluster.schedule())
     # binpack: the two free GPUs of the used node first, then the empty node
     assert sorted(bound.values()) == ["n1", "n1", "n2", "n2"]
