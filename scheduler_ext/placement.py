@@ -68,9 +68,13 @@ PATIENCE_SECONDS = 30.0
 #: Nodes tried, best first, before a pod counts as fitting nowhere for now (a node whose
 #: devices were taken between the decision and the choice is passed over).
 TRIES = 3
-#: Gated pods remembered at once; more are refused with a warning (bounds the controller's
-#: memory whatever is created). Each is kept as the watch delivered it.
+#: Gated pods kept at once as the watch delivered them (bounds the controller's memory whatever
+#: is created); past it only their names are kept, and they are read again from the API as
+#: room in the queue frees.
 MAX_GATED = 20000
+#: Names of gated pods kept past :data:`MAX_GATED`, at most (the oldest are forgotten: a later
+#: event of theirs queues them again).
+MAX_OVERFLOW = 200000
 #: Pods placed between two ledger writes on one node, at most.
 BATCH = 64
 #: Seconds between two tries of a pod that fit nowhere (each after some change in the cache).
@@ -80,6 +84,8 @@ RETRY_SECONDS, RETRY_MAX_SECONDS = 0.5, 30.0
 
 
 class PlacementApi(Protocol):
+    def read_pod(self, namespace: str, name: str) -> KubeObject: ...
+
     def json_patch_pod(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
         """A JSON patch (RFC 6902) of the pod; raises :class:`~scheduler_ext.binder.Conflict`
         when one of its ``test`` operations fails (the pod changed)."""
@@ -201,7 +207,8 @@ class PlacementController:
         self.metrics = metrics
         self._waiting: dict[str, _Waiting] = {}
         self._cond = threading.Condition()
-        self._refused = 0
+        # gated pods past MAX_GATED: uid -> (namespace, name), read again as the queue empties
+        self._overflow: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         # pods this controller ungated, until the watch shows them so: an event of the gated
         # version that comes after the patch is stale and must not place the pod again
         self._ungated: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -217,6 +224,7 @@ class PlacementController:
             if deleted or not gated(pod, self.gate):
                 self._waiting.pop(uid, None)
                 self._ungated.pop(uid, None)
+                self._overflow.pop(uid, None)
                 return
             if uid in self._ungated:
                 return  # the version before our own patch
@@ -226,11 +234,13 @@ class PlacementController:
                 if not old.failures:
                     old.not_before = 0.0
             elif len(self._waiting) >= MAX_GATED:
-                self._refused += 1
-                if self._refused in (1, 10, 100) or self._refused % 1000 == 0:
-                    log.warning("%d gated pods wait already (the most kept); pod %s/%s is left gated until some are "
-                                "placed (%d left so far)", MAX_GATED, (pod.get("metadata") or {}).get("namespace"),
-                                (pod.get("metadata") or {}).get("name"), self._refused)
+                meta = pod.get("metadata") or {}
+                if not self._overflow:
+                    log.warning("%d gated pods wait already (the most kept whole); more are read again from the "
+                                "API as these are placed", MAX_GATED)
+                self._overflow[uid] = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+                while len(self._overflow) > MAX_OVERFLOW:
+                    self._overflow.popitem(last=False)
                 return
             else:
                 self._waiting[uid] = _Waiting(pod, self.clock())
@@ -285,6 +295,7 @@ class PlacementController:
         """One pass: every gated pod that is due, in queue order (higher priority first, then
         older), decided one after another against the devices the earlier ones were given;
         then their claims (one ledger write per node) and patches."""
+        self._refill()
         with self._cond:
             due = self._due_now()
         now, generation = self.clock(), self.cache.generation
@@ -303,6 +314,17 @@ class PlacementController:
                     placed = []
         self._write(placed)
         return self.stats
+
+    def _refill(self) -> None:
+        """Reads gated pods kept by name only (past :data:`MAX_GATED`) into the queue as it has room."""
+        with self._cond:
+            room = MAX_GATED - len(self._waiting)
+            take = [self._overflow.popitem(last=False) for _ in range(min(room, len(self._overflow)))]
+        for _, (namespace, name) in take:
+            try:
+                self.observe(self.api.read_pod(namespace, name))
+            except Exception as err:  # gone meanwhile, or the API failed: its next event queues it
+                log.debug("gated pod %s/%s not read again: %s", namespace, name, err)
 
     def _decide(self, w: _Waiting, names: list[str], now: float, generation: int) -> _Placed | None:
         pod = w.pod

@@ -106,6 +106,10 @@ class FakeCluster:
         with self.lock:
             self._emit("DELETED", self.pods.pop((namespace, name)))
 
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        with self.lock:
+            return copy.deepcopy(self.pods[(namespace, name)])
+
     def json_patch_pod(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
         with self.lock:
             if self.before_patch is not None:
@@ -388,6 +392,18 @@ def test_a_stale_gated_event_after_the_patch_does_not_place_twice() -> None:
     cluster.lagging = False
     rows, _, _ = r.cache.select(["n1"])
     assert int(rows.free[0, :2].sum()) == 1  # counted once, from the pod's own placed-on annotation
+
+
+def test_gated_pods_past_the_queues_bound_are_read_again_as_it_empties(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(placement, "MAX_GATED", 2)
+    cluster = FakeCluster()
+    r = Replica(cluster, [node("n1", n=8)], FakeLedgerApi())
+    for i in range(5):
+        cluster.create(gated_pod(f"g{i}", gpus={GPU: 1}))
+    assert r.controller.waiting() == 2  # three kept by name only
+    for _ in range(3):
+        r.controller.place_ready()
+    assert r.controller.stats.placed == 5 and r.controller.waiting() == 0
 
 
 def test_two_replicas_place_each_pod_once_and_never_give_a_device_twice() -> None:
