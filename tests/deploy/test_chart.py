@@ -411,6 +411,10 @@ def test_the_scheduler_mounts_what_its_tls_config_names(render: Render) -> None:
     assert mounted[tls_config["keyFile"]] == ("gpupack-scheduler-client-tls", "tls.key")
     # the scheduler never sees the extender's private key
     assert ("gpupack-extender-tls", "tls.key") not in mounted.values()
+    # gate mode: no extender to call, so no Secret mounted at all
+    pod = by_kind(render(), "Deployment")["gpupack-scheduler"]["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["config"]
+    assert [m["name"] for m in pod["containers"][0]["volumeMounts"]] == ["config"]
 
 
 def test_network_policy_admits_only_the_scheduler_and_prometheus(render: Render, helm: str) -> None:
