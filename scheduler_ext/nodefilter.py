@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpupack import contract
+from scheduler_ext import podspec
 from scheduler_ext.wire import KubeObject
 
 #: The taint kube-scheduler's NodeUnschedulable filter stands for (a cordoned node).
@@ -42,6 +43,7 @@ class NodeFacts:
     labels: Mapping[str, str]
     taints: tuple[tuple[str, str, str], ...]  # (key, value, effect), NoSchedule and NoExecute only
     unschedulable: bool
+    max_pods: int | None = None  # status.allocatable.pods; None when the node does not say
 
 
 def node_facts(node: KubeObject) -> NodeFacts:
@@ -50,7 +52,14 @@ def node_facts(node: KubeObject) -> NodeFacts:
     taints = tuple((str(t.get("key", "")), str(t.get("value", "")), str(t.get("effect", "")))
                    for t in _list(spec.get("taints")) if isinstance(t, dict)
                    and t.get("effect") in ("NoSchedule", "NoExecute"))
-    return NodeFacts(labels, taints, bool(spec.get("unschedulable")))
+    return NodeFacts(labels, taints, bool(spec.get("unschedulable")), _max_pods(node))
+
+
+def _max_pods(node: KubeObject) -> int | None:
+    """``status.allocatable.pods`` as a whole number (kube-scheduler's NodeResourcesFit counts
+    pods against it); None when absent or unreadable."""
+    value = podspec.quantity(_dict(_dict(node.get("status")).get("allocatable")).get("pods"))
+    return None if value is None or value < 0 else int(value)
 
 
 @dataclasses.dataclass(frozen=True)

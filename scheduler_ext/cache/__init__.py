@@ -116,7 +116,8 @@ class ClusterCache:
                  memory_mib: int = 0) -> numpy.ndarray[Any, Any]:
         """Per name: whether kube-scheduler's node filters would let the pod there (taints,
         cordon, selector and required node affinity: :func:`scheduler_ext.nodefilter.allows`)
-        and its CPU and memory requests fit the node's free CPU and memory now. Gate mode pins
+        and its CPU and memory requests fit the node's free CPU and memory now, and the node
+        holds fewer pods than its ``allocatable.pods``. Gate mode pins
         a pod ahead of kube-scheduler, so it must ask first. The filters' part is kept per pod
         shape while no node's facts change (:data:`ELIGIBLE_SHAPES` of them)."""
         st = self._state
@@ -140,6 +141,8 @@ class ClusterCache:
             at = numpy.where(known, rows, 0)
             a = st.arrays
             room = known & (a.node_cpu_free[at] >= cpu_milli) & (a.node_memory_free[at] >= memory_mib)
+            if st.pods_full:  # NodeResourcesFit's pod count: a node at its allocatable.pods takes no more
+                room &= ~numpy.isin(rows, [st.row_of[n] for n in st.pods_full if n in st.row_of])
             return numpy.asarray(mask & room)
 
     def node(self, name: str) -> NodeState | None:

@@ -101,7 +101,9 @@ class ClusterState:
         # CPU and memory requests of bound pods (and reservations): uid -> (node, cpu, memory),
         # and their totals per node name (kept for nodes not seen yet)
         self.pod_requests: dict[str, tuple[str, int, int]] = {}
-        self._requested_on: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+        # per node: CPU (millicores), memory (MiB) and pods of the pods counted there
+        self._requested_on: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
+        self.pods_full: set[str] = set()  # nodes holding as many pods as their allocatable.pods
         # provisional holds: uid -> expiry by the cache's clock, in expiry order (set and expired
         # by :mod:`scheduler_ext.cache.holds`); a pod's hold goes when its record goes
         self.hold_expiry: collections.OrderedDict[str, float] = collections.OrderedDict()
@@ -201,11 +203,22 @@ class ClusterState:
             if self.facts.get(name) != facts:
                 self.facts[name] = facts
                 self.facts_generation += 1
+                self._check_pods_full(name)
+
+    def _check_pods_full(self, name: str) -> None:
+        """Keeps :attr:`pods_full` in step with node ``name``'s pods and allocatable.pods. Under the lock."""
+        facts = self.facts.get(name)
+        used = self._requested_on.get(name)
+        if facts is not None and facts.max_pods is not None and (used[2] if used else 0) >= facts.max_pods:
+            self.pods_full.add(name)
+        else:
+            self.pods_full.discard(name)
 
     def delete_node(self, name: str) -> None:
         with self.lock:
             if self.facts.pop(name, None) is not None:
                 self.facts_generation += 1
+            self.pods_full.discard(name)
             st = self.nodes.pop(name, None)
             self.row_of.pop(name, None)
             if st is None:
@@ -285,14 +298,17 @@ class ClusterState:
             used = self._requested_on[old[0]]
             used[0] -= old[1]
             used[1] -= old[2]
-            if used == [0, 0]:
+            used[2] -= 1
+            if used == [0, 0, 0]:
                 del self._requested_on[old[0]]
         if new is not None:
             self.pod_requests[uid] = new
             used = self._requested_on[node]
             used[0] += cpu
             used[1] += mem
+            used[2] += 1
         for name in {old[0] if old else "", node} - {""}:
+            self._check_pods_full(name)
             st = self.nodes.get(name)
             if st is not None:
                 a = self.arrays
@@ -405,7 +421,7 @@ class ClusterState:
         self.generation += 1
 
     def _free_cpu_memory(self, st: NodeState) -> tuple[int, int]:
-        cpu_used, mem_used = self._requested_on.get(st.name, (0, 0))
+        cpu_used, mem_used, _ = self._requested_on.get(st.name, (0, 0, 0))
         cpu = st.cpu_allocatable - cpu_used if st.cpu_allocatable != kslots.UNLIMITED else kslots.UNLIMITED
         mem = st.memory_allocatable - mem_used if st.memory_allocatable != kslots.UNLIMITED else kslots.UNLIMITED
         return cpu, mem

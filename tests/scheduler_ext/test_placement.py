@@ -301,6 +301,24 @@ def test_a_cpu_only_pod_is_pinned_without_devices_and_holds_its_cpu() -> None:
     assert all(contract.DEVICES_ANNOTATION not in p["metadata"]["annotations"] for p in cluster.pods.values())
 
 
+def test_a_node_at_its_allocatable_pods_takes_no_more_pins() -> None:
+    """kube-scheduler's NodeResourcesFit counts pods against allocatable.pods: a pin there would
+    leave the pod pending on that node, so the next pod goes to the next node."""
+    cluster = FakeCluster()
+    small, big = node("a-small", n=8), node("b-big", n=8)
+    small["status"]["allocatable"] = {"cpu": "64", "memory": "256Gi", "pods": "2"}
+    cluster.create(pod("running", gpus={GPU: 1}, node="a-small", phase="Running"))
+    r = Replica(cluster, [small, big], FakeLedgerApi())
+    for name in ("p1", "p2"):
+        cluster.create(gated_pod(name, gpus={GPU: 1}))
+    assert r.controller.place_ready().placed == 2
+    assert dict(cluster.schedule()) == {"p1": "a-small", "p2": "b-big"}
+    cluster.delete("default", "running")  # room again on a-small
+    cluster.create(gated_pod("p3", gpus={GPU: 1}))
+    assert r.controller.place_ready().placed == 3
+    assert dict(cluster.schedule()) == {"p3": "a-small"}
+
+
 @pytest.mark.parametrize("change, reason", [
     (lambda p: p["metadata"]["annotations"].__setitem__(contract.GPU_MEMORY_ANNOTATION, "lots"), "cannot be read"),
     (lambda p: p["spec"].__setitem__("volumes", [{"name": "cache", "persistentVolumeClaim": {"claimName": "c"}}]),
