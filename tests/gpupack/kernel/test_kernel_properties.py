@@ -124,11 +124,12 @@ def test_the_devices_chosen_are_the_placement_the_kernel_scored(rows: list[list[
         take = np.zeros((1, s.shape[1]), dtype=np.int32)
         for col, k in chosen:
             take[0, col] = k
-        if any(row[c].cap > 1 for c, _ in chosen):  # shares: the plan itself
+        shares = any(row[c].cap > 1 for c, _ in chosen)
+        if shares:  # the plan itself
             assert take[0].tolist() == plan[i].tolist()
         alike = {(row[c].weight, row[c].mem, row[c].model) for c in range(len(row))
                  if _slot_ok(row[c], 1, req) and row[c].cap == 1}
-        if any(row[c].cap > 1 for c, _ in chosen) or len(alike) <= 1:
+        if shares or len(alike) <= 1:
             one = s.rows(np.asarray([i]))
             got = policy.score(ScoreInput(one, take, req, mix, np))
             assert float(got[0]) == pytest.approx(float(v.raw[i]))
