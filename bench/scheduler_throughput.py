@@ -41,6 +41,12 @@ Mixes: ``whole`` (1, 2, 4, 8 whole GPUs), ``shares`` (one time-sliced share with
 ``nodeSelector`` on ``gpupack.io/gpu.product`` = H100), ``cpu`` (1 CPU, 4 GiB), ``mixed``
 (40 / 25 / 15 / 20 % of those). Pods get the e2e harness's CPU and memory per GPU.
 
+``--bound-pods N`` first creates N pods already bound to the nodes (namespace ``bench-bound``,
+as the workloads of a cluster in use: 19 in 20 CPU-only, 100m and 256 MiB; every 20th one whole
+GPU on an A100 node, at most 4 per node, without a devices annotation, as another scheduler's
+pods are), so every configuration's scheduler and extender start by listing them: the
+extender's peak RSS is then what a cluster of that many pods costs it.
+
 Besides the table it prints, per configuration, kube-apiserver's requests per pod (its
 ``apiserver_request_total``), gpupack's server time per verb (its ``/metrics``) and what
 kube-scheduler sent the null extender (names and bytes per call, and whether a candidate list
@@ -55,7 +61,7 @@ the raw stacks stay in ``--profile-dir``. Profiling costs CPU on the same cores:
 off. Results: docs/extender.md, "Throughput on the real control plane".
 
     .venv/bin/python bench/scheduler_throughput.py [--nodes 1000,5000] [--pods 500] [--rounds 2]
-        [--mix mixed] [--configs none,null,gpupack] [--keep] [--py-spy /tmp/pyspy-venv/bin/py-spy]
+        [--mix mixed] [--configs none,null,gpupack] [--bound-pods 0] [--keep] [--py-spy /tmp/pyspy-venv/bin/py-spy]
 
 Nothing in tests/e2e is changed: the harness's Cluster (minus the kube-scheduler and extender
 it starts), Process, PKI, accounts and workloads are imported; the start of a TLS extender is
@@ -112,6 +118,9 @@ CONFIGS = ("none", "null", "gpupack", "gate")
 EXTRA_CONFIGS = ("nulltop", "gpupackall")
 MIXES = ("whole", "shares", "pinned", "cpu", "mixed")
 NAMESPACE = "bench"
+BOUND_NAMESPACE = "bench-bound"  # --bound-pods: the cluster's running workloads
+#: --bound-pods: one pod in this many holds a whole GPU (on an A100 node), at most BOUND_GPUS_PER_NODE per node
+BOUND_GPU_EVERY, BOUND_GPUS_PER_NODE = 20, 4
 GROUP = "bench"  # the harness's group label, on every node; its pods select it
 SERVICE_NAME = "gpupack-extender.kube-system.svc"  # what the serving certificate names
 A100 = ("NVIDIA A100-SXM4-80GB", 81920)
@@ -468,6 +477,43 @@ def make_pods(mix: str, count: int, seed: int) -> list[dict[str, Any]]:
         pod["metadata"]["labels"] = {"bench": kind}
         out.append(pod)
     return out
+
+
+def create_bound_pods(api: Api, count: int, nodes: dict[str, str]) -> None:
+    """``--bound-pods``: ``count`` pods bound to the fleet's nodes (see the module's docstring)."""
+    every = sorted(nodes)
+    a100 = [n for n in every if nodes[n] == "a100"]
+    gpu_pods = count // BOUND_GPU_EVERY
+    if gpu_pods > BOUND_GPUS_PER_NODE * len(a100):
+        raise BenchError(f"--bound-pods {count}: {gpu_pods} GPU pods need {BOUND_GPUS_PER_NODE}x more A100 nodes "
+                         f"than the {len(a100)} there are; use more nodes or fewer bound pods")
+    if count > 200 * len(every):
+        raise BenchError(f"--bound-pods {count}: more than 200 per node (the nodes take {NODE_PODS} pods each)")
+    api.call("POST", "/api/v1/namespaces", {"metadata": {"name": BOUND_NAMESPACE}})
+    done = [0]
+    lock = threading.Lock()
+    last = [time.monotonic()]
+    t0 = time.monotonic()
+
+    def one(i: int) -> None:
+        if i % BOUND_GPU_EVERY == 0:
+            pod = workloads.gpu_pod(f"b-{i:06d}", GROUP, {contract.NVIDIA_GPU: 1},
+                                    node_name=a100[(i // BOUND_GPU_EVERY) % len(a100)])
+        else:
+            pod = workloads.gpu_pod(f"b-{i:06d}", GROUP, {}, node_name=every[i % len(every)])
+            pod["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "100m", "memory": "256Mi"}}
+        pod["metadata"]["namespace"] = BOUND_NAMESPACE
+        pod["metadata"]["labels"] = {"bench": "bound"}
+        api.call("POST", f"/api/v1/namespaces/{BOUND_NAMESPACE}/pods", pod)
+        with lock:
+            done[0] += 1
+            if time.monotonic() - last[0] > PROGRESS_S:
+                last[0] = time.monotonic()
+                say(f"  bound pods: {done[0]}/{count} created ({done[0] / (last[0] - t0):.0f}/s)")
+
+    with concurrent.futures.ThreadPoolExecutor(CREATE_THREADS) as pool:
+        list(pool.map(one, range(count)))
+    say(f"  bound pods: {count} created in {time.monotonic() - t0:.1f}s")
 
 
 # --- one configuration ---------------------------------------------------------------------------
@@ -905,6 +951,9 @@ def run_node_count(args: argparse.Namespace, bin_dir: pathlib.Path, nodes: int, 
             accounts.apply_access_objects(cluster)  # the chart's RBAC and admission policies
         say(f"nodes {nodes}: creating the fleet ({', '.join(f'{k} {v}/8' for k, v in collections.Counter(FLEET).items())})")
         node_kinds = create_nodes(api, nodes, work)
+        if args.bound_pods:
+            say(f"nodes {nodes}: creating {args.bound_pods} pods bound to them (--bound-pods)")
+            create_bound_pods(api, args.bound_pods, node_kinds)
         bench = Bench(args, cluster, api, node_kinds)
         results: list[Result] = []
         for rnd in range(1, args.rounds + 1):
@@ -914,7 +963,8 @@ def run_node_count(args: argparse.Namespace, bin_dir: pathlib.Path, nodes: int, 
                 say(f"  {config}-r{rnd}: {r.bound}/{r.pods} bound in {r.wall_s:.1f}s = {r.rate:.1f} pods/s, "
                     f"{r.nodes_used} nodes used")
                 results.append(r)
-        print(f"\n## {nodes:,} nodes, {args.pods} pods, mix {args.mix}\n{header}\n")
+        bound = f", {args.bound_pods:,} pods bound before the rounds" if args.bound_pods else ""
+        print(f"\n## {nodes:,} nodes, {args.pods} pods, mix {args.mix}{bound}\n{header}\n")
         print(table(results, nodes))
         for r in results:
             if r.profile is not None and r.profile.exists():
@@ -943,6 +993,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="none, null, gpupack, gate (gpupack placing gated pods ahead of a kube-scheduler without "
                         "extenders; and nulltop: the null extender's filter answers only --top names; "
                         "gpupackall: gpupack with --filter-top 0, every node that fits), run in this order in every round")
+    p.add_argument("--bound-pods", type=int, default=0,
+                   help="pods bound to the nodes before the rounds (a cluster in use; the extender lists them all)")
     p.add_argument("--top", type=int, default=50, help="names the nulltop configuration's filter answers")
     p.add_argument("--keep", action="store_true", help="leave the (last) cluster up until Ctrl-C, keep its folder")
     p.add_argument("--py-spy", default="", help="py-spy binary: profile gpupack-extender in its configurations")

@@ -46,7 +46,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import numpy
@@ -506,9 +506,18 @@ class Tee:
         self.controller.changed()
 
     def replace_pods(self, pods: Iterable[KubeObject]) -> None:
-        pods = list(pods)
-        self.cache.replace_pods(pods)
-        self.controller.replace(pods)
+        """The cache reads the list once (it may come page by page); the gated pods in it are
+        kept aside for the controller meanwhile, the others are not held."""
+        held: list[KubeObject] = []
+
+        def passing() -> Iterator[KubeObject]:
+            for pod in pods:
+                if gated(pod, self.controller.gate):
+                    held.append(pod)
+                yield pod
+
+        self.cache.replace_pods(passing())
+        self.controller.replace(held)
 
     def replace_kind(self, kind: str, items: Iterable[KubeObject]) -> None:
         self.cache.replace_kind(kind, items)

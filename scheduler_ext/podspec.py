@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import sys
 from fractions import Fraction
 from typing import Any
 
@@ -47,7 +48,7 @@ MAX_QUANTITY_TEXT = 64
 MAX_EXPONENT = 64
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ContainerAsk:
     """``count`` units of ``resource`` for one container."""
 
@@ -56,7 +57,7 @@ class ContainerAsk:
     count: int
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ClaimRef:
     """One entry of a pod's ``spec.resourceClaims`` (Dynamic Resource Allocation): the pod's
     name for it and the ResourceClaim (``claim``) or ResourceClaimTemplate (``template``) it
@@ -78,7 +79,7 @@ MAX_POD_CLAIMS = 32
 NO_PINS: frozenset[str] = frozenset()
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class PodDemand:
     """The GPU side of one pod. ``error`` is set when a field it reads cannot be used (unreadable,
     or a number out of range): the first such field, named."""
@@ -338,6 +339,11 @@ def _get(obj: Any, *keys: str) -> Any:
     return obj
 
 
+def _interned(assignment: contract.Assignment) -> contract.Assignment:
+    """The assignment with its container and resource names shared with every other pod's."""
+    return {sys.intern(c): {sys.intern(r): ids for r, ids in resources.items()} for c, resources in assignment.items()}
+
+
 def pod_demand(pod: KubeObject) -> PodDemand:
     """Reads a Pod object; never raises on bad fields, it sets ``error`` (the first field that
     cannot be used, named) instead."""
@@ -363,7 +369,7 @@ def pod_demand(pod: KubeObject) -> PodDemand:
                     errors.append(str(err))
                     continue
                 if n > 0:
-                    asks.append(ContainerAsk(str(c.get("name", "")), resource, n))
+                    asks.append(ContainerAsk(sys.intern(str(c.get("name", ""))), sys.intern(resource), n))
                     totals[resource] = totals.get(resource, 0) + n
     for resource, total in sorted(totals.items()):
         if total > MAX_DEVICES:
@@ -388,7 +394,7 @@ def pod_demand(pod: KubeObject) -> PodDemand:
     raw = annotations.get(contract.DEVICES_ANNOTATION)
     if raw is not None:
         try:
-            assignment = contract.decode_assignment(str(raw))
+            assignment = _interned(contract.decode_assignment(str(raw)))
         except contract.ContractError as err:
             errors.append(str(err))
     priority = spec.get("priority")
@@ -402,9 +408,9 @@ def pod_demand(pod: KubeObject) -> PodDemand:
     extended = _get(status, "extendedResourceClaimStatus", "resourceClaimName")
     return PodDemand(
         uid=str(meta.get("uid", "")),
-        namespace=str(meta.get("namespace", "default")),
+        namespace=sys.intern(str(meta.get("namespace", "default"))),
         name=str(meta.get("name", "")),
-        node=str(spec.get("nodeName") or "") or placed_node(spec, annotations),
+        node=sys.intern(str(spec.get("nodeName") or "") or placed_node(spec, annotations)),
         asks=tuple(asks),
         memory_mib=memory,
         priority=priority,

@@ -10,6 +10,13 @@ tests pass a fake that plays a script of events. :class:`Syncer` lists each kind
 (the cache is ready only after both first lists), then watches from the list's
 resourceVersion; ``410 Gone`` relists at once, any other failure relists after an
 exponential backoff.
+
+A list comes in pages of :data:`LIST_PAGE` objects (``limit`` and ``continue``, one snapshot
+of the API server's), each parsed and handed to the cache before the next is read: a
+cluster's 150,000 pods are about 240 MB of JSON and 1.2 GB as Python objects at once, while
+the cache keeps a few hundred bytes of each. The cache takes a list only once it has read all
+of it, so a list cut short (an expired ``continue``: ``410``, relisted at once; the API server
+gone: relisted after the backoff) changes nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from scheduler_ext.wire import KubeObject
 log = logging.getLogger(__name__)
 
 KINDS = ("Node", "Pod")
-__all__ = ["DRA_KINDS", "KINDS", "Backoff", "Gone", "KubeWatchSource", "Syncer", "WatchSource"]
+#: Objects per page of a list (the API's ``limit``; client-go's informers ask for 500 too).
+LIST_PAGE = 500
+__all__ = ["DRA_KINDS", "KINDS", "LIST_PAGE", "Backoff", "Gone", "KubeWatchSource", "Syncer", "WatchSource"]
 
 
 class Gone(Exception):
@@ -35,8 +44,10 @@ class Gone(Exception):
 
 
 class WatchSource(Protocol):
-    def list(self, kind: str) -> tuple[list[KubeObject], str]:
-        """All objects of ``kind`` and the list's resourceVersion."""
+    def list(self, kind: str) -> tuple[Iterable[KubeObject], str]:
+        """All objects of ``kind`` and the list's resourceVersion. The objects may be read from
+        the API as they are iterated (once); iterating raises what the API raises (:class:`Gone`
+        for an expired list)."""
 
     def watch(self, kind: str, resource_version: str) -> Iterator[dict[str, Any]]:
         """Events ``{"type", "object"}`` after ``resource_version``; raises :class:`Gone`."""
@@ -171,10 +182,41 @@ class KubeWatchSource:
                 raise ValueError(f"--dra: listing {kind}s (resource.k8s.io/v1) failed: "
                                  f"{status or type(err).__name__} {getattr(err, 'reason', err)}") from err
 
-    def list(self, kind: str) -> tuple[list[KubeObject], str]:
-        resp = self._lister(kind)(_preload_content=False)
+    def list(self, kind: str) -> tuple[Iterator[KubeObject], str]:
+        """The first page is read now (its resourceVersion is the list's); the others as the
+        objects are iterated, each page dropped before the next is read."""
+        first = self._page(kind, "")
+        return self._objects(kind, first), str(_dict(first.get("metadata")).get("resourceVersion", ""))
+
+    def _page(self, kind: str, token: str) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+
+        more = {"_continue": token} if token else {}
+        try:
+            resp = self._lister(kind)(limit=LIST_PAGE, _preload_content=False, **more)
+        except ApiException as err:
+            if err.status == 410:  # the continue token expired: list again from the start
+                raise Gone(f"{kind} list expired while paging: {err.reason}") from err
+            raise
         doc = json.loads(resp.data)
-        return list(doc.get("items") or []), str((doc.get("metadata") or {}).get("resourceVersion", ""))
+        if not isinstance(doc, dict):
+            raise ValueError(f"{kind} list: the API server answered {type(doc).__name__}, not a list object")
+        return doc
+
+    def _objects(self, kind: str, doc: dict[str, Any]) -> Iterator[KubeObject]:
+        seen: set[str] = set()
+        while True:
+            items = doc.get("items") or []
+            token = str(_dict(doc.get("metadata")).get("continue") or "")
+            del doc
+            yield from items
+            del items
+            if not token:
+                return
+            if token in seen:  # a server that hands back a token twice would page for ever
+                raise RuntimeError(f"{kind} list: the API server repeated a continue token")
+            seen.add(token)
+            doc = self._page(kind, token)
 
     def watch(self, kind: str, resource_version: str) -> Iterator[dict[str, Any]]:
         from kubernetes import watch
@@ -193,6 +235,10 @@ class KubeWatchSource:
             raise
         finally:
             w.stop()
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _raw_events(watch: Any) -> Any:

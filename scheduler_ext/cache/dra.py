@@ -119,9 +119,9 @@ class DraObjects:
                 self._state.generation += 1
 
     def replace(self, kind: str, items: Iterable[KubeObject]) -> None:
-        """A full list of one kind: that kind becomes exactly these."""
+        """A full list of one kind: that kind becomes exactly these (read in full first)."""
+        items = list(items)
         with self._lock:
-            items = list(items)
             if kind == "ResourceSlice":
                 nodes = {dra.slice_node(o) for o in self.slices.values()}
                 self.slices = {str(_meta(o).get("name", "")): o for o in items}

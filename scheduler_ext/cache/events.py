@@ -87,9 +87,10 @@ class Events:
             self.dra.apply(kind, obj, deleted)
 
     def replace_nodes(self, nodes: Iterable[KubeObject]) -> None:
-        """A full list of nodes (start, or resync after 410 Gone): the nodes become exactly these."""
+        """A full list of nodes (start, or resync after 410 Gone): the nodes become exactly these.
+        The list is read in full before the lock is taken (it may come page by page from the API)."""
+        nodes = list(nodes)
         with self._lock:
-            nodes = list(nodes)
             keep = {str((n.get("metadata") or {}).get("name", "")) for n in nodes}
             for name in list(self._state.nodes):
                 if name not in keep:

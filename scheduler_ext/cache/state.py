@@ -37,7 +37,7 @@ from scheduler_ext.podspec import PodDemand
 from scheduler_ext.nodefilter import NodeFacts
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Use:
     """One unit a pod holds: a column and a replica (-1: a phantom unit of unknown replica)."""
 
@@ -65,7 +65,7 @@ class NodeState:
     memory_allocatable: int = kslots.UNLIMITED  # MiB
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class PodRecord:
     demand: PodDemand
     uses: tuple[Use, ...] = ()

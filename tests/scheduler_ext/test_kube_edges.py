@@ -65,8 +65,10 @@ def test_pod_api_bodies_and_conflict() -> None:
 
 def test_watch_source_list_and_gone() -> None:
     source = KubeWatchSource(FakeCore())
-    assert source.list("Node") == ([{"metadata": {"name": "n1"}}], "42")
-    assert source.list("Pod") == ([], "43")
+    objects, version = source.list("Node")
+    assert (list(objects), version) == ([{"metadata": {"name": "n1"}}], "42")
+    objects, version = source.list("Pod")
+    assert (list(objects), version) == ([], "43")
     with pytest.raises(Gone):
         list(source.watch("Pod", "43"))
 

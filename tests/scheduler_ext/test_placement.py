@@ -156,7 +156,7 @@ class Replica:
                                                         patience=patience, clock=clock or (lambda: 0.0))
         self.tee = placement.Tee(self.cache, self.controller)
         with cluster.lock:
-            self.tee.replace_pods([copy.deepcopy(p) for p in cluster.pods.values()])
+            self.tee.replace_pods(copy.deepcopy(p) for p in cluster.pods.values())  # read once, as a paged list is
             cluster.sinks.append(self.tee)
 
 
