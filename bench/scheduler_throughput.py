@@ -42,10 +42,13 @@ Mixes: ``whole`` (1, 2, 4, 8 whole GPUs), ``shares`` (one time-sliced share with
 (40 / 25 / 15 / 20 % of those). Pods get the e2e harness's CPU and memory per GPU.
 
 ``--bound-pods N`` first creates N pods already bound to the nodes (namespace ``bench-bound``,
-as the workloads of a cluster in use: 19 in 20 CPU-only, 100m and 256 MiB; every 20th one whole
-GPU on an A100 node, at most 4 per node, without a devices annotation, as another scheduler's
-pods are), so every configuration's scheduler and extender start by listing them: the
-extender's peak RSS is then what a cluster of that many pods costs it.
+as the workloads of a cluster in use), spread evenly over the nodes: on every other whole-GPU
+node 8 pods holding one GPU each (the others stay free for 8-GPU pods), on each time-sliced
+node 16 pods holding one share each (8 GiB hint), all with the ``gpupack.io/devices``
+annotation of the devices they hold (as gpupack placed them), the rest CPU-only (100m, 256
+MiB); so half the GPU capacity is held and every
+configuration's scheduler and extender start by listing them: the extender's peak RSS is
+then what a cluster of that many pods costs it.
 
 Besides the table it prints, per configuration, kube-apiserver's requests per pod (its
 ``apiserver_request_total``), gpupack's server time per verb (its ``/metrics``) and what
@@ -119,8 +122,9 @@ EXTRA_CONFIGS = ("nulltop", "gpupackall")
 MIXES = ("whole", "shares", "pinned", "cpu", "mixed")
 NAMESPACE = "bench"
 BOUND_NAMESPACE = "bench-bound"  # --bound-pods: the cluster's running workloads
-#: --bound-pods: one pod in this many holds a whole GPU (on an A100 node), at most BOUND_GPUS_PER_NODE per node
-BOUND_GPU_EVERY, BOUND_GPUS_PER_NODE = 20, 4
+#: --bound-pods: per node, pods holding one whole GPU (every other A100 and H100 node) or one
+#: share (time-sliced nodes)
+BOUND_GPU_PODS = {"a100": 8, "h100": 8, "h100-shared": 16, "cpu": 0}
 GROUP = "bench"  # the harness's group label, on every node; its pods select it
 SERVICE_NAME = "gpupack-extender.kube-system.svc"  # what the serving certificate names
 A100 = ("NVIDIA A100-SXM4-80GB", 81920)
@@ -357,7 +361,9 @@ class BenchCluster(harness.Cluster):
 # --- nodes as the device plugin publishes them ---------------------------------------------------
 
 
-def node_object(name: str, kind: str, folder: pathlib.Path) -> dict[str, Any]:
+def node_object(name: str, kind: str, folder: pathlib.Path,
+                devices: dict[str, dict[str, list[str]]] | None = None) -> dict[str, Any]:
+    """The Node; ``devices`` gets the device ids it advertises per resource."""
     labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
               harness.GROUP_LABEL: GROUP}
     annotations: dict[str, str] = {}
@@ -382,9 +388,11 @@ def node_object(name: str, kind: str, folder: pathlib.Path) -> dict[str, Any]:
         patch = plugin_kube.node_patch(inventory)["metadata"]
         labels.update(patch["labels"])
         annotations.update(patch["annotations"])
-        for resource, devices in resources.advertise(planned).items():
-            capacity[resource] = str(len(devices))
-            allocatable[resource] = str(sum(d.healthy for d in devices))
+        for resource, advertised in resources.advertise(planned).items():
+            capacity[resource] = str(len(advertised))
+            allocatable[resource] = str(sum(d.healthy for d in advertised))
+            if devices is not None:
+                devices.setdefault(name, {})[resource] = [d.id for d in advertised]
     return {
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": labels, "annotations": annotations},
@@ -405,8 +413,9 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def create_nodes(api: Api, count: int, folder: pathlib.Path) -> dict[str, str]:
-    """Creates the fleet; returns node name -> kind."""
+def create_nodes(api: Api, count: int, folder: pathlib.Path,
+                 devices: dict[str, dict[str, list[str]]] | None = None) -> dict[str, str]:
+    """Creates the fleet; returns node name -> kind (``devices``: see :func:`node_object`)."""
     names = {f"node-{i:05d}": FLEET[i % len(FLEET)] for i in range(count)}
     done = [0]
     lock = threading.Lock()
@@ -415,7 +424,7 @@ def create_nodes(api: Api, count: int, folder: pathlib.Path) -> dict[str, str]:
 
     def one(item: tuple[str, str]) -> None:
         name, kind = item
-        body = node_object(name, kind, folder)
+        body = node_object(name, kind, folder, devices)
         made = api.call("POST", "/api/v1/nodes", body)
         if not (made.get("status") or {}).get("conditions"):  # status dropped on create: write it
             api.call("PATCH", f"/api/v1/nodes/{name}/status", {"status": body["status"]},
@@ -479,16 +488,25 @@ def make_pods(mix: str, count: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
-def create_bound_pods(api: Api, count: int, nodes: dict[str, str]) -> None:
+def create_bound_pods(api: Api, count: int, nodes: dict[str, str], devices: dict[str, dict[str, list[str]]]) -> None:
     """``--bound-pods``: ``count`` pods bound to the fleet's nodes (see the module's docstring)."""
     every = sorted(nodes)
-    a100 = [n for n in every if nodes[n] == "a100"]
-    gpu_pods = count // BOUND_GPU_EVERY
-    if gpu_pods > BOUND_GPUS_PER_NODE * len(a100):
-        raise BenchError(f"--bound-pods {count}: {gpu_pods} GPU pods need {BOUND_GPUS_PER_NODE}x more A100 nodes "
-                         f"than the {len(a100)} there are; use more nodes or fewer bound pods")
-    if count > 200 * len(every):
+    per_node = -(-count // len(every))
+    if per_node > 200:
         raise BenchError(f"--bound-pods {count}: more than 200 per node (the nodes take {NODE_PODS} pods each)")
+    plan: list[tuple[str, str, str]] = []  # (node, resource or "", device id or "")
+    whole = 0
+    for name in every:
+        held = devices.get(name, {})
+        resource = contract.NVIDIA_GPU_SHARED if contract.NVIDIA_GPU_SHARED in held else contract.NVIDIA_GPU
+        ids = held.get(resource, [])[:BOUND_GPU_PODS[nodes[name]]]
+        if resource == contract.NVIDIA_GPU and ids:
+            whole += 1
+            if whole % 2 == 0:
+                ids = []
+        plan += [(name, resource, i) for i in ids]
+        plan += [(name, "", "")] * (per_node - len(ids))
+    plan = plan[:count]
     api.call("POST", "/api/v1/namespaces", {"metadata": {"name": BOUND_NAMESPACE}})
     done = [0]
     lock = threading.Lock()
@@ -496,11 +514,14 @@ def create_bound_pods(api: Api, count: int, nodes: dict[str, str]) -> None:
     t0 = time.monotonic()
 
     def one(i: int) -> None:
-        if i % BOUND_GPU_EVERY == 0:
-            pod = workloads.gpu_pod(f"b-{i:06d}", GROUP, {contract.NVIDIA_GPU: 1},
-                                    node_name=a100[(i // BOUND_GPU_EVERY) % len(a100)])
+        name, resource, device = plan[i]
+        if resource:
+            annotations = {contract.DEVICES_ANNOTATION: contract.encode_assignment({"main": {resource: [device]}})}
+            if resource == contract.NVIDIA_GPU_SHARED:
+                annotations[contract.GPU_MEMORY_ANNOTATION] = "8Gi"
+            pod = workloads.gpu_pod(f"b-{i:06d}", GROUP, {resource: 1}, annotations=annotations, node_name=name)
         else:
-            pod = workloads.gpu_pod(f"b-{i:06d}", GROUP, {}, node_name=every[i % len(every)])
+            pod = workloads.gpu_pod(f"b-{i:06d}", GROUP, {}, node_name=name)
             pod["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "100m", "memory": "256Mi"}}
         pod["metadata"]["namespace"] = BOUND_NAMESPACE
         pod["metadata"]["labels"] = {"bench": "bound"}
@@ -509,11 +530,12 @@ def create_bound_pods(api: Api, count: int, nodes: dict[str, str]) -> None:
             done[0] += 1
             if time.monotonic() - last[0] > PROGRESS_S:
                 last[0] = time.monotonic()
-                say(f"  bound pods: {done[0]}/{count} created ({done[0] / (last[0] - t0):.0f}/s)")
+                say(f"  bound pods: {done[0]}/{len(plan)} created ({done[0] / (last[0] - t0):.0f}/s)")
 
     with concurrent.futures.ThreadPoolExecutor(CREATE_THREADS) as pool:
-        list(pool.map(one, range(count)))
-    say(f"  bound pods: {count} created in {time.monotonic() - t0:.1f}s")
+        list(pool.map(one, range(len(plan))))
+    gpu = sum(1 for _, r, _ in plan if r)
+    say(f"  bound pods: {len(plan)} created in {time.monotonic() - t0:.1f}s ({gpu} holding a GPU or a share)")
 
 
 # --- one configuration ---------------------------------------------------------------------------
@@ -950,10 +972,11 @@ def run_node_count(args: argparse.Namespace, bin_dir: pathlib.Path, nodes: int, 
         if {"gpupack", "gpupackall", "gate"} & set(args.configs):
             accounts.apply_access_objects(cluster)  # the chart's RBAC and admission policies
         say(f"nodes {nodes}: creating the fleet ({', '.join(f'{k} {v}/8' for k, v in collections.Counter(FLEET).items())})")
-        node_kinds = create_nodes(api, nodes, work)
+        devices: dict[str, dict[str, list[str]]] = {}
+        node_kinds = create_nodes(api, nodes, work, devices)
         if args.bound_pods:
             say(f"nodes {nodes}: creating {args.bound_pods} pods bound to them (--bound-pods)")
-            create_bound_pods(api, args.bound_pods, node_kinds)
+            create_bound_pods(api, args.bound_pods, node_kinds, devices)
         bench = Bench(args, cluster, api, node_kinds)
         results: list[Result] = []
         for rnd in range(1, args.rounds + 1):
