@@ -237,10 +237,8 @@ class Decider:
                             numpy.full(n, -numpy.inf), [Group(everyone, msg, "bad-request", True)])
         if not demand.wants_gpu:
             return self._cpu_only(demand, names, score, detail)
-        totals = demand.totals()
-        # the resource with the most units leads the score; every resource must fit
-        lead = max(totals, key=lambda r: (totals[r], r))
-        self.cache.record_shape(demand.uid, self._request(demand, lead, lead))
+        lead = _lead(demand)
+        self.record_shape(demand)
         # the generation is read before the state: a change in between makes it stale, never wrong
         generation = self.cache.generation
         with self.cache.rows_of(names, exclude=demand.uid) as (rows, pos, memo):
@@ -304,6 +302,20 @@ class Decider:
             return memo.evaluate(rows, req, self.policy, mix, score=score, levels=levels)
         return kernel.evaluate(rows, req, self.policy, self.xp, mix=mix, score=score, levels=levels)
 
+    def record_shape(self, demand: PodDemand) -> None:
+        """Notes the pod's shape in the mix, once per pod (a pod noted before is not counted
+        again): its leading GPU part with its CPU and memory, or for a CPU-only pod a request
+        of no GPU. :meth:`decide` notes each pod it decides (a CPU-only one only when some
+        candidate has GPUs); gate mode notes a whole pass's pods before deciding the first, so
+        that one mix scores the pass. ``demand`` with its claims resolved."""
+        if demand.error:
+            return
+        if demand.wants_gpu:
+            lead = _lead(demand)
+            self.cache.record_shape(demand.uid, self._request(demand, lead, lead))
+        else:
+            self.cache.record_shape(demand.uid, kernel.Request(-1, 0, 0, demand.cpu_milli, demand.node_memory_mib))
+
     def _request(self, demand: PodDemand, resource: str, lead: str) -> kernel.Request:
         """The kernel's request for one resource of the pod; the pod's CPU and memory go with
         the leading resource."""
@@ -331,7 +343,7 @@ class Decider:
                 # nodes are tainted, the many CPU-only pods reach the extender with CPU nodes
                 # alone, and counted they would crowd the GPU shapes out of it.
                 if pos.shape[0] and bool((rows.capacity > 0).any()):
-                    self.cache.record_shape(demand.uid, req)
+                    self.record_shape(demand)
                     generation = self.cache.generation
                     mix = self.cache.mix() if self.policy.uses_mix else ()
                     v = self._verdicts(self._to_xp(rows), req, mix, True, memo, True)
@@ -428,3 +440,10 @@ class Decider:
             if not bool(kernel.evaluate(row, req, self.policy, self.xp, score=False).feasible[0]):
                 return False
         return True
+
+
+def _lead(demand: PodDemand) -> str:
+    """The resource with the most units (then the last by name): it leads the score; every
+    resource must fit."""
+    totals = demand.totals()
+    return max(totals, key=lambda r: (totals[r], r))

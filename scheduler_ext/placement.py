@@ -302,9 +302,13 @@ class PlacementController:
         due.sort(key=_queue_order)
         placed: list[_Placed] = []
         names = self.cache.node_names()
-        for w in due:
+        demands = [self.cache.resolve_claims(pod_demand(w.pod)) for w in due]
+        for w, demand in zip(due, demands):  # the pass's shapes first: one mix scores the whole pass
+            if not nodefilter.unsupported(w.pod.get("spec") or {}):
+                self.decider.record_shape(demand)
+        for w, demand in zip(due, demands):
             started = time.perf_counter()
-            outcome = self._decide(w, names, now, generation)
+            outcome = self._decide(w, demand, names, now, generation)
             if self.metrics is not None:
                 self.metrics.placement_seconds.observe(time.perf_counter() - started)
             if isinstance(outcome, _Placed):
@@ -326,10 +330,10 @@ class PlacementController:
             except Exception as err:  # gone meanwhile, or the API failed: its next event queues it
                 log.debug("gated pod %s/%s not read again: %s", namespace, name, err)
 
-    def _decide(self, w: _Waiting, names: list[str], now: float, generation: int) -> _Placed | None:
+    def _decide(self, w: _Waiting, demand: PodDemand, names: list[str], now: float, generation: int) -> _Placed | None:
+        """``demand``: the pod's, with its claims resolved."""
         pod = w.pod
         spec = pod.get("spec") or {}
-        demand = self.cache.resolve_claims(pod_demand(pod))
         where = f"{demand.namespace}/{demand.name}"
         why = f"its request cannot be read ({demand.error})" if demand.error else ""
         if not why and nodefilter.unsupported(spec):

@@ -284,6 +284,33 @@ def test_patience_hands_the_pod_to_kube_scheduler_as_it_is() -> None:
     assert "schedulingGates" not in spec and "affinity" not in spec  # as it was, so preemption sees it
 
 
+def test_one_mix_scores_a_whole_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass's shapes are noted before its first decision: every decision of the pass reads
+    the same mix, made of all of them (noted one by one, the first pods were scored under a
+    mix of themselves and each new shape replaced it: a full evaluation of every node)."""
+    cluster = FakeCluster()
+    r = Replica(cluster, [node(f"n{i}", n=8) for i in range(4)], FakeLedgerApi())
+    r.decider = r.controller.decider = Decider(r.cache, "fragmentation")
+    shapes = [1, 1, 2, 4, 8, 1, 2]
+    for i, count in enumerate(shapes):
+        cluster.create(gated_pod(f"g{i}", gpus={GPU: count}))
+    cpu_only = gated_pod("c0")
+    cpu_only["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}}
+    cluster.create(cpu_only)
+    seen: list[Any] = []
+    decide = r.decider.decide
+
+    def spy(demand: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(r.cache.mix())
+        return decide(demand, *args, **kwargs)
+
+    monkeypatch.setattr(r.decider, "decide", spy)
+    assert r.controller.place_ready().placed == len(shapes) + 1
+    assert len(seen) == len(shapes) + 1 and all(m is seen[0] for m in seen)
+    counts = sorted(req.count for req, _ in seen[0])
+    assert counts == [0, 1, 2, 4, 8]  # every shape of the pass, the CPU-only one as a request of no GPU
+
+
 def test_a_cpu_only_pod_is_pinned_without_devices_and_holds_its_cpu() -> None:
     cluster = FakeCluster()
     small = node("small", n=1)
