@@ -20,6 +20,12 @@ the others are evaluated together. At most :data:`STATE_ROWS` changed rows are l
 this way (more are evaluated at once), and the states kept per request take about
 :data:`KEPT_STATE_BYTES` at most (a key grows with the slots per node: about 560 bytes with
 8, 3 KB with 64).
+
+A request not kept (its first pod, or its first under a new mix) is evaluated on every row,
+but rows in one state share one verdict there too: the memo numbers each row's slot state
+(recomputed for the rows marked changed), and evaluates one row per distinct pair of state
+and CPU and memory cuts, when those are at most half the rows (5,000 nodes of a few kinds,
+most of them empty or full: a few hundred).
 """
 
 from __future__ import annotations
@@ -45,6 +51,12 @@ STATE_ROWS = 64
 KEPT_STATE_BYTES = 256 * 1024
 #: What a kept state costs beyond its key's bytes (the bytes and tuple objects, the dict slot).
 _STATE_OVERHEAD = 200
+#: Bytes of numbered slot states per memo, about: past it the numbering starts again. A copy
+#: whose every row in its own state would not fit (about 18,000 nodes at 8 slots, 2,800 at 64)
+#: is evaluated on every row instead.
+NUMBERED_STATE_BYTES = 8 * 1024 * 1024
+#: What a numbered state costs beyond its key's bytes (the bytes object, the dict slot).
+_NUMBER_OVERHEAD = 100
 
 _SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(Slots) if f.name not in ("node_cpu_free", "node_memory_free"))
 _VERDICT_FIELDS = ("feasible", "reason", "free_units", "total_units", "raw")
@@ -69,9 +81,13 @@ class VerdictMemo:
         self._requests = requests
         self._state_bytes = state_bytes  # 0: no verdicts kept by row state
         self._entries: collections.OrderedDict[tuple[str, Request, bool], _Entry] = collections.OrderedDict()
+        self._state_of = numpy.zeros(nodes, dtype=numpy.int64)  # per row: the number of its slot state
+        self._state_stale = numpy.ones(nodes, dtype=bool)
+        self._numbers: dict[bytes, int] = {}
 
     def mark(self, positions: Array) -> None:
         self.sums.mark(positions)
+        self._state_stale[positions] = True
         for e in self._entries.values():
             e.stale[positions] = True
 
@@ -84,10 +100,10 @@ class VerdictMemo:
         key = (policy.name, req, score)
         entry = self._entries.get(key)
         if entry is None or entry.mix is not mix:
-            v = evaluate(s, req, policy, numpy, mix=mix, score=score, memo=self.sums, levels=False)
             cpu, mem = policy.node_cuts(req, mix)
-            entry = _Entry(mix, v, numpy.zeros(self.nodes, dtype=bool),
-                           (numpy.asarray(cpu, dtype=numpy.int64), numpy.asarray(mem, dtype=numpy.int64)))
+            cuts = (numpy.asarray(cpu, dtype=numpy.int64), numpy.asarray(mem, dtype=numpy.int64))
+            entry = _Entry(mix, self._evaluate_all(s, req, policy, mix, score, cuts),
+                           numpy.zeros(self.nodes, dtype=bool), cuts)
             self._entries[key] = entry
             while len(self._entries) > self._requests:
                 self._entries.popitem(last=False)
@@ -103,6 +119,44 @@ class VerdictMemo:
         if levels and score:
             return dataclasses.replace(v, level=to_levels(v.raw, v.feasible, numpy))
         return v
+
+    def _evaluate_all(self, s: Slots, req: Request, policy: Policy, mix: Mix, score: bool,
+                      cuts: tuple[Array, Array]) -> Verdicts:
+        """Every row's verdict, evaluated once per distinct state (slots, and which cuts the
+        node's free CPU and memory reach) when those are at most half the rows."""
+        n = s.shape[0]
+        states = self._states(s)
+        if states is None:
+            return evaluate(s, req, policy, numpy, mix=mix, score=score, memo=self.sums, levels=False)
+        cpu = numpy.searchsorted(cuts[0], s.node_cpu_free, side="right")
+        mem = numpy.searchsorted(cuts[1], s.node_memory_free, side="right")
+        key = (states * (cuts[0].shape[0] + 1) + cpu) * (cuts[1].shape[0] + 1) + mem
+        distinct, first, inverse = numpy.unique(key, return_index=True, return_inverse=True)
+        if 2 * distinct.shape[0] > n:
+            return evaluate(s, req, policy, numpy, mix=mix, score=score, memo=self.sums, levels=False)
+        sub = evaluate(s.rows(first), req, policy, numpy, mix=mix, score=score, memo=RowSubset(self.sums, s, first),
+                       levels=False)
+        inverse = inverse.reshape(-1)
+        return Verdicts(**{name: getattr(sub, name).take(inverse) for name in _VERDICT_FIELDS},
+                        level=numpy.zeros(n, numpy.int64))
+
+    def _states(self, s: Slots) -> Array | None:
+        """Per row of ``s``, the number of its slot state (rows alike in every slot array share
+        one), numbered again for the rows marked since; None when the copy's rows, each in a
+        state of its own, would take more than :data:`NUMBERED_STATE_BYTES`."""
+        width = sum(getattr(s, name).dtype.itemsize for name in _SLOT_FIELDS) * s.shape[1]
+        limit = NUMBERED_STATE_BYTES // (width + _NUMBER_OVERHEAD)
+        if s.shape[0] > limit:
+            return None
+        at = numpy.nonzero(self._state_stale)[0]
+        if at.shape[0]:
+            if len(self._numbers) + at.shape[0] > limit:
+                self._numbers.clear()
+                at = numpy.arange(s.shape[0])
+            numbers = self._numbers
+            self._state_of[at] = [numbers.setdefault(k, len(numbers)) for k in _slot_keys(s, at)]
+            self._state_stale[:] = False
+        return self._state_of
 
     def _evaluate_rows(self, entry: _Entry, s: Slots, req: Request, policy: Policy, at: Array,
                        score: bool) -> Verdicts:
@@ -184,6 +238,15 @@ class _SubsetSums:
         at = self.at
         parts = {g: (c.take(at), st.take(at), al.take(at)) for g, (c, st, al) in b.parts.items()}
         return BeforeSums(b.total_idle.take(at), b.used_weight.take(at), b.total_weight.take(at), parts)
+
+
+def _slot_keys(s: Slots, at: Array) -> list[bytes]:
+    """Per row of ``at``: the bytes of its slot arrays (one matrix, cut in rows)."""
+    parts = [numpy.ascontiguousarray(getattr(s, name).take(at, axis=0)) for name in _SLOT_FIELDS]
+    matrix = numpy.concatenate([p.view(numpy.uint8).reshape(at.shape[0], -1) for p in parts], axis=1)
+    width = matrix.shape[1]
+    flat = matrix.tobytes()
+    return [flat[i * width:(i + 1) * width] for i in range(at.shape[0])]
 
 
 def _state_keys(s: Slots, at: Array, cuts: tuple[Array, Array]) -> list[bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 import itertools
 
 import numpy as np
@@ -266,6 +267,51 @@ def test_kept_verdicts_equal_a_fresh_evaluation(rows: list[list[S]], later: list
 
 
 CPU_NEAR_CUTS = [0, 999, 1000, 1500, 2499, 2500, 4000, kernel.slots.UNLIMITED]
+
+
+@SETTINGS
+@given(st.lists(slot(), min_size=1, max_size=3), requests, st.sampled_from([0, 1000, 1500]), st.data())
+def test_a_full_evaluation_once_per_distinct_state_equals_one_of_every_row(pool: list[S], req: Request, cpu: int,
+                                                                           data: st.DataObject) -> None:
+    """A request evaluated on every row (its first time, and again under a new mix) evaluates
+    one row per distinct state (slots, and which CPU cuts the node reaches) when those are at
+    most half the rows, and its verdicts equal an evaluation of every row, bit for bit, for
+    every policy: also after the rows change to states numbered before and new ones."""
+    from gpupack.kernel import verdict_memo
+
+    req = dataclasses.replace(req, cpu_milli=cpu)
+    states = [[x] * 2 for x in pool]
+    n = 16
+    mix = ((req, 0.5), (Request(0, 1, cpu_milli=1000), 0.3), (Request(-1, 0, cpu_milli=1500), 0.2))
+    other_mix = ((req, 0.2), (Request(1, 2, 12000), 0.8))
+    draw_rows = st.lists(st.tuples(st.integers(0, len(states) - 1), st.sampled_from(CPU_NEAR_CUTS)),
+                         min_size=n, max_size=n)
+    first, second = data.draw(draw_rows), data.draw(draw_rows)
+    plain = verdict_memo.evaluate
+    for name in kernel.POLICIES:
+        policy = kernel.get_policy(name)
+        memo = VerdictMemo(n)
+        for call, (picked, m) in enumerate(((first, mix), (second, other_mix), (second, mix))):
+            now = slots([states[i] for i, _ in picked], cpu=[c for _, c in picked], mem=[4000] * n)
+            memo.mark(np.arange(n))
+            evaluated: list[int] = []
+
+            def counting(rows: Slots, *args: Any, **kwargs: Any) -> Any:
+                evaluated.append(rows.shape[0])
+                return plain(rows, *args, **kwargs)
+
+            verdict_memo.evaluate = counting  # type: ignore[assignment]
+            try:
+                kept = memo.evaluate(now, req, policy, m)
+            finally:
+                verdict_memo.evaluate = plain  # type: ignore[assignment]
+            fresh = kernel.evaluate(now, req, policy, np, mix=m)
+            for f in ("feasible", "reason", "free_units", "total_units", "level", "raw"):  # raw bit for bit
+                assert getattr(kept, f).tolist() == getattr(fresh, f).tolist(), (name, call, f)
+            if call == 0 or policy.uses_mix:  # evaluated on every row: the first time, or a new mix
+                cpu_cuts, _ = policy.node_cuts(req, m if policy.uses_mix else ())
+                distinct = len({(repr(states[i]), int(np.searchsorted(cpu_cuts, c, side="right"))) for i, c in picked})
+                assert evaluated == ([n] if 2 * distinct > n else [distinct]), (name, call)
 
 
 @SETTINGS
