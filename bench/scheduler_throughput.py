@@ -413,14 +413,31 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def create_nodes(api: Api, count: int, folder: pathlib.Path,
-                 devices: dict[str, dict[str, list[str]]] | None = None) -> dict[str, str]:
-    """Creates the fleet; returns node name -> kind (``devices``: see :func:`node_object`)."""
-    names = {f"node-{i:05d}": FLEET[i % len(FLEET)] for i in range(count)}
+def create_all(what: str, items: Sequence[Any], create: Any) -> float:
+    """Calls ``create(item)`` for every item on CREATE_THREADS threads, saying how far it got
+    every PROGRESS_S; returns the seconds it took."""
     done = [0]
     lock = threading.Lock()
     last = [time.monotonic()]
     t0 = time.monotonic()
+
+    def one(item: Any) -> None:
+        create(item)
+        with lock:
+            done[0] += 1
+            if time.monotonic() - last[0] > PROGRESS_S:
+                last[0] = time.monotonic()
+                say(f"  {what}: {done[0]}/{len(items)} created ({done[0] / (last[0] - t0):.0f}/s)")
+
+    with concurrent.futures.ThreadPoolExecutor(CREATE_THREADS) as pool:
+        list(pool.map(one, items))
+    return time.monotonic() - t0
+
+
+def create_nodes(api: Api, count: int, folder: pathlib.Path,
+                 devices: dict[str, dict[str, list[str]]] | None = None) -> dict[str, str]:
+    """Creates the fleet; returns node name -> kind (``devices``: see :func:`node_object`)."""
+    names = {f"node-{i:05d}": FLEET[i % len(FLEET)] for i in range(count)}
 
     def one(item: tuple[str, str]) -> None:
         name, kind = item
@@ -429,15 +446,9 @@ def create_nodes(api: Api, count: int, folder: pathlib.Path,
         if not (made.get("status") or {}).get("conditions"):  # status dropped on create: write it
             api.call("PATCH", f"/api/v1/nodes/{name}/status", {"status": body["status"]},
                      content_type="application/merge-patch+json")
-        with lock:
-            done[0] += 1
-            if time.monotonic() - last[0] > PROGRESS_S:
-                last[0] = time.monotonic()
-                say(f"  nodes: {done[0]}/{count} created ({done[0] / (last[0] - t0):.0f}/s)")
 
-    with concurrent.futures.ThreadPoolExecutor(CREATE_THREADS) as pool:
-        list(pool.map(one, names.items()))
-    say(f"  nodes: {count} created in {time.monotonic() - t0:.1f}s")
+    took = create_all("nodes", list(names.items()), one)
+    say(f"  nodes: {count} created in {took:.1f}s")
     return names
 
 
@@ -508,10 +519,6 @@ def create_bound_pods(api: Api, count: int, nodes: dict[str, str], devices: dict
         plan += [(name, "", "")] * (per_node - len(ids))
     plan = plan[:count]
     api.call("POST", "/api/v1/namespaces", {"metadata": {"name": BOUND_NAMESPACE}})
-    done = [0]
-    lock = threading.Lock()
-    last = [time.monotonic()]
-    t0 = time.monotonic()
 
     def one(i: int) -> None:
         name, resource, device = plan[i]
@@ -526,16 +533,10 @@ def create_bound_pods(api: Api, count: int, nodes: dict[str, str], devices: dict
         pod["metadata"]["namespace"] = BOUND_NAMESPACE
         pod["metadata"]["labels"] = {"bench": "bound"}
         api.call("POST", f"/api/v1/namespaces/{BOUND_NAMESPACE}/pods", pod)
-        with lock:
-            done[0] += 1
-            if time.monotonic() - last[0] > PROGRESS_S:
-                last[0] = time.monotonic()
-                say(f"  bound pods: {done[0]}/{len(plan)} created ({done[0] / (last[0] - t0):.0f}/s)")
 
-    with concurrent.futures.ThreadPoolExecutor(CREATE_THREADS) as pool:
-        list(pool.map(one, range(len(plan))))
+    took = create_all("bound pods", range(len(plan)), one)
     gpu = sum(1 for _, r, _ in plan if r)
-    say(f"  bound pods: {len(plan)} created in {time.monotonic() - t0:.1f}s ({gpu} holding a GPU or a share)")
+    say(f"  bound pods: {len(plan)} created in {took:.1f}s ({gpu} holding a GPU or a share)")
 
 
 # --- one configuration ---------------------------------------------------------------------------
