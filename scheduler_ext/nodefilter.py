@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gpupack import contract
@@ -149,6 +149,56 @@ def _tolerated(taint: tuple[str, str, str], tolerations: tuple[Any, ...]) -> boo
         elif t.get("key") == key and str(t.get("value", "")) == value:
             return True
     return False
+
+
+def label_keys(c: PodConstraints) -> tuple[str, ...] | None:
+    """The node labels :func:`allows` reads for ``c`` (its selector's and its terms' expression
+    keys), or None when it reads the node's name too (a term with ``matchFields``)."""
+    if any(_list(t.get("matchFields")) for t in c.terms):
+        return None
+    keys = {k for k, _ in c.selector}
+    keys.update(str(_dict(e).get("key", "")) for t in c.terms for e in _list(t.get("matchExpressions")))
+    return tuple(sorted(keys))
+
+
+class FactsColumns:
+    """The facts of a list of nodes by column, for :func:`allows_all` to read over many pods'
+    constraints: the list of the known nodes' facts is built once, each label's column once
+    (a fleet's worth of lookups costs more than the rest of a filter). Valid while the facts
+    are unchanged."""
+
+    def __init__(self, names: Sequence[str], facts: Mapping[str, NodeFacts]) -> None:
+        self.names = names
+        self.known = [n for n in names if n in facts]
+        self.of = [facts[n] for n in self.known]
+        self.base = list(zip([f.unschedulable for f in self.of], [f.taints for f in self.of]))
+        self._labels: dict[str, list[str | None]] = {}
+
+    def label(self, key: str) -> list[str | None]:
+        """The known nodes' values of label ``key`` (None where a node has none)."""
+        column = self._labels.get(key)
+        if column is None:
+            column = self._labels[key] = [f.labels.get(key) for f in self.of]
+        return column
+
+
+def allows_all(c: PodConstraints, nodes: FactsColumns) -> list[bool]:
+    """:func:`allows` for each of ``nodes.names`` (False for a name without facts), worked out
+    once per distinct set of what it reads (cordon, taints, the labels of :func:`label_keys`): a
+    fleet of thousands of nodes has a few such sets."""
+    keys = label_keys(c)
+    known, of = nodes.known, nodes.of
+    if keys is None:
+        out = [allows(c, n, f) for n, f in zip(known, of)]
+    else:
+        sigs = list(zip(nodes.base, *[nodes.label(k) for k in keys]))
+        one_of_each = dict(zip(sigs, range(len(sigs))))  # a node of each distinct set (allows reads no name)
+        verdict = {sig: allows(c, known[i], of[i]) for sig, i in one_of_each.items()}
+        out = list(map(verdict.__getitem__, sigs))
+    if len(known) == len(nodes.names):
+        return out
+    by_name = dict(zip(known, out))
+    return [by_name.get(n, False) for n in nodes.names]
 
 
 def allows(c: PodConstraints, name: str, facts: NodeFacts) -> bool:

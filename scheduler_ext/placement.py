@@ -206,6 +206,7 @@ class PlacementController:
         self.stats = Stats()
         self.metrics = metrics
         self._waiting: dict[str, _Waiting] = {}
+        self._warmed: list[str] | None = None  # the node names :meth:`warm` last prepared
         self._cond = threading.Condition()
         # gated pods past MAX_GATED: uid -> (namespace, name), read again as the queue empties
         self._overflow: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
@@ -272,14 +273,24 @@ class PlacementController:
         waiting for room that may have freed), looking again at least every ``idle`` seconds
         (patience and backoffs run out by the clock)."""
         while not stop.is_set():
-            with self._cond:
-                if not self.cache.synced or not self._due():
-                    self._cond.wait(idle)
-                    continue
             try:
+                if self.cache.synced:
+                    self.warm()
+                with self._cond:
+                    if not self.cache.synced or not self._due():
+                        self._cond.wait(idle)
+                        continue
                 self.place_ready()
             except Exception:  # one bad pass must not stop placement for good
                 log.exception("placement pass failed; trying again")
+
+    def warm(self) -> None:
+        """Once per set of nodes, before the next pass: the kept copy of every node's row, its
+        per-node sums and numbered row states (:meth:`ClusterCache.warm`), which the first
+        decision would otherwise work out (at 5,000 nodes, most of its time)."""
+        names = self.cache.node_names()
+        if names and names is not self._warmed and self.cache.warm(names):
+            self._warmed = names
 
     def _due_now(self) -> list[_Waiting]:
         """The gated pods to try now: past any backoff, and new, changed, or waiting for room

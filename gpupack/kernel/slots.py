@@ -144,9 +144,18 @@ def unit_memory(s: Slots, req: Request, xp: Namespace) -> Array:
     return xp.where(s.capacity <= 1, s.memory_mib, s.memory_mib // xp.maximum(s.capacity, 1))
 
 
+#: Up to this many models, :func:`of_models` compares with each (``isin`` costs more on few rows).
+FEW_MODELS = 8
+
+
 def of_models(s: Slots, models: frozenset[int], xp: Namespace) -> Array:
     """Per slot: its GPU model is one of ``models``."""
-    return xp.isin(s.model, xp.asarray(sorted(models), dtype=s.model.dtype))
+    if len(models) > FEW_MODELS:
+        return xp.isin(s.model, xp.asarray(sorted(models), dtype=s.model.dtype))
+    out = xp.zeros(s.model.shape, dtype=bool)
+    for m in models:
+        out |= s.model == m
+    return out
 
 
 def units(
@@ -159,19 +168,29 @@ def units(
 ) -> Array:
     """Units of ``req`` each slot can host: ``min(free, free_memory // unit_memory)`` on healthy
     slots of the requested resource, 0 elsewhere. ``free``/``free_memory_mib`` default to now."""
-    free = s.free if free is None else free
-    free_mem = s.free_memory_mib if free_memory_mib is None else free_memory_mib
+    return units_of(unit_fit(s, req, xp, healthy_only), s.free if free is None else free,
+                    s.free_memory_mib if free_memory_mib is None else free_memory_mib, xp)
+
+
+def unit_fit(s: Slots, req: Request, xp: Namespace, healthy_only: bool = True) -> tuple[Array, Array]:
+    """What :func:`units` reads of ``req`` and the slots apart from their free shares and memory:
+    ``(ok, per_unit)``, the slots that may host it at all and the memory one unit takes (at
+    least 1). For a caller that counts units on the same slots in two states."""
     ok = s.resource == req.resource
     if healthy_only:
         ok &= s.healthy
     if req.models:
         ok &= of_models(s, req.models, xp)
-    whole = s.capacity <= 1
     if req.memory_mib > 0:
         # a hint larger than a whole device's memory makes that device useless for the request
-        ok &= ~(whole & (s.memory_mib < req.memory_mib))
-    per_unit = unit_memory(s, req, xp)
-    n = xp.minimum(free, free_mem // xp.maximum(per_unit, 1))
+        ok &= ~((s.capacity <= 1) & (s.memory_mib < req.memory_mib))
+    return ok, xp.maximum(unit_memory(s, req, xp), 1)
+
+
+def units_of(fit: tuple[Array, Array], free: Array, free_memory_mib: Array, xp: Namespace) -> Array:
+    """:func:`units` with the slots' ``fit`` (:func:`unit_fit`) and these free shares and memory."""
+    ok, per_unit = fit
+    n = xp.minimum(free, free_memory_mib // per_unit)
     n *= ok
     return xp.maximum(n, 0).astype(xp.int32, copy=False)
 

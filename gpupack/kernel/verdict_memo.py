@@ -91,6 +91,12 @@ class VerdictMemo:
         for e in self._entries.values():
             e.stale[positions] = True
 
+    def prepare(self, s: Slots) -> None:
+        """Works out now what every request's first evaluation on ``s`` (the kept rows) would:
+        the rows' numbered slot states and their per-node sums without GPU parts."""
+        self._states(s)
+        self.sums.get(s, (), numpy)
+
     def evaluate(self, s: Slots, req: Request, policy: Policy, mix: Mix = (), score: bool = True,
                  levels: bool = True) -> Verdicts:
         """:func:`~gpupack.kernel.evaluate.evaluate` of ``req`` on ``s`` (the kept rows,

@@ -70,6 +70,7 @@ class ClusterCache:
         self._shapes = ShapeMix(self._state)
         self._eligible: dict[tuple[str, int, int, str], numpy.ndarray[Any, Any]] = {}  # eligible()'s masks
         self._rows_for: tuple[int, Sequence[str], numpy.ndarray[Any, Any]] | None = None  # eligible()'s rows
+        self._facts_columns: tuple[int, nodefilter.FactsColumns] | None = None  # eligible()'s node facts
         self.resources = self._state.resources
         self.models = self._state.models
 
@@ -106,6 +107,11 @@ class ClusterCache:
     ) -> contextlib.AbstractContextManager[tuple[kslots.Slots, numpy.ndarray[Any, Any], VerdictMemo | SubsetView | None]]:
         return self._candidates.rows_of(names, exclude)
 
+    def warm(self, names: Sequence[str]) -> bool:
+        """:meth:`Candidates.warm <scheduler_ext.cache.candidates.Candidates.warm>`: ``names``
+        kept, with their memo prepared, ahead of the first decision over them."""
+        return self._candidates.warm(names)
+
     def all_rows(self) -> tuple[kslots.Slots, list[str]]:
         return self._candidates.all_rows()
 
@@ -125,9 +131,10 @@ class ClusterCache:
             key = (constraints.key, st.facts_generation, len(names), names[0] if names else "")
             mask = self._eligible.get(key)
             if mask is None:
-                facts = st.facts
-                mask = numpy.fromiter((n in facts and nodefilter.allows(constraints, n, facts[n]) for n in names),
-                                      dtype=bool, count=len(names))
+                columns = self._facts_columns
+                if columns is None or columns[0] != st.facts_generation or columns[1].names is not names:
+                    columns = self._facts_columns = (st.facts_generation, nodefilter.FactsColumns(names, st.facts))
+                mask = numpy.array(nodefilter.allows_all(constraints, columns[1]), dtype=bool)
                 self._eligible[key] = mask
                 while len(self._eligible) > ELIGIBLE_SHAPES:
                     self._eligible.pop(next(iter(self._eligible)))

@@ -171,6 +171,23 @@ class Candidates:
             with self._lock:
                 owner.in_use = False
 
+    def warm(self, names: Sequence[str]) -> bool:
+        """Makes ``names`` a kept list now, with its copy, its memo and the memo's numbered row
+        states, so that the first decision over it does not pay for them (gate mode calls this
+        while no pod waits, with every node's name). False when the list is too short to keep
+        or in use."""
+        with self._lock:
+            sel, _ = self._find(names)
+            if sel.in_use or sel.idx.shape[0] < self.keep_rows_from:
+                return False
+            if sel.copy is None:  # kept from the second use on: this is one ahead of it
+                sel.copy, sel.changed_rows, sel.memo = self._state.arrays.rows(sel.idx), set(), None
+            self._refresh(sel)
+            if sel.memo is None:
+                sel.memo = VerdictMemo(sel.idx.shape[0])
+            sel.memo.prepare(sel.copy)
+            return True
+
     def _kept_superset(self, sel: CandidateList) -> tuple[CandidateList, numpy.ndarray[Any, Any]] | None:
         """A kept list with a copy and a memo, not in use, that holds every row of ``sel``, and
         the positions of ``sel``'s rows in it; None when there is none."""

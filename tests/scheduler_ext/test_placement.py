@@ -17,10 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpupack import contract
+from gpupack.kernel import verdict_memo
 from scheduler_ext import ledger as ledger_mod
 from scheduler_ext import placement
 from scheduler_ext.binder import Binder, Conflict
-from scheduler_ext.cache import ClusterCache
+from scheduler_ext.cache import KEEP_ROWS_FROM, ClusterCache
 from scheduler_ext.decide import Decider
 from scheduler_ext.metrics import Metrics
 from scheduler_ext.podspec import pinned_products, pod_demand
@@ -146,8 +147,8 @@ class Replica:
     """One extender replica in gate mode: its own cache, decider, binder and controller."""
 
     def __init__(self, cluster: FakeCluster, nodes: list[dict[str, Any]], ledger_api: FakeLedgerApi | None,
-                 name: str = "r1", patience: float = 30.0, clock: Any = None) -> None:
-        self.cache = ClusterCache()
+                 name: str = "r1", patience: float = 30.0, clock: Any = None, keep_rows_from: int = KEEP_ROWS_FROM) -> None:
+        self.cache = ClusterCache(keep_rows_from=keep_rows_from)
         self.cache.replace_nodes(nodes)
         self.decider = Decider(self.cache, "binpack")
         ledger = ledger_mod.Ledger(ledger_api, name) if ledger_api is not None else None
@@ -309,6 +310,38 @@ def test_one_mix_scores_a_whole_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(seen) == len(shapes) + 1 and all(m is seen[0] for m in seen)
     counts = sorted(req.count for req, _ in seen[0])
     assert counts == [0, 1, 2, 4, 8]  # every shape of the pass, the CPU-only one as a request of no GPU
+
+
+def test_warming_ahead_of_the_first_pass_numbers_every_row_then_and_changes_no_placement(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While nothing waits, the controller prepares the kept rows of every node (copy, sums,
+    numbered row states), once per set of nodes: the decisions after it number only the rows
+    they changed, and every pod lands where it lands without it."""
+    numbered: list[int] = []
+    slot_keys = verdict_memo._slot_keys
+    monkeypatch.setattr(verdict_memo, "_slot_keys", lambda s, at: numbered.append(len(at)) or slot_keys(s, at))
+
+    def place(warm: bool) -> tuple[dict[str, str], list[int]]:
+        cluster = FakeCluster()
+        r = Replica(cluster, [node(f"n{i}", n=8) for i in range(6)], FakeLedgerApi(), keep_rows_from=4)
+        r.decider = r.controller.decider = Decider(r.cache, "fragmentation")
+        warms: list[int] = []
+        real_warm = r.cache.warm
+        monkeypatch.setattr(r.cache, "warm", lambda names: warms.append(len(names)) or real_warm(names))
+        if warm:
+            r.controller.warm()
+            r.controller.warm()  # the same nodes: nothing to do
+            assert warms == [6]
+        numbered.clear()
+        for i, count in enumerate([1, 2, 1, 4, 8, 1]):
+            cluster.create(gated_pod(f"g{i}", gpus={GPU: count}))
+        assert r.controller.place_ready().placed == 6
+        return dict(cluster.schedule()), list(numbered)
+
+    cold, cold_numbered = place(warm=False)
+    warm, warm_numbered = place(warm=True)
+    assert warm == cold
+    assert 6 in cold_numbered and warm_numbered and max(warm_numbered) < 6
 
 
 def test_a_cpu_only_pod_is_pinned_without_devices_and_holds_its_cpu() -> None:

@@ -35,7 +35,7 @@ test is one comparison per node.
 from __future__ import annotations
 
 from gpupack.kernel.node_sums import allowed_nodes, before_sums
-from gpupack.kernel.slots import UNLIMITED, Mix, Request, Slots, flat_index, unit_memory, units
+from gpupack.kernel.slots import UNLIMITED, Mix, Request, Slots, flat_index, unit_fit, unit_memory, units, units_of
 from gpupack.kernel.usage import ScoreInput, idle_capacity, idle_of_used, slot_used
 from gpupack.kernel.xp import Array, Namespace, row_sum
 
@@ -144,8 +144,9 @@ def score(inp: ScoreInput) -> Array:
             stranded_b = stranded_a = xp.zeros(n, dtype=xp.float64)
         else:
             count_b, stranded_b, allowed = sums.parts[gpu]
-            u_b_c = units(c, gpu, xp)
-            u_a_c = units(c, gpu, xp, free=free_a_c, free_memory_mib=mem_a_c)
+            fit = unit_fit(c, gpu, xp)
+            u_b_c = units_of(fit, c.free, c.free_memory_mib, xp)
+            u_a_c = units_of(fit, free_a_c, mem_a_c, xp)
             count_a = count_b - row_sum(u_b_c, xp) + row_sum(u_a_c, xp)
             stranded_a = stranded_b - row_sum(idle_b_c * (u_b_c == 0), xp) + row_sum(idle_a_c * (u_a_c == 0), xp)
             fits_b, fits_a = count_b >= gpu.count, count_a >= gpu.count
