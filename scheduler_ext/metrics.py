@@ -67,6 +67,13 @@ class Metrics:
             "choice), before its ledger claim and patch.", registry=self.registry,
             buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
+        self.placement_cpu_seconds = prometheus_client.Histogram(
+            "gpupack_placement_decision_cpu_seconds",
+            "Gate mode: CPU time of the placing thread in one decision (as gpupack_placement_decision_seconds). "
+            "Far below that histogram's time, the extender waits for a CPU (other threads or processes): give its "
+            "container more CPU.", registry=self.registry,
+            buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
         self.placements = prometheus_client.Counter(
             "gpupack_placements",
             "Gate mode: gated pods by outcome: placed (pinned and ungated), handed-over (ungated as they were), "

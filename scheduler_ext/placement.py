@@ -318,10 +318,11 @@ class PlacementController:
             if not nodefilter.unsupported(w.pod.get("spec") or {}):
                 self.decider.record_shape(demand)
         for w, demand in zip(due, demands):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             outcome = self._decide(w, demand, names, now, generation)
             if self.metrics is not None:
                 self.metrics.placement_seconds.observe(time.perf_counter() - started)
+                self.metrics.placement_cpu_seconds.observe(time.thread_time() - cpu)
             if isinstance(outcome, _Placed):
                 placed.append(outcome)
                 if len(placed) >= BATCH:

@@ -12,12 +12,12 @@ touches.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import numpy
 
-from gpupack.kernel.slots import Request, Slots, of_models, units
+from gpupack.kernel.slots import Request, Slots, of_models, parts_fit, units_of
 from gpupack.kernel.usage import idle_of_used, slot_used
 from gpupack.kernel.xp import Array, Namespace, row_sum
 
@@ -43,11 +43,16 @@ def allowed_nodes(s: Slots, gpu: Request, xp: Namespace) -> Array:
     return xp.any(of_models(s, gpu.models, xp) & (s.capacity > 0), axis=1)
 
 
-def part_sums(s: Slots, gpu: Request, idle: Array, xp: Namespace) -> tuple[Array, Array, Array]:
-    """``(count, stranded, allowed)`` of one GPU part on every node of ``s``; ``idle`` is
-    :func:`~gpupack.kernel.usage.idle_capacity` of ``s`` now."""
-    u = units(s, gpu, xp)
-    return row_sum(u, xp), row_sum(idle * (u == 0), xp), allowed_nodes(s, gpu, xp)
+def parts_sums(s: Slots, gpus: Sequence[Request], idle: Array, xp: Namespace) -> list[tuple[Array, Array, Array]]:
+    """``(count, stranded, allowed)`` of each GPU part (``count > 0``) on every node of ``s``:
+    units of the part the node can host, its idle capacity on slots that can host none, and
+    whether it has a GPU of a model the part may run on; ``idle`` is
+    :func:`~gpupack.kernel.usage.idle_capacity` of ``s`` now. Counted for all parts at once."""
+    if not gpus:
+        return []
+    u = units_of(parts_fit(s, gpus, xp), s.free, s.free_memory_mib, xp)
+    count, stranded = row_sum(u, xp), row_sum(idle * (u == 0), xp)
+    return [(count[i], stranded[i], allowed_nodes(s, g, xp)) for i, g in enumerate(gpus)]
 
 
 def before_sums(s: Slots, gpus: Iterable[Request], xp: Namespace) -> BeforeSums:
@@ -55,7 +60,8 @@ def before_sums(s: Slots, gpus: Iterable[Request], xp: Namespace) -> BeforeSums:
     CPU-only shapes, need none and are skipped)."""
     used = slot_used(s, s.free, s.free_memory_mib, xp)
     idle = idle_of_used(s, used, xp)
-    parts = {g: part_sums(s, g, idle, xp) for g in gpus if g.count > 0}
+    wanted = [g for g in gpus if g.count > 0]
+    parts = dict(zip(wanted, parts_sums(s, wanted, idle, xp)))
     return BeforeSums(row_sum(idle, xp), row_sum(s.weight * used, xp), row_sum(s.weight * (s.capacity > 0), xp), parts)
 
 
@@ -102,8 +108,8 @@ class NodeSumsMemo:
         new = wanted - sums.parts.keys()
         if new:
             idle = idle_of_used(s, slot_used(s, s.free, s.free_memory_mib, xp), xp)
-            for g in new:
-                sums.parts[g] = part_sums(s, g, idle, xp)
+            added = list(new)
+            sums.parts.update(zip(added, parts_sums(s, added, idle, xp)))
         return sums
 
 

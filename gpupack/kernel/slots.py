@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 
 from gpupack.kernel.xp import Array, Namespace
 
@@ -176,19 +177,33 @@ def unit_fit(s: Slots, req: Request, xp: Namespace, healthy_only: bool = True) -
     """What :func:`units` reads of ``req`` and the slots apart from their free shares and memory:
     ``(ok, per_unit)``, the slots that may host it at all and the memory one unit takes (at
     least 1). For a caller that counts units on the same slots in two states."""
-    ok = s.resource == req.resource
+    ok, per_unit = parts_fit(s, (req,), xp, healthy_only)
+    return ok[0], per_unit[0]
+
+
+def parts_fit(s: Slots, reqs: Sequence[Request], xp: Namespace, healthy_only: bool = True) -> tuple[Array, Array]:
+    """:func:`unit_fit` of several requests at once, stacked: ``(ok, per_unit)`` of shape
+    ``(len(reqs), nodes, slots)``, ``[i]`` for ``reqs[i]`` (a few array operations for all of
+    them, instead of a few for each)."""
+    rid = xp.asarray([r.resource for r in reqs], dtype=s.resource.dtype)[:, None, None]
+    hint = xp.asarray([r.memory_mib for r in reqs], dtype=s.memory_mib.dtype)[:, None, None]
+    whole = s.capacity <= 1
+    ok = s.resource == rid
     if healthy_only:
         ok &= s.healthy
-    if req.models:
-        ok &= of_models(s, req.models, xp)
-    if req.memory_mib > 0:
-        # a hint larger than a whole device's memory makes that device useless for the request
-        ok &= ~((s.capacity <= 1) & (s.memory_mib < req.memory_mib))
-    return ok, xp.maximum(unit_memory(s, req, xp), 1)
+    # a hint larger than a whole device's memory makes that device useless for the request
+    ok &= ~((hint > 0) & whole & (s.memory_mib < hint))
+    for i, r in enumerate(reqs):
+        if r.models:
+            ok[i] &= of_models(s, r.models, xp)
+    # unit_memory, for every request
+    per_unit = xp.where(whole, s.memory_mib, xp.where(hint > 0, hint, s.memory_mib // xp.maximum(s.capacity, 1)))
+    return ok, xp.maximum(per_unit, 1)
 
 
 def units_of(fit: tuple[Array, Array], free: Array, free_memory_mib: Array, xp: Namespace) -> Array:
-    """:func:`units` with the slots' ``fit`` (:func:`unit_fit`) and these free shares and memory."""
+    """:func:`units` with the slots' ``fit`` (:func:`unit_fit`, or :func:`parts_fit`: then the
+    units of every part, stacked) and these free shares and memory."""
     ok, per_unit = fit
     n = xp.minimum(free, free_memory_mib // per_unit)
     n *= ok

@@ -47,8 +47,9 @@ def to_host(a: Array) -> numpy.ndarray[Any, Any]:
 
 
 def row_sum(a: Array, xp: Namespace) -> Array:
-    """Sum over each row of a ``(nodes, slots)`` array. ``einsum`` is several times faster than
-    ``sum(axis=1)`` for the few columns a node has; booleans are counted as int32."""
+    """Sum over each row of a ``(nodes, slots)`` array, or of each part's rows of a ``(parts,
+    nodes, slots)`` one. ``einsum`` is several times faster than ``sum(axis=1)`` for the few
+    columns a node has; booleans are counted as int32."""
     if a.dtype == bool:
         a = a.astype(xp.int32)
-    return xp.einsum("ij->i", a)
+    return xp.einsum("ij->i" if a.ndim == 2 else "pij->pi", a)

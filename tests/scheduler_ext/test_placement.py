@@ -247,6 +247,7 @@ def test_gated_pods_pack_and_kube_scheduler_binds_them_where_pinned() -> None:
     text = metrics.exposition().decode()
     assert 'gpupack_placements_total{outcome="placed"} 4.0' in text
     assert "gpupack_placement_decision_seconds_count 4.0" in text
+    assert "gpupack_placement_decision_cpu_seconds_count 4.0" in text
     bound = dict(cluster.schedule())
     # binpack: the two free GPUs of the used node first, then the empty node
     assert sorted(bound.values()) == ["n1", "n1", "n2", "n2"]

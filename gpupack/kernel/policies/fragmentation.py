@@ -35,7 +35,9 @@ test is one comparison per node.
 from __future__ import annotations
 
 from gpupack.kernel.node_sums import allowed_nodes, before_sums
-from gpupack.kernel.slots import UNLIMITED, Mix, Request, Slots, flat_index, unit_fit, unit_memory, units, units_of
+import numpy
+
+from gpupack.kernel.slots import UNLIMITED, Mix, Request, Slots, flat_index, parts_fit, unit_memory, units, units_of
 from gpupack.kernel.usage import ScoreInput, idle_capacity, idle_of_used, slot_used
 from gpupack.kernel.xp import Array, Namespace, row_sum
 
@@ -136,24 +138,37 @@ def score(inp: ScoreInput) -> Array:
     total_b = sums.total_idle
     total_a = total_b - row_sum(idle_b_c, xp) + row_sum(idle_a_c, xp)
     cpu_a, node_mem_a = inp.node_after()
+    # every GPU part at once: row i of the stacked arrays is part gpus[i]; the last row stands
+    # for CPU-only shapes (no part: fits everywhere, strands nothing)
+    gpus = [g for g in parts if g.count > 0]
+    fit = parts_fit(c, gpus, xp)
+    u_b_c = units_of(fit, c.free, c.free_memory_mib, xp)
+    u_a_c = units_of(fit, free_a_c, mem_a_c, xp)
+    count_b = xp.stack([sums.parts[g][0] for g in gpus] + [xp.zeros(n, dtype=xp.int32)])
+    stranded_b = xp.stack([sums.parts[g][1] for g in gpus] + [xp.zeros(n, dtype=xp.float64)])
+    allowed = xp.stack([sums.parts[g][2] for g in gpus] + [xp.ones(n, dtype=bool)])
+    count_a, stranded_a = count_b.copy(), stranded_b.copy()
+    if gpus:
+        count_a[:-1] += row_sum(u_a_c, xp) - row_sum(u_b_c, xp)
+        stranded_a[:-1] = stranded_b[:-1] - row_sum(idle_b_c * (u_b_c == 0), xp) + row_sum(idle_a_c * (u_a_c == 0), xp)
+    need = xp.asarray([g.count for g in gpus] + [0], dtype=xp.int64)[:, None]
+    fits_b, fits_a = count_b >= need, count_a >= need
+    # one row per shape, in the mix's order (the sum below adds them up in that order)
+    row_of = {g: i for i, g in enumerate(gpus)}
+    shapes = [(row_of.get(gpu, len(gpus)), shape, p) for gpu, group in parts.items() for shape, p in group]
+    at = xp.asarray([r for r, _, _ in shapes], dtype=xp.int64)
+    low = numpy.iinfo(numpy.int64).min  # no CPU or memory asked: every node fits it
+    cpu_m = xp.asarray([m.cpu_milli if m.cpu_milli > 0 else low for _, m, _ in shapes], dtype=xp.int64)[:, None]
+    mem_m = xp.asarray([m.node_memory_mib if m.node_memory_mib > 0 else low for _, m, _ in shapes],
+                       dtype=xp.int64)[:, None]
+    ok_b = fits_b[at] & (s.node_cpu_free >= cpu_m) & (s.node_memory_free >= mem_m)
+    ok_a = fits_a[at] & (cpu_a >= cpu_m) & (node_mem_a >= mem_m)
+    p_m = xp.asarray([p for _, _, p in shapes], dtype=xp.float64)[:, None]
+    d = p_m * (xp.where(ok_a, stranded_a[at], total_a) - xp.where(ok_b, stranded_b[at], total_b))
+    pinned = xp.asarray([bool(m.gpu.models) for _, m, _ in shapes])[:, None]
+    d = xp.where(~pinned | allowed[at], d, 0.0)
     delta = xp.zeros(n, dtype=xp.float64)
-    for gpu, shapes in parts.items():
-        allowed = None
-        if gpu.count <= 0:
-            fits_b = fits_a = xp.ones(n, dtype=bool)
-            stranded_b = stranded_a = xp.zeros(n, dtype=xp.float64)
-        else:
-            count_b, stranded_b, allowed = sums.parts[gpu]
-            fit = unit_fit(c, gpu, xp)
-            u_b_c = units_of(fit, c.free, c.free_memory_mib, xp)
-            u_a_c = units_of(fit, free_a_c, mem_a_c, xp)
-            count_a = count_b - row_sum(u_b_c, xp) + row_sum(u_a_c, xp)
-            stranded_a = stranded_b - row_sum(idle_b_c * (u_b_c == 0), xp) + row_sum(idle_a_c * (u_a_c == 0), xp)
-            fits_b, fits_a = count_b >= gpu.count, count_a >= gpu.count
-        for shape, p in shapes:
-            ok_b = _fits_cpu(shape, fits_b, s.node_cpu_free, s.node_memory_free)
-            ok_a = _fits_cpu(shape, fits_a, cpu_a, node_mem_a)
-            d = p * (xp.where(ok_a, stranded_a, total_a) - xp.where(ok_b, stranded_b, total_b))
-            delta += d if not gpu.models or allowed is None else xp.where(allowed, d, 0.0)
+    for row in d:
+        delta += row
     used_a = sums.used_weight - row_sum(c.weight * used_b_c, xp) + row_sum(c.weight * used_a_c, xp)
     return -delta + 0.001 * used_a / xp.maximum(sums.total_weight, 1e-12)
