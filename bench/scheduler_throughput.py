@@ -770,11 +770,12 @@ class Bench:
                 verbs = request_seconds(self._get(port, "/metrics"))
             elif config == "gate":
                 exposition = self._get(port, "/metrics")
-                n, mean, p99 = placement_decisions(exposition)
-                _, cpu_mean, cpu_p99 = placement_decisions(exposition, "gpupack_placement_decision_cpu_seconds")
+                n, mean, p99, slow = placement_decisions(exposition)
+                _, cpu_mean, cpu_p99, cpu_slow = placement_decisions(exposition, "gpupack_placement_decision_cpu_seconds")
                 verbs = {"place": (n, n * mean)}
-                say(f"  {tag}: {n} placement decisions, mean {1000 * mean:.2f} ms, p99 <= {1000 * p99:g} ms; "
-                    f"their CPU time mean {1000 * cpu_mean:.2f} ms, p99 <= {1000 * cpu_p99:g} ms")
+                say(f"  {tag}: {n} placement decisions, mean {1000 * mean:.2f} ms, p99 <= {1000 * p99:g} ms, "
+                    f"{slow} over 5 ms; their CPU time mean {1000 * cpu_mean:.2f} ms, p99 <= {1000 * cpu_p99:g} ms, "
+                    f"{cpu_slow} over 5 ms")
             elif config in ("null", "nulltop"):
                 wire = json.loads(self._get(port, "/stats"))
             result = Result(config, round_no, len(pods), len(bound), last - t0, created,
@@ -824,17 +825,19 @@ def request_seconds(exposition: str) -> dict[str, tuple[int, float]]:
     return {v: (counts.get(v, 0), sums.get(v, 0.0)) for v in counts}
 
 
-def placement_decisions(exposition: str, metric: str = "gpupack_placement_decision_seconds") -> tuple[int, float, float]:
+def placement_decisions(exposition: str, metric: str = "gpupack_placement_decision_seconds",
+                        over: float = 0.005) -> tuple[int, float, float, int]:
     """Gate mode: (decisions, mean seconds, p99 upper bound in seconds: the smallest bucket
-    bound holding 99 % of them) from the histogram ``metric`` (the decisions' time, or
-    gpupack_placement_decision_cpu_seconds: their CPU time)."""
+    bound holding 99 % of them, how many took more than ``over`` seconds) from the histogram
+    ``metric`` (the decisions' time, or gpupack_placement_decision_cpu_seconds: their CPU time)."""
     buckets = [(float(m.group(1)), float(m.group(2))) for m in re.finditer(
         rf'^{metric}_bucket\{{le="([^"+]+)"\}} (\S+)$', exposition, re.M)]
     count = re.search(rf"^{metric}_count (\S+)$", exposition, re.M)
     total = re.search(rf"^{metric}_sum (\S+)$", exposition, re.M)
     n = int(float(count.group(1))) if count else 0
     p99 = next((le for le, c in sorted(buckets) if c >= 0.99 * n), float("inf")) if n else 0.0
-    return n, (float(total.group(1)) / n if total and n else 0.0), p99
+    within = next((c for le, c in buckets if le == over), float(n))
+    return n, (float(total.group(1)) / n if total and n else 0.0), p99, n - int(within)
 
 
 # --- the profile ------------------------------------------------------------------------------------

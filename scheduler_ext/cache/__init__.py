@@ -107,9 +107,31 @@ class ClusterCache:
     ) -> contextlib.AbstractContextManager[tuple[kslots.Slots, numpy.ndarray[Any, Any], VerdictMemo | SubsetView | None]]:
         return self._candidates.rows_of(names, exclude)
 
+    def _columns(self, names: Sequence[str]) -> nodefilter.FactsColumns:
+        """The facts of ``names`` by column, kept while no node's facts change. Under the state's lock."""
+        st = self._state
+        kept = self._facts_columns
+        if kept is None or kept[0] != st.facts_generation or kept[1].names is not names:
+            kept = self._facts_columns = (st.facts_generation, nodefilter.FactsColumns(names, st.facts))
+        return kept[1]
+
+    def _rows(self, names: Sequence[str]) -> numpy.ndarray[Any, Any]:
+        """The row of each of ``names`` (-1: unknown), kept while no node comes or goes. Under the state's lock."""
+        st = self._state
+        kept = self._rows_for
+        if kept is None or kept[0] != st.node_generation or kept[1] is not names:
+            rows = numpy.fromiter((st.row_of.get(n, -1) for n in names), dtype=numpy.int64, count=len(names))
+            # the list itself is kept (node_names() hands out one per node set), never a copy
+            kept = self._rows_for = (st.node_generation, names, rows)
+        return kept[2]
+
     def warm(self, names: Sequence[str]) -> bool:
-        """:meth:`Candidates.warm <scheduler_ext.cache.candidates.Candidates.warm>`: ``names``
-        kept, with their memo prepared, ahead of the first decision over them."""
+        """Ahead of the first decision over ``names``: their rows kept with their memo prepared
+        (:meth:`Candidates.warm <scheduler_ext.cache.candidates.Candidates.warm>`), and what
+        :meth:`eligible` reads of them (their rows, their facts by column)."""
+        with self._state.lock:
+            self._columns(names)
+            self._rows(names)
         return self._candidates.warm(names)
 
     def all_rows(self) -> tuple[kslots.Slots, list[str]]:
@@ -131,19 +153,11 @@ class ClusterCache:
             key = (constraints.key, st.facts_generation, len(names), names[0] if names else "")
             mask = self._eligible.get(key)
             if mask is None:
-                columns = self._facts_columns
-                if columns is None or columns[0] != st.facts_generation or columns[1].names is not names:
-                    columns = self._facts_columns = (st.facts_generation, nodefilter.FactsColumns(names, st.facts))
-                mask = numpy.array(nodefilter.allows_all(constraints, columns[1]), dtype=bool)
+                mask = numpy.array(nodefilter.allows_all(constraints, self._columns(names)), dtype=bool)
                 self._eligible[key] = mask
                 while len(self._eligible) > ELIGIBLE_SHAPES:
                     self._eligible.pop(next(iter(self._eligible)))
-            kept = self._rows_for
-            if kept is None or kept[0] != st.node_generation or kept[1] is not names:
-                rows = numpy.fromiter((st.row_of.get(n, -1) for n in names), dtype=numpy.int64, count=len(names))
-                # the list itself is kept (node_names() hands out one per node set), never a copy
-                kept = self._rows_for = (st.node_generation, names, rows)
-            rows = kept[2]
+            rows = self._rows(names)
             known = rows >= 0
             at = numpy.where(known, rows, 0)
             a = st.arrays

@@ -66,7 +66,13 @@ class CandidateList:
         return self._where
 
     def positions_of(self, rows: Iterable[int]) -> numpy.ndarray[Any, Any]:
-        """The positions in ``idx`` of the given rows (a name listed twice has two)."""
+        """The positions in ``idx`` of the given rows (a name listed twice has two), ascending."""
+        sorted_idx = self.sorted_idx()
+        if sorted_idx.shape[0] < 2 or bool((sorted_idx[1:] != sorted_idx[:-1]).all()):  # each row once
+            where = self.where()
+            wanted = numpy.fromiter(rows, dtype=numpy.int64)
+            at = where[wanted[(wanted >= 0) & (wanted < where.shape[0])]]
+            return numpy.sort(at[at >= 0])
         if self._positions is None:
             self._positions = {}
             for p, r in enumerate(self.idx.tolist()):
