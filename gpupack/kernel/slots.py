@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Sequence
+from typing import Any
 
 from gpupack.kernel.xp import Array, Namespace
 
@@ -182,23 +183,37 @@ def unit_fit(s: Slots, req: Request, xp: Namespace, healthy_only: bool = True) -
 
 
 def parts_fit(s: Slots, reqs: Sequence[Request], xp: Namespace, healthy_only: bool = True) -> tuple[Array, Array]:
-    """:func:`unit_fit` of several requests at once, stacked: ``(ok, per_unit)`` of shape
-    ``(len(reqs), nodes, slots)``, ``[i]`` for ``reqs[i]`` (a few array operations for all of
-    them, instead of a few for each)."""
-    rid = xp.asarray([r.resource for r in reqs], dtype=s.resource.dtype)[:, None, None]
-    hint = xp.asarray([r.memory_mib for r in reqs], dtype=s.memory_mib.dtype)[:, None, None]
+    """:func:`unit_fit` of several requests at once, stacked: ``ok`` of shape ``(len(reqs),
+    nodes, slots)``, ``[i]`` for ``reqs[i]``, and ``per_unit`` of that shape or, when no request
+    has a memory hint, of ``(nodes, slots)`` for all of them (a few array operations for all
+    the requests, instead of a few for each)."""
+    one = len(reqs) == 1  # then plain numbers: cheaper than broadcasting arrays of one
+    rid: Any = reqs[0].resource if one else xp.asarray([r.resource for r in reqs], dtype=s.resource.dtype)[:, None, None]
+    hint: Any = reqs[0].memory_mib if one else xp.asarray([r.memory_mib for r in reqs],
+                                                          dtype=s.memory_mib.dtype)[:, None, None]
     whole = s.capacity <= 1
     ok = s.resource == rid
     if healthy_only:
         ok &= s.healthy
-    # a hint larger than a whole device's memory makes that device useless for the request
-    ok &= ~((hint > 0) & whole & (s.memory_mib < hint))
+    hinted = [r.memory_mib > 0 for r in reqs]
+    if any(hinted):
+        # a hint larger than a whole device's memory makes that device useless for the request
+        too_small = whole & (s.memory_mib < hint)
+        ok &= ~too_small if all(hinted) else ~((hint > 0) & too_small)
     for i, r in enumerate(reqs):
         if r.models:
-            ok[i] &= of_models(s, r.models, xp)
-    # unit_memory, for every request
-    per_unit = xp.where(whole, s.memory_mib, xp.where(hint > 0, hint, s.memory_mib // xp.maximum(s.capacity, 1)))
-    return ok, xp.maximum(per_unit, 1)
+            if one:
+                ok &= of_models(s, r.models, xp)
+            else:
+                ok[i] &= of_models(s, r.models, xp)
+    # unit_memory, for every request (each array worked out only where some request needs it)
+    if all(hinted):
+        part = hint
+    else:
+        fair = s.memory_mib // xp.maximum(s.capacity, 1)
+        part = xp.where(hint > 0, hint, fair) if any(hinted) else fair
+    per_unit = xp.maximum(xp.where(whole, s.memory_mib, part), 1)
+    return (ok[None], per_unit[None]) if one else (ok, per_unit)
 
 
 def units_of(fit: tuple[Array, Array], free: Array, free_memory_mib: Array, xp: Namespace) -> Array:
@@ -206,7 +221,10 @@ def units_of(fit: tuple[Array, Array], free: Array, free_memory_mib: Array, xp: 
     units of every part, stacked) and these free shares and memory."""
     ok, per_unit = fit
     n = xp.minimum(free, free_memory_mib // per_unit)
-    n *= ok
+    if n.shape == ok.shape:
+        n *= ok
+    else:  # one per_unit for every part (none has a memory hint): the parts differ in ok alone
+        n = n * ok
     return xp.maximum(n, 0).astype(xp.int32, copy=False)
 
 
