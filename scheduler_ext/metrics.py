@@ -38,6 +38,10 @@ class _CapacityCollector:
         )
 
 
+#: Gate mode's decision histograms (wall and CPU time), seconds.
+DECISION_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
 class Metrics:
     def __init__(self, cache: ClusterCache) -> None:
         self.registry = prometheus_client.CollectorRegistry()
@@ -65,14 +69,14 @@ class Metrics:
             "gpupack_placement_decision_seconds",
             "Gate mode: time to decide one gated pod (kernel over every node, the node filters, the device "
             "choice), before its ledger claim and patch.", registry=self.registry,
-            buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            buckets=DECISION_BUCKETS,
         )
         self.placement_cpu_seconds = prometheus_client.Histogram(
             "gpupack_placement_decision_cpu_seconds",
             "Gate mode: CPU time of the placing thread in one decision (as gpupack_placement_decision_seconds). "
-            "Far below that histogram's time, the extender waits for a CPU (other threads or processes): give its "
-            "container more CPU.", registry=self.registry,
-            buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            "Where that histogram's time is far above this one, the extender waits for a CPU (other threads or "
+            "processes): give its container more CPU.", registry=self.registry,
+            buckets=DECISION_BUCKETS,
         )
         self.placements = prometheus_client.Counter(
             "gpupack_placements",

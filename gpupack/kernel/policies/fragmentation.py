@@ -34,9 +34,9 @@ test is one comparison per node.
 
 from __future__ import annotations
 
-from gpupack.kernel.node_sums import allowed_nodes, before_sums
 import numpy
 
+from gpupack.kernel.node_sums import allowed_nodes, before_sums
 from gpupack.kernel.slots import UNLIMITED, Mix, Request, Slots, flat_index, parts_fit, unit_memory, units, units_of
 from gpupack.kernel.usage import ScoreInput, idle_capacity, idle_of_used, slot_used
 from gpupack.kernel.xp import Array, Namespace, row_sum
