@@ -169,7 +169,7 @@ class Decider:
         lead_raw = d.lead_raw
         assert lead_raw is not None
         raw = lead_raw[at]
-        level_fit = self._levels(raw, numpy.ones(at.shape[0], bool), fitting, self._names_one(demand))
+        level_fit = self._levels(raw, numpy.ones(at.shape[0], bool), fitting, self.names_one(demand))
         # best level first (the named node alone at 10), then raw score; ties in list order
         keep = at[numpy.lexsort((-raw, -level_fit))[: self.filter_top]]
         fits = numpy.zeros_like(d.fits)
@@ -186,7 +186,7 @@ class Decider:
         with self._memo_lock:
             memo = self._memo.get(demand.uid) if demand.uid else None
         idx = None
-        lead = self._names_one(demand)
+        lead = self.names_one(demand)
         if memo is not None and memo.demand == demand and memo.decision.generation == self.cache.generation:
             idx = memo.positions(names)
         if idx is not None and memo is not None and memo.decision.lead_raw is not None:
@@ -205,7 +205,7 @@ class Decider:
             self.cache.hold(demand, names[best], self.policy)
         return level
 
-    def _names_one(self, demand: PodDemand) -> bool:
+    def names_one(self, demand: PodDemand) -> bool:
         """Whether the levels for this pod name one node (a packing policy, a pod with GPUs)."""
         return self.policy.leads(1 if demand.wants_gpu else 0)
 
@@ -236,7 +236,7 @@ class Decider:
             return Decision(names, numpy.zeros(n, bool), numpy.ones(n, bool), numpy.zeros(n, numpy.int64),
                             numpy.full(n, -numpy.inf), [Group(everyone, msg, "bad-request", True)])
         if not demand.wants_gpu:
-            return self._cpu_only(demand, names, score, detail)
+            return self._cpu_only(demand, names, score, detail, levels)
         lead = _lead(demand)
         self.record_shape(demand)
         # the generation is read before the state: a change in between makes it stale, never wrong
@@ -247,7 +247,7 @@ class Decider:
         for g in groups:
             unres[g.positions] |= g.unresolvable
         raw[~fits] = -numpy.inf
-        level = self._levels(raw, fits, names, self._names_one(demand)) if score and levels else numpy.zeros(n, numpy.int64)
+        level = self._levels(raw, fits, names, self.names_one(demand)) if score and levels else numpy.zeros(n, numpy.int64)
         return Decision(names, fits, unres, level, raw, groups, lead_raw, generation)
 
     def _evaluate(
@@ -323,7 +323,8 @@ class Decider:
                                   demand.cpu_milli if resource == lead else 0,
                                   demand.node_memory_mib if resource == lead else 0, demand.products)
 
-    def _cpu_only(self, demand: PodDemand, names: Sequence[str], score: bool, detail: bool) -> Decision:
+    def _cpu_only(self, demand: PodDemand, names: Sequence[str], score: bool, detail: bool,
+                  levels: bool = True) -> Decision:
         """A pod without GPUs fits every node as far as the extender is concerned (CPU and
         memory are NodeResourcesFit's); it is scored by what its CPU and memory would do to
         each node, a request of no GPU (``fragmentation``: the idle GPUs they would strand),
@@ -346,7 +347,7 @@ class Decider:
                     self.record_shape(demand)
                     generation = self.cache.generation
                     mix = self.cache.mix() if self.policy.uses_mix else ()
-                    v = self._verdicts(self._to_xp(rows), req, mix, True, memo, True)
+                    v = self._verdicts(self._to_xp(rows), req, mix, True, memo, levels)
                     level[pos] = kernel.xp.to_host(v.level)
                     raw[pos] = lead_raw[pos] = kernel.xp.to_host(v.raw)
                 else:  # no GPUs among the candidates: nothing to strand, every node alike
@@ -392,7 +393,7 @@ class Decider:
         for g in d.groups:
             for i in g.positions.tolist():
                 text.setdefault(i, (g.text, g.code))
-        if score and self._names_one(demand) and bool(d.fits.any()):
+        if score and self.names_one(demand) and bool(d.fits.any()):
             named = int(numpy.argmax(d.level))
             fits_text, code = text.get(named, ("", "fits"))
             note = "named node: first by name among the nodes at the top two levels, the others get 8 at most"

@@ -51,7 +51,7 @@ from typing import Any, Protocol
 
 import numpy
 
-from gpupack import contract
+from gpupack import contract, kernel
 from scheduler_ext import nodefilter
 from scheduler_ext.binder import Binder, Conflict
 from scheduler_ext.cache import ClusterCache
@@ -353,15 +353,18 @@ class PlacementController:
         if why:
             self._hand_over(w, f"pod {where}: {why}; handed to kube-scheduler as it is")
             return None
-        decision = self.decider.decide(demand, names, score=True, reasons=False)
+        # raw scores only: the order of the levels is worked out from them (kernel.best_first)
+        decision = self.decider.decide(demand, names, score=True, reasons=False, levels=False)
         # kube-scheduler will see one node only: it must pass its filters and hold the CPU and memory
         ok = decision.fits & self.cache.eligible(nodefilter.pod_constraints(spec), names, demand.cpu_milli,
                                                  demand.node_memory_mib)
-        fits = numpy.flatnonzero(ok)
-        if fits.size:
-            # the node the levels name first (alone at 10 for a packing policy), then raw score
-            order = fits[numpy.lexsort((-decision.raw[fits], -decision.level[fits]))]
-            for i in order[:TRIES].tolist():
+        if ok.any():
+            raw = decision.raw if decision.lead_raw is None else decision.lead_raw  # -inf on unknown nodes
+            # the node the levels name first (alone at 10 for a packing policy), then raw score;
+            # ``names`` are the cache's, in name order
+            named = kernel.lead_node(raw, decision.fits, names, in_name_order=True) \
+                if self.decider.names_one(demand) else -1
+            for i in kernel.best_first(raw, ok, named, TRIES):
                 node = names[i]
                 # reserved in the cache either way, so the pods after it see the devices taken
                 if not demand.wants_gpu:

@@ -15,7 +15,7 @@ choice and the simulator all call these same functions:
 from gpupack.kernel.node_sums import NodeSumsMemo
 from gpupack.kernel.choose import choose_devices
 from gpupack.kernel.evaluate import Verdicts, evaluate, idle_and_fragmented
-from gpupack.kernel.levels import named, to_levels, with_lead
+from gpupack.kernel.levels import best_first, lead_node, named, to_levels, top_band, with_lead
 from gpupack.kernel.policies import DEFAULT_POLICY, POLICIES, Policy, get_policy
 from gpupack.kernel.slots import Mix, Reason, Request, Slots
 from gpupack.kernel.xp import namespace
@@ -30,12 +30,15 @@ __all__ = [
     "Request",
     "Slots",
     "Verdicts",
+    "best_first",
     "choose_devices",
     "evaluate",
     "get_policy",
     "idle_and_fragmented",
+    "lead_node",
     "named",
     "namespace",
     "to_levels",
+    "top_band",
     "with_lead",
 ]

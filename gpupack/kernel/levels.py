@@ -43,6 +43,15 @@ LEAD = 2
 NAMED_FROM = MAX_LEVEL - 1
 
 
+def _rank_levels(r: Array, u: int, xp: Namespace) -> Array:
+    """The level of dense rank ``r`` (0 = best) among ``u`` distinct values (the module's rule)."""
+    if u == 1:
+        return xp.full(r.shape, MAX_LEVEL, dtype=xp.int64)
+    if u <= MAX_LEVEL + 1:
+        return MAX_LEVEL - xp.round(r * MAX_LEVEL / (u - 1)).astype(xp.int64)
+    return MAX_LEVEL - (r * (MAX_LEVEL + 1)) // u
+
+
 def to_levels(raw: Array, feasible: Array, xp: Namespace) -> Array:
     """int64 levels 0..10 for ``raw`` (higher is better), 0 where not ``feasible``."""
     out = xp.zeros(raw.shape[0], dtype=xp.int64)
@@ -50,15 +59,54 @@ def to_levels(raw: Array, feasible: Array, xp: Namespace) -> Array:
         return out
     q = xp.round(raw[feasible], 9)
     distinct, inverse = xp.unique(-q, return_inverse=True)  # ascending -q: best first
+    out[feasible] = _rank_levels(inverse.reshape(-1).astype(xp.int64), int(distinct.shape[0]), xp)
+    return out
+
+
+def top_band(raw: numpy.ndarray[Any, Any], feasible: numpy.ndarray[Any, Any]) -> numpy.ndarray[Any, Any]:
+    """The ``feasible`` nodes that :func:`to_levels` puts at ``NAMED_FROM`` or above, worked out
+    on the distinct raw values alone (no level per node: at thousands of nodes a third of the
+    cost). Bool, in the order of ``raw``."""
+    out = numpy.zeros(raw.shape[0], dtype=bool)
+    if raw.shape[0] == 0 or not bool(feasible.any()):
+        return out
+    q = numpy.round(raw[feasible], 9)
+    distinct = numpy.unique(-q)  # ascending -q: best first
     u = int(distinct.shape[0])
-    r = inverse.reshape(-1).astype(xp.int64)
-    if u == 1:
-        lv = xp.full(r.shape, MAX_LEVEL, dtype=xp.int64)
-    elif u <= MAX_LEVEL + 1:
-        lv = MAX_LEVEL - xp.round(r * MAX_LEVEL / (u - 1)).astype(xp.int64)
-    else:
-        lv = MAX_LEVEL - (r * (MAX_LEVEL + 1)) // u
-    out[feasible] = lv
+    # levels fall as the rank grows: the band is the first k distinct values
+    k = int((_rank_levels(numpy.arange(u, dtype=numpy.int64), u, numpy) >= NAMED_FROM).sum())
+    out[feasible] = -q <= distinct[k - 1]
+    return out
+
+
+def lead_node(raw: numpy.ndarray[Any, Any], feasible: numpy.ndarray[Any, Any], names: Sequence[str],
+              in_name_order: bool = False) -> int:
+    """:func:`named` of ``to_levels(raw, feasible)`` (-1 when nothing is feasible), without the
+    levels; ``in_name_order``: ``names`` are sorted, so the band's first position is its first
+    by name."""
+    band = numpy.flatnonzero(top_band(raw, feasible))
+    if not band.shape[0]:
+        return -1
+    return int(band[0]) if in_name_order else min(band.tolist(), key=names.__getitem__)
+
+
+def best_first(raw: numpy.ndarray[Any, Any], among: numpy.ndarray[Any, Any], first: int, limit: int) -> list[int]:
+    """Up to ``limit`` positions of ``among`` (bool, nodes of the feasible set ``raw`` was
+    levelled over), in the order of their levels (with ``first`` named, :func:`with_lead`, or
+    plain when ``first`` is -1), then raw score, then position: a stable sort by
+    ``(-level, -raw)``. A better raw score never has a lower level, so past the named node
+    that order is the raw scores' (higher first, ties by position) and needs no levels."""
+    out: list[int] = []
+    left = among.copy()
+    if first >= 0 and bool(left[first]):
+        out.append(first)
+        left[first] = False
+    key = numpy.where(left, raw, -numpy.inf)
+    while len(out) < limit and bool(left.any()):
+        i = int(numpy.flatnonzero(left & (key == key[left].max()))[0])
+        out.append(i)
+        left[i] = False
+        key[i] = -numpy.inf
     return out
 
 

@@ -138,6 +138,8 @@ class ClusterCache:
         return self._candidates.all_rows()
 
     def node_names(self) -> list[str]:
+        """Every node's name, in name order (one list per set of nodes: the same object until
+        the nodes change)."""
         return self._candidates.node_names()
 
     def eligible(self, constraints: nodefilter.PodConstraints, names: Sequence[str], cpu_milli: int = 0,

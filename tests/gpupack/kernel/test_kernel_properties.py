@@ -218,6 +218,42 @@ def test_the_named_node_is_the_first_by_name_of_the_top_two_levels(raw: list[flo
     assert all(led[i] == min(plain[i], 10 - LEAD) for i in others)
 
 
+#: raw scores with many ties (a few distinct values, so both of to_levels' rules and every
+#: band width are drawn), or any floats, and -inf for a node that does not fit
+tied_raw = st.one_of(st.lists(st.sampled_from([-1.0, -0.5, -0.25, 0.0, 0.001, 0.25, 1.0, 1.0 + 1e-12, 2.0, -np.inf]),
+                              max_size=40),
+                     st.lists(st.integers(0, 15).map(lambda k: k / 8), max_size=40),
+                     st.lists(st.integers(0, 60), min_size=8, max_size=40, unique=True).map(lambda ks: [k / 16 for k in ks]),
+                     st.lists(st.floats(-10, 10), max_size=40))
+
+
+@SETTINGS
+@given(tied_raw, st.data())
+def test_the_band_and_order_without_levels_are_those_of_the_levels(raw: list[float], data: st.DataObject) -> None:
+    """Gate mode's shortcut (kernel.top_band, lead_node, best_first: no level per node) gives
+    the nodes at the top two levels, the named node and the first nodes of a stable sort by
+    (level with the named node at 10, raw) that to_levels and with_lead give."""
+    n = len(raw)
+    r = np.asarray(raw, dtype=float)
+    names = data.draw(st.lists(st.text("abcd", min_size=1, max_size=4), min_size=n, max_size=n, unique=True))
+    mostly = st.lists(st.sampled_from([True, True, True, False]), min_size=n, max_size=n)
+    feasible = np.asarray(data.draw(mostly), dtype=bool)
+    among = feasible & np.asarray(data.draw(mostly), dtype=bool)
+    limit = data.draw(st.integers(1, 5))
+    plain = kernel.to_levels(r, feasible, np)
+    assert kernel.top_band(r, feasible).tolist() == (feasible & (plain >= 9)).tolist()
+    first = kernel.lead_node(r, feasible, names)
+    assert first == kernel.named(plain, names)
+    ordered = sorted(range(n), key=lambda i: names[i])  # the same nodes, listed in name order
+    at = np.asarray(ordered, dtype=np.int64)
+    assert kernel.lead_node(r[at], feasible[at], [names[i] for i in ordered], in_name_order=True) == \
+        (ordered.index(first) if first >= 0 else -1)
+    for lead, level in ((first, kernel.with_lead(plain, names)), (-1, plain)):
+        f = np.flatnonzero(among)
+        want = f[np.lexsort((-r[f], -level[f]))][:limit].tolist()
+        assert kernel.best_first(r, among, lead, limit) == want
+
+
 @SETTINGS
 @given(clusters, clusters, requests, st.data())
 def test_a_kept_memo_gives_the_scores_of_a_fresh_evaluation(rows: list[list[S]], later: list[list[S]], req: Request,
