@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import numpy
 
 from gpupack import contract
 from scheduler_ext import podspec
@@ -163,42 +165,55 @@ def label_keys(c: PodConstraints) -> tuple[str, ...] | None:
 
 class FactsColumns:
     """The facts of a list of nodes by column, for :func:`allows_all` to read over many pods'
-    constraints: the list of the known nodes' facts is built once, each label's column once
-    (a fleet's worth of lookups costs more than the rest of a filter). Valid while the facts
-    are unchanged."""
+    constraints: the list of the known nodes' facts, each node's cordon and taints as a number
+    (nodes alike share one) built once, each label's column of numbers once (a fleet's worth of
+    lookups costs more than the rest of a filter). Valid while the facts are unchanged."""
 
     def __init__(self, names: Sequence[str], facts: Mapping[str, NodeFacts]) -> None:
         self.names = names
         self.known = [n for n in names if n in facts]
         self.of = [facts[n] for n in self.known]
-        self.base = list(zip([f.unschedulable for f in self.of], [f.taints for f in self.of]))
-        self._labels: dict[str, list[str | None]] = {}
+        # positions in ``names`` of the known nodes, where some are not
+        self.at = None if len(self.known) == len(names) else numpy.flatnonzero([n in facts for n in names])
+        self.base = _numbered((f.unschedulable, f.taints) for f in self.of)
+        self._labels: dict[str, numpy.ndarray[Any, Any]] = {}
 
-    def label(self, key: str) -> list[str | None]:
-        """The known nodes' values of label ``key`` (None where a node has none)."""
+    def label(self, key: str) -> numpy.ndarray[Any, Any]:
+        """The known nodes' values of label ``key``, numbered (nodes with the same value share
+        a number; a node without the label has one too)."""
         column = self._labels.get(key)
         if column is None:
-            column = self._labels[key] = [f.labels.get(key) for f in self.of]
+            column = self._labels[key] = _numbered(f.labels.get(key) for f in self.of)
         return column
 
 
-def allows_all(c: PodConstraints, nodes: FactsColumns) -> list[bool]:
-    """:func:`allows` for each of ``nodes.names`` (False for a name without facts), worked out
-    once per distinct set of what it reads (cordon, taints, the labels of :func:`label_keys`): a
-    fleet of thousands of nodes has a few such sets."""
+def _numbered(values: Iterable[Any]) -> numpy.ndarray[Any, Any]:
+    """int64 per value: its number among the distinct values, in order of first appearance."""
+    numbers: dict[Any, int] = {}
+    return numpy.fromiter((numbers.setdefault(v, len(numbers)) for v in values), dtype=numpy.int64)
+
+
+def allows_all(c: PodConstraints, nodes: FactsColumns) -> numpy.ndarray[Any, Any]:
+    """:func:`allows` for each of ``nodes.names`` (bool; False for a name without facts), worked
+    out once per distinct set of what it reads (cordon, taints, the labels of
+    :func:`label_keys`): a fleet of thousands of nodes has a few such sets."""
     keys = label_keys(c)
     known, of = nodes.known, nodes.of
     if keys is None:
-        out = [allows(c, n, f) for n, f in zip(known, of)]
+        out = numpy.array([allows(c, n, f) for n, f in zip(known, of)], dtype=bool)
     else:
-        sigs = list(zip(nodes.base, *[nodes.label(k) for k in keys]))
-        one_of_each = dict(zip(sigs, range(len(sigs))))  # a node of each distinct set (allows reads no name)
-        verdict = {sig: allows(c, known[i], of[i]) for sig, i in one_of_each.items()}
-        out = list(map(verdict.__getitem__, sigs))
-    if len(known) == len(nodes.names):
+        sig = nodes.base
+        for k in keys:  # one number per distinct (base, labels so far), kept below the node count
+            column = nodes.label(k)
+            _, sig = numpy.unique(sig * (int(column.max(initial=0)) + 1) + column, return_inverse=True)
+        _, first, inverse = numpy.unique(sig, return_index=True, return_inverse=True)
+        verdict = numpy.array([allows(c, known[i], of[i]) for i in first.tolist()], dtype=bool)  # allows reads no name
+        out = verdict[inverse.reshape(-1)]
+    if nodes.at is None:
         return out
-    by_name = dict(zip(known, out))
-    return [by_name.get(n, False) for n in nodes.names]
+    full = numpy.zeros(len(nodes.names), dtype=bool)
+    full[nodes.at] = out
+    return full
 
 
 def allows(c: PodConstraints, name: str, facts: NodeFacts) -> bool:

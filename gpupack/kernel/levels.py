@@ -71,7 +71,8 @@ def top_band(raw: numpy.ndarray[Any, Any], feasible: numpy.ndarray[Any, Any]) ->
     if raw.shape[0] == 0 or not bool(feasible.any()):
         return out
     q = numpy.round(raw[feasible], 9)
-    distinct = numpy.unique(-q)  # ascending -q: best first
+    ordered = numpy.sort(-q)  # ascending -q: best first (numpy.unique without an inverse would import numpy.ma)
+    distinct = ordered[numpy.concatenate(([True], ordered[1:] != ordered[:-1]))]
     u = int(distinct.shape[0])
     # levels fall as the rank grows: the band is the first k distinct values
     k = int((_rank_levels(numpy.arange(u, dtype=numpy.int64), u, numpy) >= NAMED_FROM).sum())

@@ -77,7 +77,7 @@ class VerdictMemo:
 
     def __init__(self, nodes: int, requests: int = KEPT_REQUESTS, state_bytes: int = KEPT_STATE_BYTES) -> None:
         self.nodes = nodes
-        self.sums = NodeSumsMemo(nodes)
+        self.sums = NodeSumsMemo(nodes, states=self._states)
         self._requests = requests
         self._state_bytes = state_bytes  # 0: no verdicts kept by row state
         self._entries: collections.OrderedDict[tuple[str, Request, bool], _Entry] = collections.OrderedDict()

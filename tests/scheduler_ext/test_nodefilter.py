@@ -104,4 +104,4 @@ def test_the_whole_fleet_at_once_answers_as_each_node_alone(fleet: list[NodeFact
     facts = {n: f for n, f, gone in zip(names, fleet, unknown) if not gone}
     c = pod_constraints(spec)
     want = [n in facts and allows(c, n, facts[n]) for n in names]
-    assert allows_all(c, FactsColumns(names, facts)) == want
+    assert allows_all(c, FactsColumns(names, facts)).tolist() == want
