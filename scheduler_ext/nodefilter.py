@@ -11,6 +11,7 @@ memory, :meth:`scheduler_ext.cache.ClusterCache.eligible`), and names what it ca
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -163,6 +164,10 @@ def label_keys(c: PodConstraints) -> tuple[str, ...] | None:
     return tuple(sorted(keys))
 
 
+#: Label keys whose columns :meth:`FactsColumns.warm` numbers ahead, the most common first.
+WARM_LABELS = 64
+
+
 class FactsColumns:
     """The facts of a list of nodes by column, for :func:`allows_all` to read over many pods'
     constraints: the list of the known nodes' facts, each node's cordon and taints as a number
@@ -177,6 +182,13 @@ class FactsColumns:
         self.at = None if len(self.known) == len(names) else numpy.flatnonzero([n in facts for n in names])
         self.base = _numbered((f.unschedulable, f.taints) for f in self.of)
         self._labels: dict[str, numpy.ndarray[Any, Any]] = {}
+
+    def warm(self) -> None:
+        """Numbers ahead the columns of the labels a pod's constraints may read: every key the
+        nodes carry (the :data:`WARM_LABELS` most common)."""
+        carried = collections.Counter(k for f in self.of for k in f.labels)
+        for key, _ in carried.most_common(WARM_LABELS):
+            self.label(key)
 
     def label(self, key: str) -> numpy.ndarray[Any, Any]:
         """The known nodes' values of label ``key``, numbered (nodes with the same value share

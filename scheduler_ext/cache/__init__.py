@@ -128,9 +128,9 @@ class ClusterCache:
     def warm(self, names: Sequence[str]) -> bool:
         """Ahead of the first decision over ``names``: their rows kept with their memo prepared
         (:meth:`Candidates.warm <scheduler_ext.cache.candidates.Candidates.warm>`), and what
-        :meth:`eligible` reads of them (their rows, their facts by column)."""
+        :meth:`eligible` reads of them (their rows, their facts by column, the label columns)."""
         with self._state.lock:
-            self._columns(names)
+            self._columns(names).warm()
             self._rows(names)
         return self._candidates.warm(names)
 

@@ -105,3 +105,6 @@ def test_the_whole_fleet_at_once_answers_as_each_node_alone(fleet: list[NodeFact
     c = pod_constraints(spec)
     want = [n in facts and allows(c, n, facts[n]) for n in names]
     assert allows_all(c, FactsColumns(names, facts)).tolist() == want
+    warmed = FactsColumns(names, facts)
+    warmed.warm()  # every label numbered ahead, as the extender's warm-up does
+    assert allows_all(c, warmed).tolist() == want
