@@ -49,8 +49,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-import numpy
-
 from gpupack import contract, kernel
 from scheduler_ext import nodefilter
 from scheduler_ext.binder import Binder, Conflict
