@@ -57,6 +57,13 @@ repeats a recent one as a set or also in its order). ``--configs ...,nulltop`` a
 extender with a filter that answers only its first ``--top`` names; ``gpupackall`` gpupack
 with ``GPUPACK_EXTENDER_FILTER_TOP=0`` (every node that fits, as before the cap).
 
+``--extender-cpu N`` gives the extenders (gpupack's and the null one) CPU N alone and runs
+everything else (this benchmark, etcd, kube-apiserver, kube-scheduler) on the other CPUs, as
+the kubelet's static CPU manager gives a pod with a whole-CPU request that requests equal its
+limits: the decisions' figures are then those of an extender that never waits for a core. The
+configurations without an extender have a CPU fewer, so pods/s are not comparable across
+configurations in that mode.
+
 ``--py-spy PATH`` records the gpupack extender with py-spy (a separate install, e.g.
 ``python -m venv /tmp/pyspy-venv && /tmp/pyspy-venv/bin/pip install py-spy``; ``--gil``,
 ``--nonblocking``, 250 Hz) during each gpupack configuration and prints where its time went;
@@ -65,6 +72,7 @@ off. Results: docs/extender.md, "Throughput on the real control plane".
 
     .venv/bin/python bench/scheduler_throughput.py [--nodes 1000,5000] [--pods 500] [--rounds 2]
         [--mix mixed] [--configs none,null,gpupack] [--bound-pods 0] [--keep] [--py-spy /tmp/pyspy-venv/bin/py-spy]
+        [--extender-cpu N]
 
 Nothing in tests/e2e is changed: the harness's Cluster (minus the kube-scheduler and extender
 it starts), Process, PKI, accounts and workloads are imported; the start of a TLS extender is
@@ -639,12 +647,19 @@ class Bench:
         ctx.check_hostname = False  # loopback; the certificate names the Service
         return ctx
 
+    def _on_extender_cpu(self, argv: list[str]) -> list[str]:
+        """``argv`` run on ``--extender-cpu`` alone (its threads inherit it), when given."""
+        if self.args.extender_cpu is None:
+            return argv
+        return [sys.executable, "-c", "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])}); "
+                "os.execv(sys.argv[2], sys.argv[2:])", str(self.args.extender_cpu), *argv]
+
     def start_null(self, port: int, tag: str, top: int = 0) -> harness.Process:
         server = self.tls["server"]
-        proc = self.cluster.own(harness.Process(f"null-extender-{tag}", [
+        proc = self.cluster.own(harness.Process(f"null-extender-{tag}", self._on_extender_cpu([
             sys.executable, str(REPO / "bench" / "_nullextender.py"), f"--listen=127.0.0.1:{port}", f"--top={top}",
             f"--tls-cert={server / 'tls.crt'}", f"--tls-key={server / 'tls.key'}",
-            f"--tls-client-ca={server / 'ca.crt'}"], self.cluster.logs))
+            f"--tls-client-ca={server / 'ca.crt'}"]), self.cluster.logs))
         ctx = self._trusting()
         harness.wait_ready(proc, lambda: harness.http_ok(f"https://127.0.0.1:{port}/readyz", ctx), "null extender /readyz")
         return proc
@@ -672,8 +687,8 @@ class Bench:
         token = stack.enter_context(accounts.pod_token(self.cluster, deployment["serviceAccountName"],
                                                        f"bench-extender-{tag}", node=next(iter(self.nodes))))
         kubeconfig = accounts.token_kubeconfig(self.cluster, token, self.work / f"extender-{tag}.kubeconfig")
-        proc = self.cluster.own(harness.Process(f"gpupack-extender-{tag}", [
-            *[harness.console_script(c) for c in container["command"]], f"--kubeconfig={kubeconfig}"],
+        proc = self.cluster.own(harness.Process(f"gpupack-extender-{tag}", self._on_extender_cpu([
+            *[harness.console_script(c) for c in container["command"]], f"--kubeconfig={kubeconfig}"]),
             self.cluster.logs, env=env))
         ctx = self._trusting()
         harness.wait_ready(proc, lambda: harness.http_ok(f"https://127.0.0.1:{port}/readyz", ctx),
@@ -1031,6 +1046,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--py-spy", default="", help="py-spy binary: profile gpupack-extender in its configurations")
     p.add_argument("--profile-dir", type=pathlib.Path, default=pathlib.Path("/tmp/gpupack-bench-profiles"),
                    help="where --py-spy's raw stacks are kept (they outlive the cluster's folder)")
+    p.add_argument("--extender-cpu", type=int, default=None,
+                   help="CPU the extenders get alone; everything else runs on the others")
     args = p.parse_args(argv)
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     bad = [c for c in args.configs if c not in CONFIGS + EXTRA_CONFIGS]
@@ -1042,6 +1059,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--nodes: expected numbers like 1000,5000, got {args.nodes!r}")
     if args.py_spy and not os.access(args.py_spy, os.X_OK):
         p.error(f"--py-spy: {args.py_spy} is not an executable")
+    if args.extender_cpu is not None:
+        cpus = os.sched_getaffinity(0)
+        if args.extender_cpu not in cpus or len(cpus) < 2:
+            p.error(f"--extender-cpu: {args.extender_cpu} must be one of this process's CPUs "
+                    f"({', '.join(map(str, sorted(cpus)))}), and another must be left")
+        os.sched_setaffinity(0, cpus - {args.extender_cpu})  # inherited by everything started from here
     def interrupted(*_: Any) -> None:
         raise KeyboardInterrupt
 
@@ -1052,7 +1075,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         load = os.getloadavg()
         header = (f"machine: {os.cpu_count()} cores ({platform.machine()}), load average at start "
                   f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}{' (loaded: shared with other work)' if load[0] > 0.5 else ''}; "
-                  f"{versions(bin_dir)}")
+                  f"{versions(bin_dir)}"
+                  + (f"; extenders alone on CPU {args.extender_cpu}, the rest on the others" if args.extender_cpu is not None else ""))
         say(header)
         for n in counts:
             run_node_count(args, bin_dir, n, header)
