@@ -3,9 +3,10 @@
 A placer sees the state and the candidate nodes (those passing the node filters, in the run's
 seeded random node order) and answers ``(row, devices)`` or ``None``. The published rules
 (FGD, best-fit, ...) break ties by that order, as their simulator does. gpupack's policies
-run inside kube-scheduler, whose ``selectHost`` picks uniformly at random among the nodes
-with the highest total score: :class:`KernelPlacer` does the same with a generator seeded
-by the run's seed. (Ties to the first node in a fixed order would concentrate the load, a
+run inside kube-scheduler, which picks uniformly at random among the nodes with the highest
+total score (1.37: a heap of totals whose ties go by a random number drawn for every node an
+extender scored, ``framework.NewSortedScoredNodes``; the extender scores every candidate):
+:class:`KernelPlacer` does the same with a generator seeded by the run's seed. (Ties to the first node in a fixed order would concentrate the load, a
 first-fit packing kube-scheduler does not do; it flattered gpupack by about 0.1 point on the
 trace, see docs/simulator.md.)
 
@@ -133,7 +134,7 @@ class KernelPlacer:
     ``select="deployed"``: kube-scheduler's sum, ``10 * EXTENDER_WEIGHT * level`` plus
     NodeResourcesFit MostAllocated (CPU, memory); ``select="raw"``: the extender's raw ranking
     alone. CPU-only pods are scored the same way, as a request of no GPU. Ties: seeded random
-    among the best, as kube-scheduler's ``selectHost``."""
+    among the best, as kube-scheduler picks among its best totals."""
 
     name: str
     policy: kernel.Policy
