@@ -26,14 +26,19 @@ from gpupack.kernel.xp import Array, Namespace, row_sum
 class BeforeSums:
     """Per node: ``total_idle`` (idle GPU capacity of healthy slots, in GPUs), ``used_weight``
     (``sum(weight * used)``), ``total_weight`` (``sum(weight)`` over slots that exist), and per
-    GPU part ``parts[gpu] = (count, stranded, allowed)``: units of the part the node can host,
-    its idle capacity on slots that can host none, and whether the node has a GPU of a model
-    the part may run on (always, for a part without models)."""
+    GPU part ``parts[gpu] = (count, stranded, allowed, own)``: units of the part the node can
+    host, its idle capacity on slots that can host none, whether the node has a GPU of a model
+    the part may run on (always, for a part without models), and the idle capacity on slots of
+    the part's resource."""
 
     total_idle: Array
     used_weight: Array
     total_weight: Array
-    parts: dict[Request, tuple[Array, Array, Array]]
+    parts: dict[Request, PartSums]
+
+
+#: Per node, of one GPU part: ``(count, stranded, allowed, own)`` (:class:`BeforeSums`).
+PartSums = tuple[Array, Array, Array, Array]
 
 
 def allowed_nodes(s: Slots, gpu: Request, xp: Namespace) -> Array:
@@ -43,16 +48,18 @@ def allowed_nodes(s: Slots, gpu: Request, xp: Namespace) -> Array:
     return xp.any(of_models(s, gpu.models, xp) & (s.capacity > 0), axis=1)
 
 
-def parts_sums(s: Slots, gpus: Sequence[Request], idle: Array, xp: Namespace) -> list[tuple[Array, Array, Array]]:
-    """``(count, stranded, allowed)`` of each GPU part (``count > 0``) on every node of ``s``:
-    units of the part the node can host, its idle capacity on slots that can host none, and
-    whether it has a GPU of a model the part may run on; ``idle`` is
+def parts_sums(s: Slots, gpus: Sequence[Request], idle: Array, xp: Namespace) -> list[PartSums]:
+    """``(count, stranded, allowed, own)`` of each GPU part (``count > 0``) on every node of
+    ``s``: units of the part the node can host, its idle capacity on slots that can host none,
+    whether it has a GPU of a model the part may run on, and the idle capacity on slots of its
+    resource; ``idle`` is
     :func:`~gpupack.kernel.usage.idle_capacity` of ``s`` now. Counted for all parts at once."""
     if not gpus:
         return []
     u = units_of(parts_fit(s, gpus, xp), s.free, s.free_memory_mib, xp)
     count, stranded = row_sum(u, xp), row_sum(idle * (u == 0), xp)
-    return [(count[i], stranded[i], allowed_nodes(s, g, xp)) for i, g in enumerate(gpus)]
+    own = {r: row_sum(idle * (s.resource == r), xp) for r in {g.resource for g in gpus}}
+    return [(count[i], stranded[i], allowed_nodes(s, g, xp), own[g.resource]) for i, g in enumerate(gpus)]
 
 
 def before_sums(s: Slots, gpus: Iterable[Request], xp: Namespace) -> BeforeSums:
@@ -117,7 +124,7 @@ class NodeSumsMemo:
             sums.parts.update(zip(added, self._parts_of_all(s, added, xp)))
         return sums
 
-    def _parts_of_all(self, s: Slots, gpus: list[Request], xp: Namespace) -> list[tuple[Array, Array, Array]]:
+    def _parts_of_all(self, s: Slots, gpus: list[Request], xp: Namespace) -> list[PartSums]:
         """:func:`parts_sums` of every row of ``s``, on one row per slot state where the owner
         numbers them and they are at most half the rows."""
         states = self._states(s) if self._states is not None else None
@@ -127,7 +134,8 @@ class NodeSumsMemo:
                 one = s.rows(first)
                 idle = idle_of_used(one, slot_used(one, one.free, one.free_memory_mib, xp), xp)
                 back = inverse.reshape(-1)
-                return [(c.take(back), st.take(back), al.take(back)) for c, st, al in parts_sums(one, gpus, idle, xp)]
+                return [(c.take(back), st.take(back), al.take(back), ow.take(back))
+                        for c, st, al, ow in parts_sums(one, gpus, idle, xp)]
         idle = idle_of_used(s, slot_used(s, s.free, s.free_memory_mib, xp), xp)
         return parts_sums(s, gpus, idle, xp)
 
@@ -146,5 +154,6 @@ class RowSubset:
         wanted = [g for g in gpus if g.count > 0]
         sums = self.memo.get(self.full, wanted, xp)
         r = self.rows
-        parts = {g: (sums.parts[g][0][r], sums.parts[g][1][r], sums.parts[g][2][r]) for g in wanted}
+        parts = {g: (sums.parts[g][0][r], sums.parts[g][1][r], sums.parts[g][2][r], sums.parts[g][3][r])
+                 for g in wanted}
         return BeforeSums(sums.total_idle[r], sums.used_weight[r], sums.total_weight[r], parts)

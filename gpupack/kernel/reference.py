@@ -6,6 +6,7 @@ two agree and ``bench/kernel.py`` can measure what vectorising buys. Lists in, l
 
 from __future__ import annotations
 
+from gpupack.kernel.policies.fragmentation import PERMANENT_WEIGHT
 from gpupack.kernel.slots import Mix, Request, Slots
 
 
@@ -78,20 +79,60 @@ def _after(node: list[dict[str, float]], take: list[int], req: Request) -> list[
     return out
 
 
+def _idle(node: list[dict[str, float]]) -> list[float]:
+    return [x["weight"] * (1 - _used(x)) if x["healthy"] and x["cap"] > 0 else 0.0 for x in node]
+
+
+def _hosts(node: list[dict[str, float]], shape: Request, cpu: int, mem: int) -> tuple[bool, list[int]]:
+    """Whether the node can host ``shape`` (units, CPU, memory), and its units per slot."""
+    u = [_units(x, shape) for x in node]
+    cpu_ok = shape.cpu_milli <= 0 or cpu >= shape.cpu_milli  # asking nothing always fits
+    mem_ok = shape.node_memory_mib <= 0 or mem >= shape.node_memory_mib
+    return sum(u) >= shape.count and cpu_ok and mem_ok, u
+
+
+def _allowed(node: list[dict[str, float]], shape: Request) -> bool:
+    return not shape.models or any(x["cap"] > 0 and int(x["model"]) in shape.models for x in node)
+
+
+def _permanent(node: list[dict[str, float]], mix: Mix, cpu: int, mem: int) -> float:
+    """P(node): per GPU resource the mix asks for, the least idle capacity on the resource's
+    slots without room for a GPU part (GPU request without CPU and memory) of which the node
+    can host some shape; all of the resource's idle capacity when it hosts none though a part
+    may run there; nothing when none may."""
+    idle = _idle(node)
+    hosted: dict[Request, bool] = {}
+    allowed: dict[Request, bool] = {}
+    inside: dict[Request, float] = {}
+    for shape, _ in mix:
+        if shape.count <= 0:
+            continue
+        ok, u = _hosts(node, shape, cpu, mem)
+        g = shape.gpu
+        allowed[g] = _allowed(node, shape)
+        hosted[g] = hosted.get(g, False) or (ok and allowed[g])
+        inside[g] = sum(i for i, n, x in zip(idle, u, node) if n == 0 and x["resource"] == g.resource)
+    total = 0.0
+    for r in {g.resource for g in hosted}:
+        mine = [g for g in hosted if g.resource == r]
+        if any(hosted[g] for g in mine):
+            total += min(inside[g] for g in mine if hosted[g])
+        elif any(allowed[g] for g in mine):
+            total += sum(i for i, x in zip(idle, node) if x["resource"] == r)
+    return total
+
+
 def _frag(node: list[dict[str, float]], mix: Mix, cpu: int, mem: int) -> float:
     """F(node): per shape, the idle capacity of the slots without room for it when the node
     can host it (enough units, CPU and memory), all idle capacity when it cannot; a CPU-only
     shape strands nothing where it fits; a shape pinned to GPU models counts only on nodes with
     a GPU of one of them."""
-    idle = [x["weight"] * (1 - _used(x)) if x["healthy"] and x["cap"] > 0 else 0.0 for x in node]
+    idle = _idle(node)
     total = 0.0
     for shape, p in mix:
-        if shape.models and not any(x["cap"] > 0 and int(x["model"]) in shape.models for x in node):
+        if not _allowed(node, shape):
             continue
-        u = [_units(x, shape) for x in node]
-        cpu_ok = shape.cpu_milli <= 0 or cpu >= shape.cpu_milli  # asking nothing always fits
-        mem_ok = shape.node_memory_mib <= 0 or mem >= shape.node_memory_mib
-        hosts = sum(u) >= shape.count and cpu_ok and mem_ok
+        hosts, u = _hosts(node, shape, cpu, mem)
         if not hosts:
             total += p * sum(idle)
         elif shape.count > 0:
@@ -123,6 +164,8 @@ def evaluate(s: Slots, req: Request, policy: str, mix: Mix = ()) -> tuple[list[b
         else:
             m = mix or ((req, 1.0),)
             cpu, mem = cpus[i], mems[i]
-            f_after = _frag(after, m, cpu - req.cpu_milli, mem - req.node_memory_mib)
-            raw.append(-(f_after - _frag(node, m, cpu, mem)) + 0.001 * _util(after))
+            cpu_a, mem_a = cpu - req.cpu_milli, mem - req.node_memory_mib
+            f_after = _frag(after, m, cpu_a, mem_a) + PERMANENT_WEIGHT * _permanent(after, m, cpu_a, mem_a)
+            f_before = _frag(node, m, cpu, mem) + PERMANENT_WEIGHT * _permanent(node, m, cpu, mem)
+            raw.append(-(f_after - f_before) + 0.001 * _util(after))
     return feasible, raw

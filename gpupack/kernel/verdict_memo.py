@@ -242,7 +242,7 @@ class _SubsetSums:
         """:class:`BeforeSums` of the copy's rows at ``at`` (``s`` is those rows; not read)."""
         b = self.memo.get(self.copy, gpus, xp)
         at = self.at
-        parts = {g: (c.take(at), st.take(at), al.take(at)) for g, (c, st, al) in b.parts.items()}
+        parts = {g: (c.take(at), st.take(at), al.take(at), ow.take(at)) for g, (c, st, al, ow) in b.parts.items()}
         return BeforeSums(b.total_idle.take(at), b.used_weight.take(at), b.total_weight.take(at), parts)
 
 

@@ -46,7 +46,7 @@ def memo_matches(cache: ClusterCache, names: list[str], parts: list[Request], ex
         kept = memo.sums.get(rows, parts, numpy)
     want = before_sums(cache.select_positions(names, exclude)[0], parts, numpy)
     same = [numpy.array_equal(getattr(kept, f), getattr(want, f)) for f in ("total_idle", "used_weight", "total_weight")]
-    same += [numpy.array_equal(kept.parts[g][i], want.parts[g][i]) for g in parts for i in (0, 1, 2)]
+    same += [numpy.array_equal(kept.parts[g][i], want.parts[g][i]) for g in parts for i in (0, 1, 2, 3)]
     return all(same)
 
 

@@ -8,7 +8,12 @@ memory-sized shares by working on slots and units (see :mod:`gpupack.kernel.slot
                 = sum_s idle(s) * [units_m(s) == 0]          otherwise
     F(node)     = sum_m p_m * F_m(node)                      over the shapes of the recent mix
                                                              that may run on the node
-    raw         = -(F_after - F_before) + 0.001 * u_after
+    P(node)     = sum_r min_{g hosted} sum_{s of r} idle(s) * [units_g(s) == 0]
+                                                             per GPU resource r, over the GPU
+                                                             parts g of r of which the node can
+                                                             host some shape (all of r's idle
+                                                             capacity where it hosts none)
+    raw         = -(F_after - F_before) - W * (P_after - P_before) + 0.001 * u_after
 
 A shape ``m`` is a request: its GPU part (resource, count, memory hint) and its CPU and
 node memory. The node "cannot host m" when too few slots have room for m's units, **or when
@@ -23,8 +28,23 @@ shares is a fragment for a large-memory share, and a free MIG 1g slice is a frag
 product) may run only on nodes with a GPU of one of them, and counts nothing elsewhere: the
 GPUs of another model are not fragments *for it*, since nothing placed there could ever
 change that (counted, they made every node of a model few shapes want look better to fill,
-whatever the placement did to its own fragmentation). The small
-``u_after`` term breaks ties towards fuller nodes, like FGD's first-fit ties. Without a
+whatever the placement did to its own fragmentation).
+
+``P`` is the *permanent* strand: idle capacity that no shape of the mix can use on the node
+(slots too small for every part the node can host, or everything once its CPU or memory fit
+no GPU shape), which no later placement there can take back. ``F`` counts such capacity
+once, as it counts capacity that only some shapes cannot use, so by ``F`` alone a placement
+that takes a node's last CPU beside 0.4 idle GPUs (stranding them for good) looks better
+than one that leaves 0.5 of a fresh GPU usable by half the mix; ``W`` (``PERMANENT_WEIGHT``,
+3, the weight with the largest worst-case lead over FGD among 2, 3 and 4 on the simulator's
+tuning workloads, docs/simulator.md) weighs the permanent part above the expected part. On a node whose slots of a resource
+are alike (one GPU model and sharing setup, the usual node), the parts of that resource nest
+(a slot with room for a larger share has room for a smaller one), so the part that strands
+least gives exactly the capacity no hosted part can use; on a node that mixes slot kinds it
+is an upper bound of it. Parts of other resources (MIG profiles) have their own slots, hence
+the sum over resources. A resource none of whose parts may run on the
+node (models) counts nothing, as in ``F``. The small ``u_after`` term breaks ties towards
+fuller nodes, like FGD's first-fit ties. Without a
 recorded mix, the request itself is the only shape. Nodes whose CPU and memory are not
 tracked (``UNLIMITED``) fit every shape's CPU and memory.
 
@@ -40,6 +60,9 @@ from gpupack.kernel.node_sums import allowed_nodes, before_sums
 from gpupack.kernel.slots import UNLIMITED, Mix, Request, Slots, flat_index, parts_fit, unit_memory, units, units_of
 from gpupack.kernel.usage import ScoreInput, idle_capacity, idle_of_used, slot_used
 from gpupack.kernel.xp import Array, Namespace, row_sum
+
+#: Weight of the permanent strand ``P`` against the expected fragmentation ``F`` (module docstring).
+PERMANENT_WEIGHT = 3.0
 
 
 def _by_gpu_part(mix: Mix) -> dict[Request, list[tuple[Request, float]]]:
@@ -170,5 +193,42 @@ def score(inp: ScoreInput) -> Array:
     delta = xp.zeros(n, dtype=xp.float64)
     for row in d:
         delta += row
+    if gpus:
+        # which GPU parts the node can host some shape of, before and after (a part's shapes
+        # differ in CPU and memory only), and each part's own resource's idle capacity
+        rows = [r for r, _, _ in shapes]  # a part's shapes are consecutive
+        first = [rows.index(i) for i in range(len(gpus))]
+        end = [len(rows) - rows[::-1].index(i) for i in range(len(gpus))]
+        hosted_b = _any_of_part(ok_b & allowed[at], first, end, xp)
+        hosted_a = _any_of_part(ok_a & allowed[at], first, end, xp)
+        own_b = xp.stack([sums.parts[g][3] for g in gpus])
+        own_a = own_b.copy()
+        for r in {g.resource for g in gpus}:
+            on_r = xp.asarray([g.resource == r for g in gpus])
+            own_a[on_r] += row_sum((idle_a_c - idle_b_c) * (c.resource == r), xp)
+        resources = [g.resource for g in gpus]
+        delta += PERMANENT_WEIGHT * (_permanent(hosted_a, stranded_a[:-1], own_a, allowed[:-1], total_a, resources, xp)
+                                     - _permanent(hosted_b, stranded_b[:-1], own_b, allowed[:-1], total_b, resources, xp))
     used_a = sums.used_weight - row_sum(c.weight * used_b_c, xp) + row_sum(c.weight * used_a_c, xp)
     return -delta + 0.001 * used_a / xp.maximum(sums.total_weight, 1e-12)
+
+
+def _any_of_part(ok: Array, first: list[int], end: list[int], xp: Namespace) -> Array:
+    """Per part (its shapes at rows ``first[i]:end[i]`` of ``ok``) and node: any of them ok."""
+    return xp.stack([xp.any(ok[a:b], axis=0) for a, b in zip(first, end)])
+
+
+def _permanent(hosted: Array, stranded: Array, own: Array, allowed: Array, total: Array, resources: list[int],
+               xp: Namespace) -> Array:
+    """``P(node)`` from per-part rows (one per GPU part, of resource ``resources[i]``): per
+    resource, the least idle capacity of its slots that a hosted part of it cannot use; all of
+    it where a part of it may run on the node (``allowed``) but none is hosted; nothing where
+    none may run there."""
+    out = xp.zeros(total.shape[0], dtype=xp.float64)
+    for r in sorted(set(resources)):
+        on_r = xp.asarray([x == r for x in resources])
+        own_r = own[on_r][0]
+        inside = stranded[on_r] - (total - own_r)[None, :]  # a part's stranded capacity on its resource
+        none_hosted = xp.where(xp.any(allowed[on_r], axis=0), own_r, 0.0)
+        out += xp.min(xp.where(hosted[on_r], inside, none_hosted[None, :]), axis=0)
+    return out

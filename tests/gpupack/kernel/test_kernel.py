@@ -20,6 +20,7 @@ from scheduler_ext.podspec import pod_demand
 from gpupack.kernel import slots as kslots
 from gpupack.kernel.slots import units
 from gpupack.kernel.xp import array_namespace, to_host
+from gpupack.kernel.policies.fragmentation import PERMANENT_WEIGHT as W
 
 from tests.fixtures import node, pod
 from tests.gpupack.kernel.kernel_tables import FREE, USED, S, slots
@@ -96,10 +97,11 @@ HALF = S(resource=SHARED, cap=2, free=1)  # one of two shares used
                      Request(SHARED, 1), [2.5, 0.875], id="binpack-partly-used-gpu-first"),
         # spread: raw = 1 - u_after: 1 - 0.25 = 0.75; 1 - 0.75 = 0.25
         pytest.param("spread", [[FREE] * 4, [USED, USED, FREE, FREE]], Request(GPU, 1), [0.75, 0.25], id="spread-emptier-node"),
-        # fragmentation, mix = the request (2 GPUs): F = idle if 2 GPUs do not fit else 0.
-        # n0 4 free: after 2 free -> F 0 -> 0 delta; +0.001*u(0.5) = 0.0005
-        # n1 3 free: after 1 free, 2 no longer fit -> F 1 -> -1 + 0.001*(3/4) = -0.99925
-        pytest.param("fragmentation", [[FREE] * 4, [USED, FREE, FREE, FREE]], Request(GPU, 2), [0.0005, -0.99925],
+        # fragmentation, mix = the request (2 GPUs): F = idle if 2 GPUs do not fit else 0, and so
+        # is the permanent strand P (the one part hosted or not), weighted W = PERMANENT_WEIGHT.
+        # n0 4 free: after 2 free -> F 0, P 0 -> 0 delta; +0.001*u(0.5) = 0.0005
+        # n1 3 free: after 1 free, 2 no longer fit -> F 1, P 1 -> -(1 + W) + 0.001*(3/4)
+        pytest.param("fragmentation", [[FREE] * 4, [USED, FREE, FREE, FREE]], Request(GPU, 2), [0.0005, -(1 + W) + 0.00075],
                      id="fragmentation-avoids-stranding"),
     ],
 )
@@ -124,24 +126,26 @@ def test_fragmentation_with_mix_of_mig_profiles() -> None:
 
 # CPU and memory in fragmentation: a shape whose CPU or memory no longer fits beside the
 # node's idle GPUs strands them all. Each node has 4 whole GPUs; raw = -(F_after - F_before)
-# + 0.001 * u_after.
+# - W * (P_after - P_before) + 0.001 * u_after, where P (the permanent strand) is the node's
+# idle capacity when it can host no GPU shape of the mix, and 0 here otherwise.
 @pytest.mark.parametrize(
     "rows,cpu,mem,req,mix,raw",
     [
         # mix: 1 GPU with 8 CPUs (p=1). Request 1 GPU with 4 CPUs.
         # n0: 2 free GPUs, 16 CPUs free: after 1 free GPU, 12 CPUs >= 8 -> F 0 -> 0 + 0.001*3/4
-        # n1: 2 free GPUs, 10 CPUs free: after 1 free GPU, 6 CPUs < 8 -> F = idle 1 -> -1 + 0.00075
+        # n1: 2 free GPUs, 10 CPUs free: after 1 free GPU, 6 CPUs < 8 -> F = P = idle 1
+        #     -> -1 - W + 0.00075
         pytest.param([[USED, USED, FREE, FREE]] * 2, [16000, 10000], None, Request(GPU, 1, cpu_milli=4000),
-                     ((Request(GPU, 1, cpu_milli=8000), 1.0),), [0.00075, -1 + 0.00075], id="cpu-strands-idle-gpus"),
+                     ((Request(GPU, 1, cpu_milli=8000), 1.0),), [0.00075, -1 - W + 0.00075], id="cpu-strands-idle-gpus"),
         # node memory, same arithmetic: n1 keeps 20 GiB after, the shape wants 32 GiB
         pytest.param([[USED, USED, FREE, FREE]] * 2, None, [65536, 36864], Request(GPU, 1, node_memory_mib=16384),
-                     ((Request(GPU, 1, node_memory_mib=32768), 1.0),), [0.00075, -1 + 0.00075],
+                     ((Request(GPU, 1, node_memory_mib=32768), 1.0),), [0.00075, -1 - W + 0.00075],
                      id="memory-strands-idle-gpus"),
-        # already stranded before: n0 has 4 CPUs free, the shape wants 8 -> F_before = idle 2,
-        # F_after = idle 1 (still stranded) -> delta -1 -> raw +1 + 0.00075: filling a stranded
-        # node is the best move (it strands nothing new)
+        # already stranded before: n0 has 4 CPUs free, the shape wants 8 -> F_before = P_before =
+        # idle 2, F_after = P_after = idle 1 (still stranded) -> raw +1 + W + 0.00075: filling a
+        # stranded node is the best move (it strands nothing new, and uses what nothing else can)
         pytest.param([[USED, USED, FREE, FREE]], [4000], None, Request(GPU, 1, cpu_milli=2000),
-                     ((Request(GPU, 1, cpu_milli=8000), 1.0),), [1 + 0.00075], id="stranded-node-first"),
+                     ((Request(GPU, 1, cpu_milli=8000), 1.0),), [1 + W + 0.00075], id="stranded-node-first"),
         # a CPU-only shape (count 0, 8 CPUs, p=0.5) and a 2-GPU shape (no CPU, p=0.5); request 1 GPU
         # with 4 CPUs. n0: 4 free GPUs, 12 CPUs: after 3 free, 8 CPUs -> both fit, F 0 -> 0.00025
         # n1: 4 free GPUs, 10 CPUs: after 6 CPUs: CPU-only shape strands idle 3 -> F 0.5*3 = 1.5
@@ -298,10 +302,11 @@ def test_a_shape_pinned_to_another_model_counts_nothing_on_a_node() -> None:
     s = slots([[used_a, used_a, used_a, a], [used_b, used_b, used_b, b]])
     pinned = ((Request(GPU, 2, models=frozenset({1})), 1.0),)
     assert kernel.idle_and_fragmented(s, pinned, np) == (2.0, 1.0)
-    # a 1-GPU pod on n1's last GPU removes a fragment of the pinned shape (+1); on n0's, none
-    # (0); counted as before, n0's GPU was a fragment too and both nodes scored +1
+    # a 1-GPU pod on n1's last GPU removes a fragment of the pinned shape (+1), which was also
+    # permanent there (n1 can host no shape of the mix: +W * 1); on n0's, none (0); counted as
+    # before, n0's GPU was a fragment too and both nodes scored alike
     v = kernel.evaluate(s, Request(GPU, 1), kernel.get_policy("fragmentation"), np, mix=pinned)
-    assert v.raw.tolist() == pytest.approx([0.0 + 0.001, 1.0 + 0.001])
+    assert v.raw.tolist() == pytest.approx([0.0 + 0.001, 1.0 + W + 0.001])
     _, ref = reference.evaluate(s, Request(GPU, 1), "fragmentation", pinned)
     assert ref == pytest.approx(v.raw.tolist())
 
@@ -383,3 +388,23 @@ def test_kept_verdicts_take_requests_beyond_any_node() -> None:
     policy = kernel.get_policy("fragmentation")
     kept = VerdictMemo(2).evaluate(s, req, policy, ((req, 1.0),))
     assert kept.raw.tolist() == kernel.evaluate(s, req, policy, np, mix=((req, 1.0),)).raw.tolist()
+
+
+def test_the_permanent_strand_is_what_the_least_stranding_part_leaves() -> None:
+    # one node, two shared GPUs (4 shares, 40 GiB): A free, B with 2 shares and 7000 MiB left.
+    # Parts of the mix: a plain share (10 GiB, a quarter) and a 5000 MiB share; both are
+    # hosted (on A). B is stranded for the plain share but not for the 5000 MiB one, so no
+    # capacity is permanent before (P 0: the least of the two). The 5000 MiB request goes to B
+    # (fewest units left); after, B's 2000 MiB suit neither, so P = B's idle 2000/40960.
+    shared = dict(resource=GPU, cap=4, mem=40960)
+    rows = [[S(free=4, free_mem=40960, **shared), S(free=2, free_mem=7000, **shared)]]
+    mix = ((Request(GPU, 1), 0.5), (Request(GPU, 1, 5000), 0.5))
+    s = slots(rows)
+    node = reference._node(reference._lists(s), 0)
+    assert reference._permanent(node, mix, 0, 0) == 0.0
+    req = Request(GPU, 1, 5000)
+    v = kernel.evaluate(s, req, kernel.get_policy("fragmentation"), np, mix=mix)
+    _, ref = reference.evaluate(s, req, "fragmentation", mix)
+    assert v.raw.tolist() == pytest.approx(ref)
+    after = reference._after(node, reference._place(node, req), req)
+    assert reference._permanent(after, mix, 0, 0) == pytest.approx(2000 / 40960)

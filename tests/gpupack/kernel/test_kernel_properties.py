@@ -27,7 +27,9 @@ def slot(draw: st.DrawFn) -> S:
     cap = draw(st.sampled_from([1, 1, 2, 4]))
     free = draw(st.integers(0, cap))
     mem = draw(st.sampled_from([10240, 40960]))
-    free_mem = draw(st.integers(0, mem)) if cap > 1 else (mem if free else 0)
+    # any amount, or an eighth's step (between two shapes' hints more often than at the ends)
+    free_mem = draw(st.one_of(st.integers(0, mem), st.sampled_from([mem * k // 8 for k in range(9)]))) if cap > 1 \
+        else (mem if free else 0)
     return S(resource=draw(st.integers(0, 2)), cap=cap, free=free, mem=mem, free_mem=free_mem,
              healthy=draw(st.booleans()), weight=draw(st.sampled_from([1.0, 0.5, 0.25])),
              nvgroup=draw(st.integers(-1, 1)), numa=draw(st.integers(-1, 1)), model=draw(st.integers(0, 1)))
@@ -148,7 +150,8 @@ def test_array_kernel_equals_plain_python_reference(rows: list[list[S]], req: Re
     mix = ((req, 0.5), (Request(1, 1, 5000, cpu_milli=data.draw(cpu_mem)), 0.2),
            (Request(1, 1, 5000, node_memory_mib=data.draw(cpu_mem)), 0.1),
            (Request(-1, 0, cpu_milli=data.draw(cpu_mem), node_memory_mib=data.draw(cpu_mem)), 0.1),
-           (Request(0, data.draw(st.integers(1, 2)), models=frozenset({data.draw(st.integers(0, 2))})), 0.1))
+           (Request(0, data.draw(st.integers(1, 2)), models=frozenset({data.draw(st.integers(0, 2))})), 0.1),
+           (Request(1, 1), 0.1))  # a second part of resource 1: which of them strands least varies
     v = kernel.evaluate(s, req, kernel.get_policy(policy), np, mix=mix)
     feasible, raw = reference.evaluate(s, req, policy, mix if policy == "fragmentation" else ())
     assert v.feasible.tolist() == feasible
@@ -379,3 +382,42 @@ def test_verdicts_kept_by_row_state_equal_a_fresh_evaluation(pool: list[S], req:
             fresh = kernel.evaluate(now, req, policy, np, mix=mix)
             for f in ("feasible", "reason", "free_units", "total_units", "level", "raw"):  # raw bit for bit
                 assert getattr(kept, f).tolist() == getattr(fresh, f).tolist(), (name, f)
+
+
+@st.composite
+def alike_node(draw: st.DrawFn) -> list[S]:
+    """A node whose slots of each resource are of one kind (capacity, memory, model), in any
+    state: the usual node, one GPU model and one sharing setup."""
+    kinds = {r: (draw(st.sampled_from([1, 2, 4])), draw(st.sampled_from([10240, 40960])), draw(st.integers(0, 1)))
+             for r in range(3)}
+    out = []
+    for _ in range(draw(st.integers(1, SIZES.slots))):
+        r = draw(st.sampled_from([0, 0, 0, 1, 2]))
+        cap, mem, model = kinds[r]
+        free = draw(st.integers(0, cap))
+        free_mem = mem * draw(st.sampled_from([0, 1, 2, 3, 4, 6, 8])) // 8 if cap > 1 else (mem if free else 0)
+        out.append(S(resource=r, cap=cap, free=free, mem=mem, free_mem=free_mem,
+                     healthy=draw(st.sampled_from([True, True, True, False])), model=model))
+    return out
+
+
+@SETTINGS
+@given(st.lists(alike_node(), min_size=1, max_size=SIZES.nodes), st.data())
+def test_the_permanent_strand_is_the_capacity_no_hosted_part_can_use(rows: list[list[S]], data: st.DataObject) -> None:
+    """On nodes whose slots of a resource are alike, the reference's ``P`` (the least that a
+    hosted part of each resource strands) is the idle capacity of the slots that no GPU shape
+    the node can host has room on, counted slot by slot from the definition."""
+    n = len(rows)
+    cpu = data.draw(st.lists(st.sampled_from([3000, 8000, 8000]), min_size=n, max_size=n))
+    mix = tuple((Request(data.draw(st.sampled_from([0, 0, 0, 1])), data.draw(st.sampled_from([1, 1, 2])),
+                         data.draw(st.sampled_from([0, 5000, 8000, 12000])),
+                         cpu_milli=data.draw(st.sampled_from([0, 0, 4000]))), 0.25) for _ in range(4))
+    s = slots(rows, cpu=cpu)
+    for i, row in enumerate(rows):
+        node = reference._node(reference._lists(s), i)
+        idle = reference._idle(node)
+        hosted = [shape for shape, _ in mix if reference._hosts(node, shape, cpu[i], 2**62)[0]]
+        asked = {shape.resource for shape, _ in mix}
+        exact = sum(x for x, slot in zip(idle, node)
+                    if slot["resource"] in asked and not any(reference._units(slot, shape) > 0 for shape in hosted))
+        assert reference._permanent(node, mix, cpu[i], 2**62) == pytest.approx(exact)
