@@ -35,16 +35,17 @@ whatever the placement did to its own fragmentation).
 no GPU shape), which no later placement there can take back. ``F`` counts such capacity
 once, as it counts capacity that only some shapes cannot use, so by ``F`` alone a placement
 that takes a node's last CPU beside 0.4 idle GPUs (stranding them for good) looks better
-than one that leaves 0.5 of a fresh GPU usable by half the mix; ``W`` (``PERMANENT_WEIGHT``,
-3, the weight with the largest worst-case lead over FGD among 2, 3 and 4 on the simulator's
-tuning workloads, docs/simulator.md) weighs the permanent part above the expected part. On a node whose slots of a resource
-are alike (one GPU model and sharing setup, the usual node), the parts of that resource nest
-(a slot with room for a larger share has room for a smaller one), so the part that strands
-least gives exactly the capacity no hosted part can use; on a node that mixes slot kinds it
-is an upper bound of it. Parts of other resources (MIG profiles) have their own slots, hence
-the sum over resources. A resource none of whose parts may run on the
-node (models) counts nothing, as in ``F``. The small ``u_after`` term breaks ties towards
-fuller nodes, like FGD's first-fit ties. Without a
+than one that leaves 0.5 of a fresh GPU usable by half the mix. ``W`` (``PERMANENT_WEIGHT``,
+3: of 2, 3 and 4, the weight with the largest worst-case lead over FGD on the simulator's
+tuning workloads, docs/simulator.md) weighs the permanent part above the expected one. On a
+node whose slots of a resource are alike (one GPU model and sharing setup, the usual node),
+the parts of that resource nest (a slot with room for a larger share has room for a smaller
+one), so the part that strands least gives exactly the capacity no hosted part can use; on a
+node that mixes slot kinds it is an upper bound of it. Parts of other resources (MIG
+profiles) have their own slots, hence the sum over resources. A resource none of whose parts
+may run on the node (models) counts nothing, as in ``F``.
+
+The small ``u_after`` term breaks ties towards fuller nodes, like FGD's first-fit ties. Without a
 recorded mix, the request itself is the only shape. Nodes whose CPU and memory are not
 tracked (``UNLIMITED``) fit every shape's CPU and memory.
 
@@ -207,8 +208,9 @@ def score(inp: ScoreInput) -> Array:
             on_r = xp.asarray([g.resource == r for g in gpus])
             own_a[on_r] += row_sum((idle_a_c - idle_b_c) * (c.resource == r), xp)
         resources = [g.resource for g in gpus]
-        delta += PERMANENT_WEIGHT * (_permanent(hosted_a, stranded_a[:-1], own_a, allowed[:-1], total_a, resources, xp)
-                                     - _permanent(hosted_b, stranded_b[:-1], own_b, allowed[:-1], total_b, resources, xp))
+        p_a = _permanent(hosted_a, stranded_a[:-1], own_a, allowed[:-1], total_a, resources, xp)
+        p_b = _permanent(hosted_b, stranded_b[:-1], own_b, allowed[:-1], total_b, resources, xp)
+        delta += PERMANENT_WEIGHT * (p_a - p_b)
     used_a = sums.used_weight - row_sum(c.weight * used_b_c, xp) + row_sum(c.weight * used_a_c, xp)
     return -delta + 0.001 * used_a / xp.maximum(sums.total_weight, 1e-12)
 

@@ -403,7 +403,8 @@ def alike_node(draw: st.DrawFn) -> list[S]:
 
 @SETTINGS
 @given(st.lists(alike_node(), min_size=1, max_size=SIZES.nodes), st.data())
-def test_the_permanent_strand_is_the_capacity_no_hosted_part_can_use(rows: list[list[S]], data: st.DataObject) -> None:
+def test_the_permanent_strand_is_the_capacity_no_hosted_part_can_use(rows: list[list[S]],
+                                                                      data: st.DataObject) -> None:
     """On nodes whose slots of a resource are alike, the reference's ``P`` (the least that a
     hosted part of each resource strands) is the idle capacity of the slots that no GPU shape
     the node can host has room on, counted slot by slot from the definition."""
