@@ -197,38 +197,41 @@ def score(inp: ScoreInput) -> Array:
     if gpus:
         # which GPU parts the node can host some shape of, before and after (a part's shapes
         # differ in CPU and memory only), and each part's own resource's idle capacity
-        rows = [r for r, _, _ in shapes]  # a part's shapes are consecutive
-        first = [rows.index(i) for i in range(len(gpus))]
-        end = [len(rows) - rows[::-1].index(i) for i in range(len(gpus))]
-        hosted_b = _any_of_part(ok_b & allowed[at], first, end, xp)
-        hosted_a = _any_of_part(ok_a & allowed[at], first, end, xp)
+        first: dict[int, int] = {}
+        end: dict[int, int] = {}
+        for k, (r, _, _) in enumerate(shapes):  # a part's shapes are consecutive
+            first.setdefault(r, k)
+            end[r] = k + 1
+        spans = [(first[i], end[i]) for i in range(len(gpus))]
+        hosted_b = _any_of_part(ok_b & allowed[at], spans, xp)
+        hosted_a = _any_of_part(ok_a & allowed[at], spans, xp)
+        # the parts of each resource, in resource order
+        resources = sorted({g.resource for g in gpus})
+        of_resource = [xp.asarray([g.resource == r for g in gpus]) for r in resources]
         own_b = xp.stack([sums.parts[g][3] for g in gpus])
         own_a = own_b.copy()
-        for r in {g.resource for g in gpus}:
-            on_r = xp.asarray([g.resource == r for g in gpus])
+        for r, on_r in zip(resources, of_resource):
             own_a[on_r] += row_sum((idle_a_c - idle_b_c) * (c.resource == r), xp)
-        resources = [g.resource for g in gpus]
-        p_a = _permanent(hosted_a, stranded_a[:-1], own_a, allowed[:-1], total_a, resources, xp)
-        p_b = _permanent(hosted_b, stranded_b[:-1], own_b, allowed[:-1], total_b, resources, xp)
+        p_a = _permanent(hosted_a, stranded_a[:-1], own_a, allowed[:-1], total_a, of_resource, xp)
+        p_b = _permanent(hosted_b, stranded_b[:-1], own_b, allowed[:-1], total_b, of_resource, xp)
         delta += PERMANENT_WEIGHT * (p_a - p_b)
     used_a = sums.used_weight - row_sum(c.weight * used_b_c, xp) + row_sum(c.weight * used_a_c, xp)
     return -delta + 0.001 * used_a / xp.maximum(sums.total_weight, 1e-12)
 
 
-def _any_of_part(ok: Array, first: list[int], end: list[int], xp: Namespace) -> Array:
-    """Per part (its shapes at rows ``first[i]:end[i]`` of ``ok``) and node: any of them ok."""
-    return xp.stack([xp.any(ok[a:b], axis=0) for a, b in zip(first, end)])
+def _any_of_part(ok: Array, spans: list[tuple[int, int]], xp: Namespace) -> Array:
+    """Per part (its shapes at rows ``a:b`` of ``ok``, one span per part) and node: any of them ok."""
+    return xp.stack([xp.any(ok[a:b], axis=0) for a, b in spans])
 
 
-def _permanent(hosted: Array, stranded: Array, own: Array, allowed: Array, total: Array, resources: list[int],
+def _permanent(hosted: Array, stranded: Array, own: Array, allowed: Array, total: Array, of_resource: list[Array],
                xp: Namespace) -> Array:
-    """``P(node)`` from per-part rows (one per GPU part, of resource ``resources[i]``): per
-    resource, the least idle capacity of its slots that a hosted part of it cannot use; all of
-    it where a part of it may run on the node (``allowed``) but none is hosted; nothing where
-    none may run there."""
+    """``P(node)`` from per-part rows (one per GPU part; ``of_resource``: a mask of the parts of
+    each resource): per resource, the least idle capacity of its slots that a hosted part of it
+    cannot use; all of it where a part of it may run on the node (``allowed``) but none is
+    hosted; nothing where none may run there."""
     out = xp.zeros(total.shape[0], dtype=xp.float64)
-    for r in sorted(set(resources)):
-        on_r = xp.asarray([x == r for x in resources])
+    for on_r in of_resource:
         own_r = own[on_r][0]
         inside = stranded[on_r] - (total - own_r)[None, :]  # a part's stranded capacity on its resource
         none_hosted = xp.where(xp.any(allowed[on_r], axis=0), own_r, 0.0)
