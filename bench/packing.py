@@ -14,7 +14,9 @@ being the trace as it is): for each level and seed (default 42-44) the tasks are
 that seed, and each policy (default FGD, best-fit, gpupack's default) is run through
 :func:`simulator.protocols.run_fgd` as ``gpupack simulate`` runs it. One table: the median
 unallocated GPU % at 100 % arrived and the seeds' range per policy, gpupack minus FGD, CPU
-seconds per seed per policy; rows and seeds kept aside from tuning are marked ``held out``.
+seconds per seed per policy, and the ``bound`` (:mod:`simulator.bound`: the least any rule
+could leave on the same arrivals; needs SciPy, the ``bench`` extra; ``--policies`` may name
+it); rows and seeds kept aside from tuning are marked ``held out``.
 Each run is kept under ``--out`` (``runs/<level>/<policy>_seed<N>.json`` and
 ``placements/<level>/<policy>_seed<N>.csv.gz``) and reused by a later call with
 ``--reuse``, so seeds can be added a few at a time; ``families.json`` and ``families.md``
@@ -40,13 +42,23 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpupack import kernel  # noqa: E402
-from simulator import families, placements, placers, protocols, trace  # noqa: E402
+from simulator import bound, families, placements, placers, protocols, trace  # noqa: E402
 from simulator import main as simulate  # noqa: E402
 from simulator.model import Cluster, Task  # noqa: E402
 
 #: The policies a families run compares, and their column names.
 FAMILY_POLICIES = {"fgd": "FGD", "best-fit": "best-fit", f"gpupack-{kernel.DEFAULT_POLICY}": "gpupack"}
 DEFAULT = "default"
+#: The bound column (:mod:`simulator.bound`), run like a policy when SciPy is installed.
+BOUND = "bound"
+
+
+def _have_scipy() -> bool:
+    try:
+        import scipy.optimize  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _levels(fams: str, levels: str) -> list[str]:
@@ -81,20 +93,25 @@ def _run(job: tuple[str, str, int]) -> dict[str, Any]:
     level, name, seed = job
     cluster: Cluster = _JOB["cluster"]
     tasks = _tasks(level, seed)
-    wl = dataclasses.replace(placers.workload(tasks), seed=seed)
-    placer = placers.make([name], wl)[0]
     t0, c0 = time.perf_counter(), time.process_time()
-    result = protocols.run_fgd(cluster, tasks, placer, wl, seed, kernel.namespace(_JOB["xp"]))
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = Path(_JOB["out"])
-    pdir = out / "placements" / level
-    pdir.mkdir(parents=True, exist_ok=True)
-    placements.write(pdir / f"{name}_seed{seed}.csv.gz", result.records)
+    if name == BOUND:
+        arrived = bound.arrived(protocols.fgd_sequence(tasks, cluster.gpu_milli, seed), cluster.gpu_milli)
+        figures = {"unallocated_pct": bound.least_unallocated_pct(arrived, cluster)}
+    else:
+        wl = dataclasses.replace(placers.workload(tasks), seed=seed)
+        placer = placers.make([name], wl)[0]
+        result = protocols.run_fgd(cluster, tasks, placer, wl, seed, kernel.namespace(_JOB["xp"]))
+        figures = result.figures
+        pdir = out / "placements" / level
+        pdir.mkdir(parents=True, exist_ok=True)
+        placements.write(pdir / f"{name}_seed{seed}.csv.gz", result.records)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     family = families.family_of(level) if level != DEFAULT else ""
     run = {"level": level, "policy": name, "seed": seed, "pods": len(tasks),
            "achieved_pct": 100.0 * families.level_of(family, tasks) if family else None,
            "gpu_request": sum(t.gpu_milli for t in tasks) / 1000.0,
-           "figures": result.figures, "wall_seconds": wall, "cpu_seconds": cpu}
+           "figures": figures, "wall_seconds": wall, "cpu_seconds": cpu}
     rdir = out / "runs" / level
     rdir.mkdir(parents=True, exist_ok=True)
     (rdir / f"{name}_seed{seed}.json").write_text(json.dumps(run, indent=1) + "\n")
@@ -153,7 +170,14 @@ def run_families(a: argparse.Namespace, nodes: str, pods: str) -> int:
         seeds = simulate.parse_seeds(a.seeds or "42-44")
         names = [n.strip() for n in a.policies.split(",")] if a.policies else list(FAMILY_POLICIES)
         cluster, tasks = trace.load(nodes, pods)
-        placers.make(names, placers.workload(tasks[:1]))  # refuse unknown names before any work
+        placers.make([n for n in names if n != BOUND], placers.workload(tasks[:1]))  # refuse unknown names first
+        if not a.policies:
+            names.append(BOUND)
+        if BOUND in names and not _have_scipy():
+            if a.policies:
+                raise ValueError("the bound needs SciPy: pip install -e '.[bench]'")
+            print("bench/packing.py: no bound column: it needs SciPy (pip install -e '.[bench]')", file=sys.stderr)
+            names.remove(BOUND)
         pins = families.pin_distribution(trace.load(nodes, a.pins)[1], cluster) if a.pins else None
     except (ValueError, OSError, trace.TraceError) as err:
         print(f"bench/packing.py: {err}", file=sys.stderr)
