@@ -179,7 +179,7 @@ def run_families(a: argparse.Namespace, nodes: str, pods: str) -> int:
             print("bench/packing.py: no bound column: it needs SciPy (pip install -e '.[bench]')", file=sys.stderr)
             names.remove(BOUND)
         pins = families.pin_distribution(trace.load(nodes, a.pins)[1], cluster) if a.pins else None
-    except (ValueError, OSError, trace.TraceError) as err:
+    except (ValueError, OSError, trace.TraceError, argparse.ArgumentTypeError) as err:
         print(f"bench/packing.py: {err}", file=sys.stderr)
         return 2
     out = Path(a.out)
