@@ -43,35 +43,33 @@ def best_fit(shares: Sequence[int], _all: Sequence[int]) -> float:
     return sum(gaps) / MILLI
 
 
+def _least_cost(shares: Sequence[int], cost: Callable[[collections.Counter[int], int, int], float]) -> float:
+    """Each share on the used GPU (by its free milli ``g``) or the fresh GPU (``g`` = 1000) of
+    least ``cost(free, g, share)``, ties to the fuller GPU; ``free`` counts used GPUs per free milli."""
+    free: collections.Counter[int] = collections.Counter()
+    for s in shares:
+        g = min([g for g, n in free.items() if n and g >= s] + [MILLI], key=lambda g: (cost(free, g, s), g))
+        if g != MILLI:
+            free[g] -= 1
+        if g - s:
+            free[g - s] += 1
+    return sum(g * n for g, n in free.items()) / MILLI
+
+
 def fgd_measure(shares: Sequence[int], gpu_sizes: Sequence[int]) -> float:
     """FGD's per-GPU fragmentation: free capacity times the share of the mix that cannot use it."""
     mix = collections.Counter(gpu_sizes)
     total = sum(mix.values())
     frag = {f: f * sum(n for size, n in mix.items() if size > f) / total for f in range(MILLI + 1)}
-    free: collections.Counter[int] = collections.Counter()
-    for s in shares:
-        g = min((g for g, n in free.items() if n and g >= s), key=lambda g: (frag[g - s] - frag[g], g), default=MILLI)
-        if g != MILLI and frag[MILLI - s] - frag[MILLI] < frag[g - s] - frag[g]:
-            g = MILLI
-        if g != MILLI:
-            free[g] -= 1
-        if g - s:
-            free[g - s] += 1
-    return sum(g * n for g, n in free.items()) / MILLI
+    return _least_cost(shares, lambda free, g, s: frag[g - s] - frag[g])
 
 
 def sum_of_squares(shares: Sequence[int], _all: Sequence[int]) -> float:
-    free: collections.Counter[int] = collections.Counter()
-    for s in shares:
-        def cost(g: int) -> int:
-            left = 0 if g == MILLI else -(2 * free[g] - 1)
-            return left + (2 * free[g - s] + 1 if g - s else 0)
-        g = min([g for g, n in free.items() if n and g >= s] + [MILLI], key=lambda g: (cost(g), g))
-        if g != MILLI:
-            free[g] -= 1
-        if g - s:
-            free[g - s] += 1
-    return sum(g * n for g, n in free.items()) / MILLI
+    """Csirik et al.: the change in the sum of squared counts of used GPUs per free milli."""
+    def cost(free: collections.Counter[int], g: int, s: int) -> float:
+        left = 0 if g == MILLI else -(2 * free[g] - 1)
+        return left + (2 * free[g - s] + 1 if g - s else 0)
+    return _least_cost(shares, cost)
 
 
 def packing(sizes: collections.Counter[int]) -> list[tuple[tuple[int, ...], float]]:
