@@ -142,7 +142,7 @@ def table(runs: Sequence[dict[str, Any]], levels: Sequence[str], names: Sequence
         seeds = sorted({r["seed"] for rs in got.values() for r in rs})
         med = {n: statistics.median(r["figures"]["unallocated_pct"] for r in rs) for n, rs in got.items() if rs}
         achieved = [r["achieved_pct"] for rs in got.values() for r in rs if r["achieved_pct"] is not None]
-        held = level in families.HELD_OUT_LEVELS or any(s >= families.HELD_OUT_SEEDS_FROM for s in seeds)
+        held = level in families.HELD_OUT_LEVELS or any(families.held_out_seed(s) for s in seeds)
         family = families.family_of(level) if level != DEFAULT else DEFAULT
         cells = [family, level, f"{statistics.median(achieved):.1f}" if achieved else "", ",".join(map(str, seeds))]
         for n in names:
@@ -219,6 +219,7 @@ def run_families(a: argparse.Namespace, nodes: str, pods: str) -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "seeds": seeds, "policies": names, "held_out_levels": sorted(families.HELD_OUT_LEVELS),
             "held_out_seeds_from": families.HELD_OUT_SEEDS_FROM,
+            "tuning_seeds_extra": [families.TUNING_SEEDS_EXTRA.start, families.TUNING_SEEDS_EXTRA.stop - 1],
             "wall_seconds": round(time.perf_counter() - started, 1)}
     (out / "families.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     (out / "families.md").write_text(text + "\n")

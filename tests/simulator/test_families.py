@@ -142,6 +142,8 @@ def test_unknown_level_refused(synthetic: tuple[Cluster, list[Task]]) -> None:
 
 def test_held_out_levels_are_levels() -> None:
     assert families.HELD_OUT_LEVELS <= {name for levels in families.FAMILIES.values() for name in levels}
+    assert [families.held_out_seed(s) for s in (42, 44, 45, 51, 999, 1000, 1009, 1010)] == \
+        [False, False, True, True, True, False, False, True]
     assert {families.family_of(n) for n in families.HELD_OUT_LEVELS} == set(families.FAMILIES)
 
 
