@@ -93,6 +93,7 @@ def held_out_seed(seed: int) -> bool:
     """Whether ``seed`` is one that no rule has been tuned on."""
     return seed >= HELD_OUT_SEEDS_FROM and seed not in TUNING_SEEDS_EXTRA
 
+
 #: How far (a fraction, 0.005 = half a point) a generated list may miss its level where the
 #: generator can still adjust it (``gpushare``); the tests hold every family to one point.
 TOLERANCE = 0.005
