@@ -23,6 +23,7 @@ from typing import Any
 import numpy
 
 from gpupack import kernel
+from gpupack.kernel import pairing
 from scheduler_ext.cache import ClusterCache
 from gpupack.kernel.verdict_memo import SubsetView, VerdictMemo
 from scheduler_ext.podspec import PodDemand
@@ -58,6 +59,9 @@ class Decision:
     # ``level`` ranks (None without a score)
     lead_raw: numpy.ndarray[Any, Any] | None = None
     generation: int = -1  # the cache's generation the decision was read at
+    # bool: the pod is a share that keeps to a pattern on the node (kernel.pairing); the named
+    # node is one of these when the top levels hold any (None: no such pod)
+    keeps: numpy.ndarray[Any, Any] | None = None
 
     @functools.cached_property
     def fitting_names(self) -> list[str]:
@@ -169,7 +173,8 @@ class Decider:
         lead_raw = d.lead_raw
         assert lead_raw is not None
         raw = lead_raw[at]
-        level_fit = self._levels(raw, numpy.ones(at.shape[0], bool), fitting, self.names_one(demand))
+        keeps = None if d.keeps is None else d.keeps[at]
+        level_fit = self._levels(raw, numpy.ones(at.shape[0], bool), fitting, self.names_one(demand), keeps)
         # best level first (the named node alone at 10), then raw score; ties in list order
         keep = at[numpy.lexsort((-raw, -level_fit))[: self.filter_top]]
         fits = numpy.zeros_like(d.fits)
@@ -195,7 +200,8 @@ class Decider:
             if memo.levels is not None:  # a capped filter: the levels among every node that fit, as uncapped
                 level = numpy.asarray(memo.levels[idx] * fits, dtype=numpy.int64)
             else:
-                level = self._levels(raw, fits, names, lead)
+                keeps = None if memo.decision.keeps is None else memo.decision.keeps[idx]
+                level = self._levels(raw, fits, names, lead, keeps)
         else:
             d = self.decide(demand, names, reasons=False)
             raw, fits, level = d.raw, d.fits, d.level
@@ -210,11 +216,12 @@ class Decider:
         return self.policy.leads(1 if demand.wants_gpu else 0)
 
     def _levels(self, raw: numpy.ndarray[Any, Any], fits: numpy.ndarray[Any, Any], names: Sequence[str],
-                lead: bool) -> numpy.ndarray[Any, Any]:
+                lead: bool, keeps: numpy.ndarray[Any, Any] | None = None) -> numpy.ndarray[Any, Any]:
         """0..10 for the nodes that fit every resource (ranked among themselves: a node that fits
-        the leading resource only must not take a level), with one node named when ``lead``."""
+        the leading resource only must not take a level), with one node named when ``lead``
+        (among the top nodes that ``keeps`` marks, when any)."""
         level = numpy.asarray(kernel.to_levels(raw, fits, numpy))
-        return kernel.with_lead(level, names) if lead else level
+        return kernel.with_lead(level, names, None if keeps is None else keeps & fits) if lead else level
 
     def _to_xp(self, s: kernel.Slots) -> kernel.Slots:
         if self.xp is numpy:
@@ -237,27 +244,29 @@ class Decider:
                             numpy.full(n, -numpy.inf), [Group(everyone, msg, "bad-request", True)])
         if not demand.wants_gpu:
             return self._cpu_only(demand, names, score, detail, levels)
-        lead = _lead(demand)
+        lead = demand.lead
         self.record_shape(demand)
         # the generation is read before the state: a change in between makes it stale, never wrong
         generation = self.cache.generation
         with self.cache.rows_of(names, exclude=demand.uid) as (rows, pos, memo):
-            fits, unres, raw, lead_raw, groups = self._evaluate(demand, lead, names, rows, pos, score, detail,
-                                                                reasons, memo)
+            fits, unres, raw, lead_raw, groups, keeps = self._evaluate(demand, lead, names, rows, pos, score, detail,
+                                                                       reasons, memo)
         for g in groups:
             unres[g.positions] |= g.unresolvable
         raw[~fits] = -numpy.inf
-        level = self._levels(raw, fits, names, self.names_one(demand)) if score and levels else numpy.zeros(n, numpy.int64)
-        return Decision(names, fits, unres, level, raw, groups, lead_raw, generation)
+        level = self._levels(raw, fits, names, self.names_one(demand), keeps) if score and levels \
+            else numpy.zeros(n, numpy.int64)
+        return Decision(names, fits, unres, level, raw, groups, lead_raw, generation, keeps)
 
     def _evaluate(
         self, demand: PodDemand, lead: str, names: Sequence[str], rows: kernel.Slots, pos: numpy.ndarray[Any, Any],
         score: bool, detail: bool, reasons: bool, memo: VerdictMemo | SubsetView | None = None,
     ) -> tuple[numpy.ndarray[Any, Any], numpy.ndarray[Any, Any], numpy.ndarray[Any, Any],
-               numpy.ndarray[Any, Any] | None, list[Group]]:
+               numpy.ndarray[Any, Any] | None, list[Group], numpy.ndarray[Any, Any] | None]:
         """The kernel's verdicts for every resource of a GPU pod on ``rows`` (the known names at
         positions ``pos``), gathered into arrays in the order of ``names``: fits, unresolvable,
-        the leading resource's raw score (also as ``lead_raw`` with ``score``), reason groups.
+        the leading resource's raw score (also as ``lead_raw`` with ``score``), reason groups,
+        and where the leading share keeps to a pattern (with ``score`` and a share mix).
         Levels are the caller's (:meth:`_levels`, over the nodes that fit every resource)."""
         n = len(names)
         totals = demand.totals()
@@ -267,6 +276,7 @@ class Decider:
         unres = numpy.zeros(n, dtype=bool)
         raw = numpy.full(n, -numpy.inf)
         lead_raw = numpy.full(n, -numpy.inf) if score else None
+        keeps: numpy.ndarray[Any, Any] | None = None
         groups: list[Group] = []
         unknown = numpy.nonzero(~fits)[0]
         if unknown.shape[0]:
@@ -274,7 +284,9 @@ class Decider:
         for resource in sorted(totals, key=lambda r: r != lead):
             req = self._request(demand, resource, lead)
             mix = self.cache.mix() if self.policy.uses_mix else ()
-            v = self._verdicts(rows, req, mix, score and resource == lead, memo, False)
+            scored = score and resource == lead
+            shares = self.cache.shares() if scored and self.names_one(demand) else pairing.NO_SHARES
+            v = self._verdicts(rows, req, mix, scored, memo, False, shares)
             ok = kernel.xp.to_host(v.feasible)
             free = kernel.xp.to_host(v.free_units)
             total = kernel.xp.to_host(v.total_units)
@@ -286,21 +298,25 @@ class Decider:
                 raw[pos] = kernel.xp.to_host(v.raw)
                 if lead_raw is not None:
                     lead_raw[pos] = raw[pos]
+                if shares:
+                    keeps = numpy.zeros(n, dtype=bool)
+                    keeps[pos] = kernel.xp.to_host(v.keeps)
                 if detail:
                     good = numpy.nonzero(ok)[0]
                     for j in good.tolist():
                         text = _reason_text(kernel.Reason.FITS, ask, int(free[j]), 0, "")
                         groups.append(Group(pos[j : j + 1], text, "fits", False))
             fits[pos] &= ok
-        return fits, unres, raw, lead_raw, groups
+        return fits, unres, raw, lead_raw, groups, keeps
 
     def _verdicts(self, rows: kernel.Slots, req: kernel.Request, mix: kernel.Mix, score: bool,
-                  memo: VerdictMemo | SubsetView | None, levels: bool) -> kernel.Verdicts:
+                  memo: VerdictMemo | SubsetView | None, levels: bool,
+                  shares: pairing.ShareMix = pairing.NO_SHARES) -> kernel.Verdicts:
         """The kernel's verdicts on ``rows``: from the kept rows' memo when there is one (NumPy;
         only the rows changed since the request was last evaluated are evaluated again)."""
         if memo is not None and self.xp is numpy:
-            return memo.evaluate(rows, req, self.policy, mix, score=score, levels=levels)
-        return kernel.evaluate(rows, req, self.policy, self.xp, mix=mix, score=score, levels=levels)
+            return memo.evaluate(rows, req, self.policy, mix, score=score, levels=levels, shares=shares)
+        return kernel.evaluate(rows, req, self.policy, self.xp, mix=mix, score=score, levels=levels, shares=shares)
 
     def record_shape(self, demand: PodDemand) -> None:
         """Notes the pod's shape in the mix, once per pod (a pod noted before is not counted
@@ -311,7 +327,7 @@ class Decider:
         if demand.error:
             return
         if demand.wants_gpu:
-            lead = _lead(demand)
+            lead = demand.lead
             self.cache.record_shape(demand.uid, self._request(demand, lead, lead))
         else:
             self.cache.record_shape(demand.uid, kernel.Request(-1, 0, 0, demand.cpu_milli, demand.node_memory_mib))
@@ -441,10 +457,3 @@ class Decider:
             if not bool(kernel.evaluate(row, req, self.policy, self.xp, score=False).feasible[0]):
                 return False
         return True
-
-
-def _lead(demand: PodDemand) -> str:
-    """The resource with the most units (then the last by name): it leads the score; every
-    resource must fit."""
-    totals = demand.totals()
-    return max(totals, key=lambda r: (totals[r], r))

@@ -360,7 +360,7 @@ class PlacementController:
             raw = decision.raw if decision.lead_raw is None else decision.lead_raw  # -inf on unknown nodes
             # the node the levels name first (alone at 10 for a packing policy), then raw score;
             # ``names`` are the cache's, in name order
-            named = kernel.lead_node(raw, decision.fits, names, in_name_order=True) \
+            named = kernel.lead_node(raw, decision.fits, names, in_name_order=True, prefer=decision.keeps) \
                 if self.decider.names_one(demand) else -1
             for i in kernel.best_first(raw, ok, named, TRIES):
                 node = names[i]

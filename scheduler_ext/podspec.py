@@ -114,6 +114,13 @@ class PodDemand:
             out[ask.resource] = out.get(ask.resource, 0) + ask.count
         return out
 
+    @property
+    def lead(self) -> str:
+        """The resource with the most units (then the last by name): it leads the score and
+        carries the pod's CPU and memory; every resource must fit. "" without GPUs."""
+        totals = self.totals()
+        return max(totals, key=lambda r: (totals[r], r)) if totals else ""
+
 
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)(?:([eE][+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E))?$")
 _SUFFIX = {

@@ -37,6 +37,7 @@ import numpy
 
 from simulator.model import Devices, FloatArray, IntArray, State, Task
 from gpupack import kernel
+from gpupack.kernel import pairing
 from gpupack.kernel.node_sums import NodeSumsMemo, RowSubset
 from gpupack.kernel.slots import units
 from gpupack.kernel.xp import to_host
@@ -58,6 +59,7 @@ class Workload:
     mix: kernel.Mix  # request shapes with CPU and memory (CPU-only ones too), for ``fragmentation``
     shapes: tuple[tuple[Task, float], ...]  # representative tasks with CPU, for FGD
     seed: int = 0
+    shares: pairing.ShareMix = pairing.NO_SHARES  # every share size of the workload, for the pairing rule
 
 
 #: FGD keeps the most frequent shapes that together cover this fraction of tasks.
@@ -94,7 +96,9 @@ def workload(tasks: list[Task], seed: int = 0) -> Workload:
     top_t = _top(task_counts, len(tasks))
     covered_t = sum(n for _, n in top_t) or 1
     shapes = tuple((first[k], n / covered_t) for k, n in top_t)
-    return Workload(mix, shapes, seed)
+    shares = pairing.share_mix((t.gpu_memory_mib, t.cpu_milli, 1) for t in tasks
+                               if t.count == 1 and 0 < t.gpu_milli < 1000 and t.gpu_memory_mib > 0)
+    return Workload(mix, shapes, seed, shares)
 
 
 #: The extender's weight in the deployed kube-scheduler configuration
@@ -166,7 +170,9 @@ class KernelPlacer:
             return None
         xp = st.xp
         sub = st.slots.rows(xp.asarray(rows))
-        v = kernel.evaluate(sub, task.request, self.policy, xp, mix=self.wl.mix, memo=self._sums(st, rows))
+        shares = self.wl.shares if self.policy.leads(task.request.count) else pairing.NO_SHARES
+        v = kernel.evaluate(sub, task.request, self.policy, xp, mix=self.wl.mix, memo=self._sums(st, rows),
+                            shares=shares if SCORE_SHARES else pairing.NO_SHARES)
         feasible = to_host(v.feasible)
         if not feasible.any():
             return None
@@ -176,7 +182,7 @@ class KernelPlacer:
             level = to_host(v.level)
             if self.policy.leads(task.request.count):  # one node named, as the extender does
                 names = st.cluster.names
-                level = kernel.with_lead(level, [names[r] for r in rows.tolist()])
+                level = kernel.with_lead(level, [names[r] for r in rows.tolist()], to_host(v.keeps))
             key = 10.0 * EXTENDER_WEIGHT * level + node_fit_most_allocated(st, task, rows)
         key = numpy.where(feasible, key, -numpy.inf)
         best = numpy.flatnonzero(key == key.max())
@@ -187,9 +193,11 @@ class KernelPlacer:
         if self.devices == "first-fit":
             devices = first_fit_devices(st, row, task)
         else:
-            devices = kernel.choose_devices(st.slots, row, task.request, xp)
+            devices = kernel.choose_devices(st.slots, row, task.request, xp, shares)
         return (row, devices) if devices else None
 
+
+SCORE_SHARES = True
 
 PlacerFactory = Callable[[Workload], Placer]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from gpupack.kernel import pairing
 from gpupack.kernel.slots import Request, Slots, take_plan, units
 from gpupack.kernel.xp import Namespace, to_host
 
@@ -45,8 +46,10 @@ def _whole(cols: list[int], nvgroup: list[int], numa: list[int], count: int) -> 
     return sorted([c for _, m in ordered for c in sorted(m)][:count])
 
 
-def choose_devices(s: Slots, row: int, req: Request, xp: Namespace) -> tuple[tuple[int, int], ...]:
-    """``((column, units), ...)`` for ``req`` on node ``row``; ``()`` when it does not fit."""
+def choose_devices(s: Slots, row: int, req: Request, xp: Namespace,
+                   shares: pairing.ShareMix = pairing.NO_SHARES) -> tuple[tuple[int, int], ...]:
+    """``((column, units), ...)`` for ``req`` on node ``row``; ``()`` when it does not fit. A
+    share under a ``shares`` mix with patterns takes the GPU :mod:`~gpupack.kernel.pairing` picks."""
     one = s if s.shape[0] == 1 and row == 0 else s.rows(xp.asarray([row]))  # the caller's one-row copy as it is
     avail = units(one, req, xp)
     if int(avail.sum()) < req.count or req.count <= 0:
@@ -57,5 +60,6 @@ def choose_devices(s: Slots, row: int, req: Request, xp: Namespace) -> tuple[tup
         nvgroup = [int(x) for x in to_host(one.nvgroup[0])]
         numa = [int(x) for x in to_host(one.numa[0])]
         return tuple((c, 1) for c in _whole(free_cols, nvgroup, numa, req.count))
-    take = to_host(take_plan(one, req, xp, avail=avail)[0])
+    plan = pairing.share_plan(one, req, avail, shares, xp)
+    take = to_host((take_plan(one, req, xp, avail=avail) if plan is None else plan[0])[0])
     return tuple((int(c), int(take[c])) for c in range(take.shape[0]) if take[c] > 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from gpupack.kernel import pairing
 from gpupack.kernel.node_sums import NodeSumsProvider
 from gpupack.kernel.levels import to_levels
 from gpupack.kernel.policies import Policy
@@ -23,6 +24,7 @@ class Verdicts:
     total_units: Array  # int32 units its healthy devices could host when empty (infeasible nodes only)
     raw: Array  # float64 policy score, -inf where infeasible
     level: Array  # int64 0..10
+    keeps: Array  # bool: a share that fits and keeps to a pattern on one of the node's GPUs (kernel.pairing)
 
 
 def feasibility(s: Slots, req: Request, xp: Namespace) -> tuple[Array, Array, Array, Array, Array]:
@@ -61,6 +63,7 @@ def evaluate(
     score: bool = True,
     memo: NodeSumsProvider | None = None,
     levels: bool = True,
+    shares: pairing.ShareMix = pairing.NO_SHARES,
 ) -> Verdicts:
     """Feasibility and, when ``score``, the policy's raw score and 0..10 level of ``req`` on
     every row of ``s``. The hypothetical placement behind the score is the packed
@@ -69,17 +72,22 @@ def evaluate(
     its CPU and memory do to the node (``fragmentation``: the GPUs they strand). ``memo``: the
     per-node sums of ``s`` kept by a caller that evaluates request after request on the same
     rows (:class:`~gpupack.kernel.node_sums.NodeSumsMemo`, NumPy only). ``levels=False``
-    leaves the 0..10 levels at 0, for a caller that ranks a subset later."""
+    leaves the 0..10 levels at 0, for a caller that ranks a subset later. ``shares``: the share
+    mix; a share is then scored on the GPU :mod:`~gpupack.kernel.pairing` picks, as
+    ``choose_devices`` places it."""
     feasible, reason, free_units, total_units, u = feasibility(s, req, xp)
     n = s.shape[0]
     if not score or n == 0:
         zeros = xp.zeros(n, dtype=xp.float64)
-        return Verdicts(feasible, reason, free_units, total_units, zeros, xp.zeros(n, dtype=xp.int64))
-    take = take_plan(s, req, xp, avail=u)
+        return Verdicts(feasible, reason, free_units, total_units, zeros, xp.zeros(n, dtype=xp.int64),
+                        xp.zeros(n, dtype=bool))
+    plan = pairing.share_plan(s, req, u, shares, xp)
+    take = take_plan(s, req, xp, avail=u) if plan is None else plan[0]
+    keeps = xp.zeros(n, dtype=bool) if plan is None else plan[1] & feasible
     raw = policy.score(ScoreInput(s, take, req, mix if policy.uses_mix else (), xp, memo))
     raw = xp.where(feasible, raw, -xp.inf)
     level = to_levels(raw, feasible, xp) if levels else xp.zeros(n, dtype=xp.int64)
-    return Verdicts(feasible, reason, free_units, total_units, raw, level)
+    return Verdicts(feasible, reason, free_units, total_units, raw, level, keeps)
 
 
 def idle_and_fragmented(s: Slots, mix: Mix, xp: Namespace) -> tuple[float, float]:

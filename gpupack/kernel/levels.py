@@ -80,12 +80,20 @@ def top_band(raw: numpy.ndarray[Any, Any], feasible: numpy.ndarray[Any, Any]) ->
     return out
 
 
+def _preferred(band: numpy.ndarray[Any, Any], prefer: numpy.ndarray[Any, Any] | None) -> numpy.ndarray[Any, Any]:
+    """The band's positions that ``prefer`` marks, when there are any; else the whole band."""
+    if prefer is None or not band.shape[0]:
+        return band
+    kept = band[prefer[band]]
+    return kept if kept.shape[0] else band
+
+
 def lead_node(raw: numpy.ndarray[Any, Any], feasible: numpy.ndarray[Any, Any], names: Sequence[str],
-              in_name_order: bool = False) -> int:
+              in_name_order: bool = False, prefer: numpy.ndarray[Any, Any] | None = None) -> int:
     """:func:`named` of ``to_levels(raw, feasible)`` (-1 when nothing is feasible), without the
     levels; ``in_name_order``: ``names`` are sorted, so the band's first position is its first
     by name."""
-    band = numpy.flatnonzero(top_band(raw, feasible))
+    band = _preferred(numpy.flatnonzero(top_band(raw, feasible)), prefer)
     if not band.shape[0]:
         return -1
     return int(band[0]) if in_name_order else min(band.tolist(), key=names.__getitem__)
@@ -111,17 +119,20 @@ def best_first(raw: numpy.ndarray[Any, Any], among: numpy.ndarray[Any, Any], fir
     return out
 
 
-def named(level: numpy.ndarray[Any, Any], names: Sequence[str]) -> int:
+def named(level: numpy.ndarray[Any, Any], names: Sequence[str], prefer: numpy.ndarray[Any, Any] | None = None) -> int:
     """The position of the node the levels name: among those at ``NAMED_FROM`` and above, the
-    one whose name sorts first; -1 when there is none (no node fits)."""
-    band = numpy.flatnonzero(level >= NAMED_FROM).tolist()
+    one whose name sorts first; -1 when there is none (no node fits). ``prefer`` (bool per
+    node): name among the band's nodes it marks, when there are any (a share that keeps to a
+    pattern there, :func:`~gpupack.kernel.pairing.keeps`)."""
+    band = _preferred(numpy.flatnonzero(level >= NAMED_FROM), prefer).tolist()
     return min(band, key=names.__getitem__) if band else -1
 
 
-def with_lead(level: numpy.ndarray[Any, Any], names: Sequence[str]) -> numpy.ndarray[Any, Any]:
+def with_lead(level: numpy.ndarray[Any, Any], names: Sequence[str],
+              prefer: numpy.ndarray[Any, Any] | None = None) -> numpy.ndarray[Any, Any]:
     """``level`` (host levels of the nodes ``names``) with one node named: :func:`named` gets
     10, every other node at most ``10 - LEAD``."""
-    first = named(level, names)
+    first = named(level, names, prefer)
     if first < 0:
         return level
     out: numpy.ndarray[Any, Any] = numpy.minimum(level, MAX_LEVEL - LEAD)

@@ -36,6 +36,7 @@ from collections.abc import Iterable
 
 import numpy
 
+from gpupack.kernel import pairing
 from gpupack.kernel.node_sums import BeforeSums, NodeSumsMemo, RowSubset
 from gpupack.kernel.evaluate import Verdicts, evaluate
 from gpupack.kernel.levels import to_levels
@@ -59,12 +60,13 @@ NUMBERED_STATE_BYTES = 8 * 1024 * 1024
 _NUMBER_OVERHEAD = 100
 
 _SLOT_FIELDS = tuple(f.name for f in dataclasses.fields(Slots) if f.name not in ("node_cpu_free", "node_memory_free"))
-_VERDICT_FIELDS = ("feasible", "reason", "free_units", "total_units", "raw")
+_VERDICT_FIELDS = ("feasible", "reason", "free_units", "total_units", "raw", "keeps")
 
 
 @dataclasses.dataclass
 class _Entry:
     mix: Mix  # the mix the verdicts were scored under (compared by identity)
+    shares: pairing.ShareMix  # the share mix they were scored under (compared by identity)
     verdicts: Verdicts  # levels not kept (0)
     stale: Array  # bool per row: changed since
     cuts: tuple[Array, Array]  # the policy's node_cuts for the request and mix, as arrays
@@ -98,17 +100,18 @@ class VerdictMemo:
         self.sums.get(s, (), numpy)
 
     def evaluate(self, s: Slots, req: Request, policy: Policy, mix: Mix = (), score: bool = True,
-                 levels: bool = True) -> Verdicts:
+                 levels: bool = True, shares: pairing.ShareMix = pairing.NO_SHARES) -> Verdicts:
         """:func:`~gpupack.kernel.evaluate.evaluate` of ``req`` on ``s`` (the kept rows,
         NumPy), from the kept verdicts where the rows have not changed. The arrays returned
         are read-only and valid until the next call."""
         mix = mix if policy.uses_mix else ()
         key = (policy.name, req, score)
         entry = self._entries.get(key)
-        if entry is None or entry.mix is not mix:
+        if entry is None or entry.mix is not mix or entry.shares is not shares:
             cpu, mem = policy.node_cuts(req, mix)
-            cuts = (numpy.asarray(cpu, dtype=numpy.int64), numpy.asarray(mem, dtype=numpy.int64))
-            entry = _Entry(mix, self._evaluate_all(s, req, policy, mix, score, cuts),
+            guard = sorted(set(cpu) | set(pairing.cpu_cuts(req, shares)))  # and where the share's CPU guard turns
+            cuts = (numpy.asarray(guard, dtype=numpy.int64), numpy.asarray(mem, dtype=numpy.int64))
+            entry = _Entry(mix, shares, self._evaluate_all(s, req, policy, mix, score, cuts, shares),
                            numpy.zeros(self.nodes, dtype=bool), cuts)
             self._entries[key] = entry
             while len(self._entries) > self._requests:
@@ -127,21 +130,21 @@ class VerdictMemo:
         return v
 
     def _evaluate_all(self, s: Slots, req: Request, policy: Policy, mix: Mix, score: bool,
-                      cuts: tuple[Array, Array]) -> Verdicts:
+                      cuts: tuple[Array, Array], shares: pairing.ShareMix) -> Verdicts:
         """Every row's verdict, evaluated once per distinct state (slots, and which cuts the
         node's free CPU and memory reach) when those are at most half the rows."""
         n = s.shape[0]
         states = self._states(s)
         if states is None:
-            return evaluate(s, req, policy, numpy, mix=mix, score=score, memo=self.sums, levels=False)
+            return evaluate(s, req, policy, numpy, mix=mix, score=score, memo=self.sums, levels=False, shares=shares)
         cpu = numpy.searchsorted(cuts[0], s.node_cpu_free, side="right")
         mem = numpy.searchsorted(cuts[1], s.node_memory_free, side="right")
         key = (states * (cuts[0].shape[0] + 1) + cpu) * (cuts[1].shape[0] + 1) + mem
         distinct, first, inverse = numpy.unique(key, return_index=True, return_inverse=True)
         if 2 * distinct.shape[0] > n:
-            return evaluate(s, req, policy, numpy, mix=mix, score=score, memo=self.sums, levels=False)
+            return evaluate(s, req, policy, numpy, mix=mix, score=score, memo=self.sums, levels=False, shares=shares)
         sub = evaluate(s.rows(first), req, policy, numpy, mix=mix, score=score, memo=RowSubset(self.sums, s, first),
-                       levels=False)
+                       levels=False, shares=shares)
         inverse = inverse.reshape(-1)
         return Verdicts(**{name: getattr(sub, name).take(inverse) for name in _VERDICT_FIELDS},
                         level=numpy.zeros(n, numpy.int64))
@@ -168,7 +171,7 @@ class VerdictMemo:
                        score: bool) -> Verdicts:
         """Evaluates rows ``at`` of ``s`` and writes their verdicts into the entry's."""
         sub = evaluate(s.rows(at), req, policy, numpy, mix=entry.mix, score=score,
-                       memo=RowSubset(self.sums, s, at), levels=False)
+                       memo=RowSubset(self.sums, s, at), levels=False, shares=entry.shares)
         kept = entry.verdicts
         for name in _VERDICT_FIELDS:
             getattr(kept, name)[at] = getattr(sub, name)
@@ -220,10 +223,10 @@ class SubsetView:
         return _SubsetSums(self._memo.sums, self._copy, self._at)
 
     def evaluate(self, s: Slots, req: Request, policy: Policy, mix: Mix = (), score: bool = True,
-                 levels: bool = True) -> Verdicts:
+                 levels: bool = True, shares: pairing.ShareMix = pairing.NO_SHARES) -> Verdicts:
         """:func:`~gpupack.kernel.evaluate.evaluate` of ``req`` on ``s``, the copy's rows at
         ``at`` (``s`` itself is not read: the copy is)."""
-        v = self._memo.evaluate(self._copy, req, policy, mix, score=score, levels=False)
+        v = self._memo.evaluate(self._copy, req, policy, mix, score=score, levels=False, shares=shares)
         at = self._at
         taken = {name: getattr(v, name).take(at) for name in _VERDICT_FIELDS}
         sub = Verdicts(**taken, level=numpy.zeros(at.shape[0], numpy.int64))

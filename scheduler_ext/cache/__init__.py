@@ -30,7 +30,7 @@ from typing import Any
 import numpy
 
 from gpupack import contract, kernel
-from gpupack.kernel import slots as kslots
+from gpupack.kernel import pairing, slots as kslots
 from gpupack.kernel.verdict_memo import SubsetView, VerdictMemo
 from scheduler_ext.cache.candidates import KEEP_ROWS_FROM, SELECTIONS, Candidates
 from scheduler_ext.cache.dra import KINDS as DRA_KINDS, DraObjects
@@ -65,9 +65,9 @@ class ClusterCache:
         # DRA awareness (``--dra``): ResourceSlices, claims, templates and classes are read too
         self._dra = DraObjects(self._state) if dra else None
         self._events = Events(self._state, self._dra)
-        self._holds = Holds(self._state, clock, hold_seconds)
-        self._candidates = Candidates(self._state, self._holds, keep_rows_from)
         self._shapes = ShapeMix(self._state)
+        self._holds = Holds(self._state, clock, hold_seconds, self._shapes.shares)
+        self._candidates = Candidates(self._state, self._holds, keep_rows_from)
         self._eligible: dict[tuple[str, int, int, str], numpy.ndarray[Any, Any]] = {}  # eligible()'s masks
         self._rows_for: tuple[int, Sequence[str], numpy.ndarray[Any, Any]] | None = None  # eligible()'s rows
         self._facts_columns: tuple[int, nodefilter.FactsColumns] | None = None  # eligible()'s node facts
@@ -200,6 +200,10 @@ class ClusterCache:
 
     def mix(self) -> kernel.Mix:
         return self._shapes.mix()
+
+    def shares(self) -> pairing.ShareMix:
+        """The share sizes of the recent pods, for :mod:`gpupack.kernel.pairing`."""
+        return self._shapes.shares()
 
     # --- events ----------------------------------------------------------------------------
 

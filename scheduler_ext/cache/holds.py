@@ -22,7 +22,7 @@ from typing import Any
 import numpy
 
 from gpupack import contract, kernel, node_slots
-from gpupack.kernel import slots as kslots
+from gpupack.kernel import pairing, slots as kslots
 from scheduler_ext.cache.state import ClusterState, PodRecord
 from scheduler_ext.podspec import PodDemand
 
@@ -36,8 +36,10 @@ class Holds:
     """Reservations and provisional holds on the :class:`~scheduler_ext.cache.state.ClusterState`,
     under its lock; the holds' expiry times are ``state.hold_expiry``."""
 
-    def __init__(self, state: ClusterState, clock: Callable[[], float], hold_seconds: float) -> None:
+    def __init__(self, state: ClusterState, clock: Callable[[], float], hold_seconds: float,
+                 shares: Callable[[], pairing.ShareMix] = lambda: pairing.NO_SHARES) -> None:
         self._state = state
+        self._shares = shares  # the share mix a packing policy's device choice follows
         self._lock = state.lock
         self._clock = clock  # seconds, monotonic; tests pass their own
         self.hold_seconds = hold_seconds
@@ -76,9 +78,14 @@ class Holds:
                 state.drop_pod(demand.uid)
             rows = state.arrays.rows(numpy.asarray([st.row]))
             chosen: dict[str, list[str]] = {}
+            shares = self._shares() if policy.leads(1) else pairing.NO_SHARES
+            lead = demand.lead
             for resource, count in demand.totals().items():
-                req = state.request(resource, count, demand.memory_mib, products=demand.products)
-                picks = kernel.choose_devices(rows, 0, req, numpy)
+                # as the decider asks the kernel: the pod's CPU and memory go with the leading resource
+                req = state.request(resource, count, demand.memory_mib,
+                                    demand.cpu_milli if resource == lead else 0,
+                                    demand.node_memory_mib if resource == lead else 0, demand.products)
+                picks = kernel.choose_devices(rows, 0, req, numpy, shares if resource == lead else pairing.NO_SHARES)
                 if not picks:
                     return None
                 ids = node_slots.device_ids(st.slots, st.used, picks)

@@ -6,6 +6,10 @@ of the window covering :data:`MIX_COVERAGE`, with their frequencies; it is worke
 only every :data:`MIX_REFRESH` of the window and replaces the mix in use only when they differ
 by more than :data:`MIX_TOLERANCE` (:func:`mix_distance`), so that steady traffic keeps one
 mix and the verdicts scored under it. Each shape noted bumps the state's ``generation``.
+
+With the mix goes the share mix (:class:`~gpupack.kernel.pairing.ShareMix`): every share size
+in the window (not only the covered shapes: a rare size still needs partners), worked out
+when the mix is replaced, for the pairing rule of :mod:`gpupack.kernel.pairing`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import collections
 
 from gpupack import kernel
+from gpupack.kernel import pairing
 from scheduler_ext.cache.state import ClusterState
 
 #: Shapes of recent requests (GPU part, CPU, memory; CPU-only pods too) remembered for the
@@ -51,6 +56,7 @@ class ShapeMix:
         self._latest: dict[kernel.Request, int] = {}
         self._seen_pods: set[str] = set()
         self._mix: kernel.Mix | None = None
+        self._shares = pairing.NO_SHARES
         self._arrivals = 0  # shapes noted since the mix was last worked out
 
     def record_shape(self, uid: str, req: kernel.Request) -> None:
@@ -99,4 +105,12 @@ class ShapeMix:
                 new = tuple((s, n / covered) for s, n in chosen) if covered else ()
                 if self._mix is None or mix_distance(self._mix, new) > MIX_TOLERANCE:
                     self._mix = new
+                    self._shares = pairing.share_mix((r.memory_mib, r.cpu_milli, n) for r, n in counts.items()
+                                                     if r.count == 1 and r.memory_mib > 0)
             return self._mix
+
+    def shares(self) -> pairing.ShareMix:
+        """The share mix that goes with :meth:`mix` (the same object while the mix is)."""
+        self.mix()
+        with self._lock:
+            return self._shares
