@@ -413,6 +413,9 @@ class Decider:
             named = int(numpy.argmax(d.level))
             fits_text, code = text.get(named, ("", "fits"))
             note = "named node: first by name among the nodes at the top two levels, the others get 8 at most"
+            if d.keeps is not None and bool(d.keeps[named]):
+                note = ("named node: first by name among the nodes at the top two levels where the share joins "
+                        "a pattern of the recent share sizes, the others get 8 at most")
             text[named] = (f"{fits_text}; {note}" if fits_text else note, code)
         return [
             NodeVerdict(name, bool(d.fits[i]), bool(d.unresolvable[i]), int(d.level[i]), float(d.raw[i]),

@@ -76,3 +76,10 @@ def test_the_assigned_share_is_the_one_scored() -> None:
     assert assignment is not None
     (device,) = assignment["c0"][SHARED]
     assert contract.physical_id(device) == "GPU-b-node-1"
+
+
+def test_explain_says_why_the_named_node() -> None:
+    _, d = setup()
+    share = pod_demand(pod("share", gpus={SHARED: 1}, memory="460Mi"))
+    (a, *_) = d.verdicts(share, NAMES)
+    assert a.level == 10 and "joins a pattern of the recent share sizes" in a.reason
