@@ -16,7 +16,7 @@ else an empty GPU, when the share's size is in no pattern or the node keeps
 would close the GPU); else any GPU; within each, the least memory left, then the lowest
 column. The kernel scores nodes under this choice and ``choose_devices`` makes it; the
 packing policies name, among their top nodes, one where the share keeps to a pattern
-(:func:`keeps`). Why and what it measured: docs/simulator.md.
+(``Verdicts.keeps``). Why and what it measured: docs/simulator.md, "Pairing shares".
 
 The share mix is every share size seen (a pod of one share with a memory hint smaller than a
 GPU), with how often, and the median CPU of those pods (:class:`ShareMix`). Bounded: at most
@@ -33,14 +33,15 @@ from typing import Any
 
 import numpy
 
+from gpupack.kernel.slots import Request, Slots
 from gpupack.kernel.xp import Array, Namespace, to_host
 
 #: Each distinct size in a set beyond its first makes the set this much cheaper than one GPU.
 MIXED_TIE = 1e-4
-#: A set is a pattern when the packing uses it on more than this many GPUs (per :data:`SCALE` shares).
-USED_GPUS = 0.5
-#: The share counts the programme covers are the mix's frequencies times this.
-SCALE = 3000
+#: A set is a pattern when the packing uses it on more than this many GPUs per share of the mix
+#: (half a GPU per 3,000 shares: a set that a size seen once in a few thousand shares needs
+#: counts; the simplex's numerical dust does not).
+MIN_USE = 0.5 / 3000
 #: An empty GPU is opened for a share only where the node keeps this many median shares' CPU free after it.
 PARTNER_ROOM = 8
 MAX_SIZES = 64
@@ -202,10 +203,10 @@ def patterns(mix: ShareMix, capacity: int) -> Patterns:
     a = numpy.asarray(sets, dtype=numpy.float64).T
     distinct = (a > 0).sum(axis=0)
     cost = 1.0 - MIXED_TIE * (distinct - 1)
-    x = fewest_gpus(a, cost, SCALE * numpy.asarray([p for _, p in fit]))
+    x = fewest_gpus(a, cost, numpy.asarray([p for _, p in fit]))
     if x is None:
         return EMPTY
-    chosen = [tuple((sizes[i], k) for i, k in enumerate(sets[j]) if k) for j in numpy.flatnonzero(x > USED_GPUS)]
+    chosen = [tuple((sizes[i], k) for i, k in enumerate(sets[j]) if k) for j in numpy.flatnonzero(x > MIN_USE)]
     partners: dict[int, set[int]] = {}
     for pat in chosen:
         for claimed, rest in _splits(pat):
@@ -237,7 +238,7 @@ def is_share(s_capacity: Array, s_memory: Array, memory_mib: int, count: int) ->
     return (s_capacity > 1) & (memory_mib < s_memory) & (count == 1) & (memory_mib > 0)
 
 
-def share_ranks(s: Any, req: Any, avail: Array, mix: ShareMix, xp: Namespace) -> Array | None:
+def share_ranks(s: Slots, req: Request, avail: Array, mix: ShareMix, xp: Namespace) -> Array | None:
     """Per slot, 0 (the share keeps to a pattern there), 1 (an empty GPU it may open), 2 (any
     other) where ``avail`` > 0, and 3 where it is 0; ``None`` when ``req`` is no share or the
     mix has no patterns for these GPUs (then: plain best fit)."""
@@ -268,7 +269,7 @@ def share_ranks(s: Any, req: Any, avail: Array, mix: ShareMix, xp: Namespace) ->
     return xp.where(avail > 0, ranks, 3)
 
 
-def share_plan(s: Any, req: Any, avail: Array, mix: ShareMix, xp: Namespace) -> tuple[Array, Array] | None:
+def share_plan(s: Slots, req: Request, avail: Array, mix: ShareMix, xp: Namespace) -> tuple[Array, Array] | None:
     """``(take, keeps)`` of a share under the patterns: the take plan (one unit on the slot
     :func:`share_ranks` picks, per node; nothing where no slot has room) and per node whether
     the share keeps to a pattern there; ``None``: no share or no patterns, plain best fit."""
@@ -284,7 +285,7 @@ def share_plan(s: Any, req: Any, avail: Array, mix: ShareMix, xp: Namespace) -> 
     return take, (ranks == 0).any(axis=1)
 
 
-def cpu_cuts(req: Any, mix: ShareMix) -> tuple[int, ...]:
+def cpu_cuts(req: Request, mix: ShareMix) -> tuple[int, ...]:
     """The node free CPU at which :func:`share_ranks` changes its mind about ``req`` (the CPU
     guard), for a caller that keeps verdicts by node state."""
     if not mix or req.count != 1 or req.memory_mib <= 0:
