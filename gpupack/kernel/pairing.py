@@ -44,9 +44,12 @@ MIXED_TIE = 1e-4
 MIN_USE = 0.5 / 3000
 #: An empty GPU is opened for a share only where the node keeps this many median shares' CPU free after it.
 PARTNER_ROOM = 8
-MAX_SIZES = 64
-MAX_SETS = 50_000
-MAX_STEPS = 20_000
+#: Bounds on the work for one share mix and GPU size; past any of them, plain best fit.
+MAX_SIZES = 64  # share sizes (the most frequent)
+MAX_SETS = 50_000  # sets in the programme
+MAX_VISITS = 1_000_000  # steps of the search for them
+MAX_STEPS = 20_000  # simplex steps
+MAX_PARTS = 4096  # parts of one pattern (the claimed amounts it allows)
 _EPS = 1e-9
 
 
@@ -94,15 +97,20 @@ def _median(counts: dict[int, int]) -> int:
 
 def maximal_sets(sizes: Sequence[int], capacity: int) -> list[tuple[int, ...]]:
     """Every multiset of ``sizes`` (ascending) that fits ``capacity`` and leaves no room for one
-    more of the smallest, as counts per size; ``[]`` past :data:`MAX_SETS`. (A set with room
+    more of the smallest, as counts per size; ``[]`` past :data:`MAX_SETS` sets or
+    :data:`MAX_VISITS` steps of the search. (A set with room
     for one more is never cheaper than the set with it, and covers less.)"""
     out: list[tuple[int, ...]] = []
     if not sizes or sizes[0] > capacity:
         return out
     smallest = sizes[0]
     counts = [0] * len(sizes)
+    visits = [0]
 
     def grow(i: int, left: int) -> bool:
+        visits[0] += 1
+        if visits[0] > MAX_VISITS:
+            return False
         if i < 0:
             if left < smallest:
                 out.append(tuple(counts))
@@ -207,6 +215,8 @@ def patterns(mix: ShareMix, capacity: int) -> Patterns:
     if x is None:
         return EMPTY
     chosen = [tuple((sizes[i], k) for i, k in enumerate(sets[j]) if k) for j in numpy.flatnonzero(x > MIN_USE)]
+    if any(numpy.prod([k + 1 for _, k in pat]) > MAX_PARTS for pat in chosen):
+        return EMPTY
     partners: dict[int, set[int]] = {}
     for pat in chosen:
         for claimed, rest in _splits(pat):
@@ -233,18 +243,13 @@ def _splits(pat: tuple[tuple[int, int], ...]) -> list[tuple[int, list[int]]]:
     return out
 
 
-def is_share(s_capacity: Array, s_memory: Array, memory_mib: int, count: int) -> Array:
-    """Per slot: one unit of a request of ``count`` with this hint is a share of a time-sliced GPU."""
-    return (s_capacity > 1) & (memory_mib < s_memory) & (count == 1) & (memory_mib > 0)
-
-
 def share_ranks(s: Slots, req: Request, avail: Array, mix: ShareMix, xp: Namespace) -> Array | None:
     """Per slot, 0 (the share keeps to a pattern there), 1 (an empty GPU it may open), 2 (any
     other) where ``avail`` > 0, and 3 where it is 0; ``None`` when ``req`` is no share or the
     mix has no patterns for these GPUs (then: plain best fit)."""
     if not mix or req.count != 1 or req.memory_mib <= 0:
         return None
-    share = is_share(s.capacity, s.memory_mib, req.memory_mib, 1) & (avail > 0)
+    share = (s.capacity > 1) & (s.memory_mib > req.memory_mib) & (avail > 0)  # a share of a time-sliced GPU
     if not bool(share.any()):
         return None
     claimed = s.memory_mib - s.free_memory_mib

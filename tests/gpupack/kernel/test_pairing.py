@@ -217,3 +217,11 @@ def test_no_shares_or_whole_gpus_keep_the_plain_best_fit() -> None:
     assert kernel.choose_devices(s, 0, share, np) == ((1, 1),)  # best fit: 530 left
     # 470 claimed: a 320 does not keep to a pattern beside it, and the empty GPU may be opened
     assert kernel.choose_devices(s, 0, share, np, MIX) == ((0, 1),)
+
+
+def test_a_search_past_its_bound_gives_up() -> None:
+    """Many small sizes on a big GPU: the search for sets stops at its bound, no patterns."""
+    sizes = list(range(1000, 1064))
+    assert pairing.maximal_sets(sizes, 81559) == []
+    mix = pairing.share_mix([(m, 1000, 1) for m in sizes])
+    assert pairing.patterns(mix, 81559) is pairing.EMPTY
