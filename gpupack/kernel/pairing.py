@@ -95,9 +95,9 @@ def _median(counts: dict[int, int]) -> int:
     return 0
 
 
-def maximal_sets(sizes: Sequence[int], capacity: int) -> list[tuple[int, ...]]:
-    """Every multiset of ``sizes`` (ascending) that fits ``capacity`` and leaves no room for one
-    more of the smallest, as counts per size; ``[]`` past :data:`MAX_SETS` sets or
+def maximal_sets(sizes: Sequence[int], capacity: int, most: int) -> list[tuple[int, ...]]:
+    """Every multiset of ``sizes`` (ascending) of at most ``most`` shares that fits ``capacity``
+    and leaves no room for one more (of the smallest, or ``most`` reached), as counts per size; ``[]`` past :data:`MAX_SETS` sets or
     :data:`MAX_VISITS` steps of the search. (A set with room
     for one more is never cheaper than the set with it, and covers less.)"""
     out: list[tuple[int, ...]] = []
@@ -107,35 +107,35 @@ def maximal_sets(sizes: Sequence[int], capacity: int) -> list[tuple[int, ...]]:
     counts = [0] * len(sizes)
     visits = [0]
 
-    def grow(i: int, left: int) -> bool:
+    def grow(i: int, left: int, room: int) -> bool:
         visits[0] += 1
         if visits[0] > MAX_VISITS:
             return False
         if i < 0:
-            if left < smallest:
+            if left < smallest or room == 0:
                 out.append(tuple(counts))
             return len(out) <= MAX_SETS
-        for k in range(left // sizes[i], -1, -1):
+        for k in range(min(left // sizes[i], room), -1, -1):
             counts[i] = k
-            if not grow(i - 1, left - k * sizes[i]):
+            if not grow(i - 1, left - k * sizes[i], room - k):
                 return False
         counts[i] = 0
         return True
 
-    if not grow(len(sizes) - 1, capacity):
+    if most <= 0 or not grow(len(sizes) - 1, capacity, most):
         return []
     return out
 
 
-def candidate_sets(sizes: Sequence[int], capacity: int) -> list[tuple[int, ...]]:
+def candidate_sets(sizes: Sequence[int], capacity: int, most: int) -> list[tuple[int, ...]]:
     """:func:`maximal_sets`, and each size alone as many times as it fits (the simplex's first
     basis); ``[]`` past :data:`MAX_SETS`."""
-    sets = maximal_sets(sizes, capacity)
+    sets = maximal_sets(sizes, capacity, most)
     if not sets:
         return sets
     known = set(sets)
     for i, m in enumerate(sizes):
-        alone = tuple(capacity // m if j == i else 0 for j in range(len(sizes)))
+        alone = tuple(min(capacity // m, most) if j == i else 0 for j in range(len(sizes)))
         if alone not in known:
             sets.append(alone)
     return sets
@@ -199,13 +199,14 @@ EMPTY = Patterns((), {}, frozenset())
 
 
 @functools.lru_cache(maxsize=64)
-def patterns(mix: ShareMix, capacity: int) -> Patterns:
-    """The :class:`Patterns` of ``mix`` on GPUs of ``capacity`` MiB (the module's rule)."""
+def patterns(mix: ShareMix, capacity: int, most: int) -> Patterns:
+    """The :class:`Patterns` of ``mix`` on GPUs of ``capacity`` MiB advertised as ``most``
+    shares (the module's rule)."""
     fit = [(m, p) for m, p in mix.sizes if m < capacity]
     if not fit:
         return EMPTY
     sizes = [m for m, _ in fit]
-    sets = candidate_sets(sizes, capacity)
+    sets = candidate_sets(sizes, capacity, most)
     if not sets:
         return EMPTY
     a = numpy.asarray(sets, dtype=numpy.float64).T
@@ -257,12 +258,14 @@ def share_ranks(s: Slots, req: Request, avail: Array, mix: ShareMix, xp: Namespa
     opens = xp.zeros(share.shape, dtype=bool)
     any_pattern = False
     room = (s.node_cpu_free - req.cpu_milli >= PARTNER_ROOM * mix.cpu_milli)[:, None]
-    for cap in {int(v) for v in numpy.unique(to_host(s.memory_mib[share]))}:
-        pats = patterns(mix, cap)
+    kinds = numpy.unique((to_host(s.memory_mib[share]).astype(numpy.int64) << 32) | to_host(s.capacity[share]))
+    for kind in kinds.tolist():  # GPUs of one memory size and number of shares
+        cap, most = kind >> 32, kind & 0xFFFFFFFF
+        pats = patterns(mix, int(cap), int(most))
         if not pats.sets:
             continue
         any_pattern = True
-        on = share & (s.memory_mib == cap)
+        on = share & (s.memory_mib == cap) & (s.capacity == most)
         partners = pats.partners.get(req.memory_mib, frozenset())
         if partners:
             keeps |= on & xp.isin(claimed, xp.asarray(sorted(partners), dtype=claimed.dtype))

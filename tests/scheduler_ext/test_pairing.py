@@ -48,7 +48,7 @@ def test_the_share_mix_is_the_recent_share_sizes() -> None:
     cache, _ = setup()
     shares = cache.shares()
     assert dict(shares.sizes) == {int(m[:-2]): n / 20 for m, n in SEEN.items()}
-    pats = pairing.patterns(shares, GPU_MIB)
+    pats = pairing.patterns(shares, GPU_MIB, 4)
     assert 470 in pats.partners[460]  # 470 + 460 + 50 is a pattern
     assert 540 not in pats.partners[460]
 

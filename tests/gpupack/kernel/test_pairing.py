@@ -38,15 +38,17 @@ def test_the_share_mix_counts_every_size_and_the_median_cpu() -> None:
     assert len(many.sizes) == pairing.MAX_SIZES
 
 
-@given(st.lists(st.integers(1, 60), min_size=1, max_size=5, unique=True), st.integers(1, 120))
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=5, unique=True), st.integers(1, 120), st.integers(1, 8))
 @SETTINGS
-def test_maximal_sets_are_every_set_that_fits_with_no_room_for_one_more(sizes: list[int], capacity: int) -> None:
+def test_maximal_sets_are_every_set_that_fits_with_no_room_for_one_more(sizes: list[int], capacity: int,
+                                                                        most: int) -> None:
     sizes = sorted(sizes)
-    got = pairing.maximal_sets(sizes, capacity)
+    got = pairing.maximal_sets(sizes, capacity, most)
     want = []
     for counts in itertools.product(*[range(capacity // m + 1) for m in sizes]):
         used = sum(k * m for k, m in zip(counts, sizes))
-        if any(counts) and used <= capacity < used + sizes[0]:
+        if any(counts) and used <= capacity and sum(counts) <= most \
+                and (capacity < used + sizes[0] or sum(counts) == most):
             want.append(counts)
     assert sorted(got) == sorted(want)
 
@@ -57,7 +59,7 @@ def test_maximal_sets_are_every_set_that_fits_with_no_room_for_one_more(sizes: l
 def test_the_simplex_reaches_the_optimum_of_highs(sizes: list[int], demand: list[int]) -> None:
     """The fewest GPUs (with the mixed tie-break) for covering the counts, as HiGHS finds them."""
     sizes = sorted(sizes)
-    sets = pairing.candidate_sets(sizes, GPU)
+    sets = pairing.candidate_sets(sizes, GPU, 1000)
     a = np.asarray(sets, dtype=np.float64).T
     cost = 1.0 - pairing.MIXED_TIE * ((a > 0).sum(axis=0) - 1)
     d = np.asarray(demand[: len(sizes)], dtype=np.float64)
@@ -70,7 +72,7 @@ def test_the_simplex_reaches_the_optimum_of_highs(sizes: list[int], demand: list
 
 
 def test_patterns_of_the_trace_like_mix_pair_the_big_sizes_with_partners() -> None:
-    pats = pairing.patterns(MIX, GPU)
+    pats = pairing.patterns(MIX, GPU, 1000)
     sets = {tuple(sorted(collections.Counter(dict(p)).elements())) for p in pats.sets}
     for p in sets:
         assert sum(p) <= GPU
@@ -84,10 +86,19 @@ def test_patterns_of_the_trace_like_mix_pair_the_big_sizes_with_partners() -> No
     assert pats.in_some == frozenset(m for p in sets for m in p)
 
 
+def test_a_pattern_holds_no_more_shares_than_the_gpu_advertises() -> None:
+    """GPUs of 4 shares: 470 + 460 + 50 is a pattern, five 50s and more are not."""
+    small = pairing.share_mix([(50, 1000, 10), (470, 1000, 5), (460, 1000, 5)])
+    for most in (2, 3, 4, 1000):
+        pats = pairing.patterns(small, GPU, most)
+        assert pats.sets and all(sum(k for _, k in p) <= most for p in pats.sets), most
+    assert any(sum(k for _, k in p) > 4 for p in pairing.patterns(small, GPU, 1000).sets)
+
+
 def test_past_the_bounds_there_are_no_patterns() -> None:
     tiny = pairing.share_mix([(m, 1000, 1) for m in range(1, 40)])
-    assert pairing.patterns(tiny, 10_000) is pairing.EMPTY  # more than MAX_SETS sets
-    assert pairing.patterns(MIX, 40) is pairing.EMPTY  # no size fits such a GPU
+    assert pairing.patterns(tiny, 10_000, 1000) is pairing.EMPTY  # more than MAX_SETS sets
+    assert pairing.patterns(MIX, 40, 4) is pairing.EMPTY  # no size fits such a GPU
 
 
 def _keeps(claimed: int, size: int, pats: pairing.Patterns) -> bool:
@@ -136,7 +147,7 @@ def test_a_share_takes_the_gpu_of_the_rule_and_it_is_the_one_scored(rows: list[l
     policy = kernel.get_policy("fragmentation")
     mix = ((req, 0.6), (Request(0, 1, 320, cpu_milli=4000), 0.4))
     v = kernel.evaluate(s, req, policy, np, mix=mix, shares=MIX)
-    pats = pairing.patterns(MIX, GPU)
+    pats = pairing.patterns(MIX, GPU, 4)
     avail = units(s, req, np)
     for i, row in enumerate(rows):
         chosen = kernel.choose_devices(s, i, req, np, MIX)
@@ -222,6 +233,6 @@ def test_no_shares_or_whole_gpus_keep_the_plain_best_fit() -> None:
 def test_a_search_past_its_bound_gives_up() -> None:
     """Many small sizes on a big GPU: the search for sets stops at its bound, no patterns."""
     sizes = list(range(1000, 1064))
-    assert pairing.maximal_sets(sizes, 81559) == []
+    assert pairing.maximal_sets(sizes, 81559, 1000) == []
     mix = pairing.share_mix([(m, 1000, 1) for m in sizes])
-    assert pairing.patterns(mix, 81559) is pairing.EMPTY
+    assert pairing.patterns(mix, 81559, 1000) is pairing.EMPTY
