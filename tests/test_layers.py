@@ -29,7 +29,7 @@ PACKAGES = ("gpupack", "device_plugin", "scheduler_ext", "simulator", "gpupack_c
 FLOOR = {"gpupack": 0, "device_plugin": 1, "scheduler_ext": 1, "simulator": 2, "gpupack_cli": 2}
 IO = {"grpc", "http", "urllib", "socket", "ssl", "socketserver", "kubernetes", "prometheus_client", "requests"}
 KERNEL_MAY_IMPORT = {"__future__", "dataclasses", "enum", "collections", "importlib", "types", "typing", "math",
-                     "itertools", "numpy", "gpupack"}
+                     "itertools", "functools", "numpy", "gpupack"}
 EXTENDER_CORE = ("scheduler_ext.cache", "scheduler_ext.decide", "scheduler_ext.podspec")
 EXTENDER_EDGES = ("scheduler_ext.server", "scheduler_ext.watch", "scheduler_ext.binder", "scheduler_ext.main")
 
