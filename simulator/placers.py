@@ -12,8 +12,9 @@ trace, see docs/simulator.md.)
 
 A gpupack policy is placed exactly as the extender does it: :func:`evaluate` on the
 candidates' rows with the policy from ``POLICIES`` and the workload's mix of shapes (each with
-its CPU and memory, CPU-only pods' shapes included), the best node, then
-:func:`choose_devices` on it. The extender is asked about every pod (the deployed profile
+its CPU and memory, CPU-only pods' shapes included) and, for the packing policies, its share
+sizes (:mod:`gpupack.kernel.pairing`: the GPU a share takes, and the named node), the best
+node, then :func:`choose_devices` on it under the same share sizes. The extender is asked about every pod (the deployed profile
 names no ``managedResources``), so CPU-only pods are scored by the kernel too: a request of
 no GPU whose CPU and memory the policy weighs (``fragmentation``: the idle GPUs they would
 strand). ``select="deployed"`` adds the
@@ -172,7 +173,7 @@ class KernelPlacer:
         sub = st.slots.rows(xp.asarray(rows))
         shares = self.wl.shares if self.policy.leads(task.request.count) else pairing.NO_SHARES
         v = kernel.evaluate(sub, task.request, self.policy, xp, mix=self.wl.mix, memo=self._sums(st, rows),
-                            shares=shares if SCORE_SHARES else pairing.NO_SHARES)
+                            shares=shares)
         feasible = to_host(v.feasible)
         if not feasible.any():
             return None
@@ -196,8 +197,6 @@ class KernelPlacer:
             devices = kernel.choose_devices(st.slots, row, task.request, xp, shares)
         return (row, devices) if devices else None
 
-
-SCORE_SHARES = True
 
 PlacerFactory = Callable[[Workload], Placer]
 
