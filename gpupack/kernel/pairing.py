@@ -212,7 +212,8 @@ def patterns(mix: ShareMix, capacity: int, most: int) -> Patterns:
     a = numpy.asarray(sets, dtype=numpy.float64).T
     distinct = (a > 0).sum(axis=0)
     cost = 1.0 - MIXED_TIE * (distinct - 1)
-    x = fewest_gpus(a, cost, numpy.asarray([p for _, p in fit]))
+    demand = numpy.asarray([p for _, p in fit])
+    x = fewest_gpus(a, cost, demand / demand.sum())  # per share that fits these GPUs
     if x is None:
         return EMPTY
     chosen = [tuple((sizes[i], k) for i, k in enumerate(sets[j]) if k) for j in numpy.flatnonzero(x > MIN_USE)]
