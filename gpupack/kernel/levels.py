@@ -123,7 +123,7 @@ def named(level: numpy.ndarray[Any, Any], names: Sequence[str], prefer: numpy.nd
     """The position of the node the levels name: among those at ``NAMED_FROM`` and above, the
     one whose name sorts first; -1 when there is none (no node fits). ``prefer`` (bool per
     node): name among the band's nodes it marks, when there are any (a share that keeps to a
-    pattern there, :func:`~gpupack.kernel.pairing.keeps`)."""
+    pattern there: ``Verdicts.keeps``, :mod:`gpupack.kernel.pairing`)."""
     band = _preferred(numpy.flatnonzero(level >= NAMED_FROM), prefer).tolist()
     return min(band, key=names.__getitem__) if band else -1
 
